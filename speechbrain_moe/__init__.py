@@ -1,0 +1,11 @@
+"""speechbrain-moe: mixtures of adapters and PETL baselines for SpeechBrain.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+from speechbrain_moe.methods import apply_method, available_methods, register_method
+from speechbrain_moe.routing import collect_aux_loss
+
+__version__ = "0.1.0"
+__all__ = ["apply_method", "available_methods", "collect_aux_loss", "register_method"]

@@ -1,0 +1,135 @@
+"""Soft Mixture of Adapters (Cappellazzo et al., 2024), after Soft MoE.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speechbrain_moe.checks import check_positive
+from speechbrain_moe.experts import ExpertBank
+from speechbrain_moe.routing import RoutedModule
+
+
+class SoftMoA(RoutedModule):
+    """Soft-MoE routing with bottleneck adapters as experts.
+
+    With ``Phi`` of shape ``[d, N * p]`` and tokens ``X`` ``[B, L, d]``:
+
+    * ``logits = X Phi`` (``[B, L, N * p]``); with ``normalize=True`` both
+      ``X`` and the columns of ``Phi`` are L2-normalised and the product is
+      multiplied by a learnable scale (inside the logits only);
+    * dispatch ``D = softmax over the L tokens`` (padding masked out) and slots
+      ``X~ = D^T X`` built from the *raw* tokens;
+    * expert ``i`` processes only its ``p`` slots (all experts batched);
+    * combine ``C = softmax over all N * p slots`` per token, ``Y = C Y~``.
+
+    Arguments
+    ---------
+    input_size : int
+        Size of the incoming tokens.
+    num_experts : int
+        Number of experts N.
+    bottleneck : int
+        Bottleneck r of each expert.
+    slots_per_expert : int
+        Slots p per expert.
+    normalize : bool
+        L2-normalise tokens and slot parameters inside the logits, with a
+        learnable scalar scale initialised to 1.
+    output_size : int, optional
+        Output size (default ``input_size``).
+    activation : type
+        Activation class of the experts.
+
+    Example
+    -------
+    >>> moa = SoftMoA(16, num_experts=4, bottleneck=2, slots_per_expert=2)
+    >>> x = torch.randn(2, 7, 16)
+    >>> mask = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
+    >>> moa(x, mask).shape
+    torch.Size([2, 7, 16])
+    """
+
+    def __init__(
+        self,
+        input_size,
+        num_experts=14,
+        bottleneck=1,
+        slots_per_expert=1,
+        normalize=True,
+        output_size=None,
+        activation=nn.GELU,
+    ):
+        check_positive(
+            "SoftMoA",
+            num_experts=num_experts,
+            bottleneck=bottleneck,
+            slots_per_expert=slots_per_expert,
+        )
+        super().__init__(num_experts)
+        self.slots_per_expert = slots_per_expert
+        self.normalize = normalize
+        num_slots = num_experts * slots_per_expert
+        self.slot_embeddings = nn.Parameter(
+            torch.randn(input_size, num_slots) / input_size**0.5
+        )
+        self.scale = nn.Parameter(torch.ones(())) if normalize else None
+        self.experts = ExpertBank(
+            num_experts, input_size, bottleneck, output_size, activation=activation
+        )
+
+    def logits(self, x):
+        """Token-slot affinities ``[batch, time, num_experts * slots_per_expert]``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]``.
+
+        Returns
+        -------
+        torch.Tensor
+            The logits, in float32.
+        """
+        x = x.float()
+        phi = self.slot_embeddings.float()
+        if self.normalize:
+            return self.scale * (F.normalize(x, dim=-1) @ F.normalize(phi, dim=0))
+        return x @ phi
+
+    def forward(self, x, mask=None):
+        """Routes ``x`` through the experts' slots and back.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]``.
+        mask : torch.Tensor, optional
+            ``[batch, time]``, True for real tokens. Padded tokens take no part
+            in the slots and get a zero output.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]``.
+        """
+        logits = self.logits(x)
+        dispatch_logits = logits
+        if mask is not None:
+            fill = torch.finfo(logits.dtype).min
+            dispatch_logits = logits.masked_fill(~mask.unsqueeze(-1), fill)
+        dispatch = torch.softmax(dispatch_logits, dim=1).to(x.dtype)
+        combine = torch.softmax(logits, dim=-1).to(x.dtype)
+        slots = dispatch.transpose(1, 2) @ x  # [B, N*p, d]
+        slots = slots.unflatten(1, (self.num_experts, self.slots_per_expert))
+        outputs = self.experts.per_expert(slots).flatten(1, 2)  # [B, N*p, d_out]
+        y = combine @ outputs
+        if mask is not None:
+            y = y * mask.unsqueeze(-1).to(y.dtype)
+        if self.routing_sink is not None or self.tracking_load:
+            per_expert = combine.unflatten(-1, (self.num_experts, -1)).sum(-1)
+            self.report(per_expert, mask)
+        return y

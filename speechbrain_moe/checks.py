@@ -1,0 +1,32 @@
+"""Argument checks whose messages name the problem and the fix.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+
+def check_positive(owner, **values):
+    """Raises ``ValueError`` unless every value is an integer >= 1.
+
+    Arguments
+    ---------
+    owner : str
+        Name of the class or method being configured (shown in the message).
+    **values : int
+        The settings to check, by name.
+
+    Example
+    -------
+    >>> check_positive("SoftMoA", num_experts=4, bottleneck=1)
+    >>> check_positive("SoftMoA", num_experts=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: SoftMoA: num_experts must be a positive integer, got 0. Set num_experts to 1 or more (in the method's YAML or with --petl_overrides).
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"{owner}: {name} must be a positive integer, got {value!r}. "
+                f"Set {name} to 1 or more (in the method's YAML or with "
+                "--petl_overrides)."
+            )

@@ -1,0 +1,137 @@
+"""``prefix``: prefix tuning (Li & Liang, 2021).
+
+Each attention block gets learnable key and value vectors, prepended to its
+keys and values (not to its queries), so the sequence length stays the same.
+The prefixes enter through a registered Hugging Face attention function that
+wraps SDPA; this works for every backbone whose attention goes through that
+interface (AST, Whisper, wav2vec2, HuBERT).
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch
+import torch.nn as nn
+from speechbrain.nnet.adapters import AdaptedModel
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from speechbrain_moe.checks import check_positive
+from speechbrain_moe.methods import register_method
+from speechbrain_moe.methods.prompt import extend_attention_mask
+from speechbrain_moe.targets import petl_root, set_petl_root
+
+ATTENTION_NAME = "speechbrain_moe_prefix"
+
+
+def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention with the calling block's prefixes prepended to K and V.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The attention block (its ``_petl_prefix`` holds ``(keys, values)`` of
+        shape ``[heads, prefix, head_dim]`` while a :class:`PrefixAttention`
+        runs it).
+    query, key, value : torch.Tensor
+        ``[batch, heads, time, head_dim]``.
+    attention_mask : torch.Tensor or None
+        The block's mask.
+    **kwargs
+        Passed on to SDPA.
+
+    Returns
+    -------
+    tuple
+        ``(attention output, None)`` as SDPA returns.
+    """
+    prefix = module.__dict__.get("_petl_prefix")
+    if prefix is not None:
+        keys, values = prefix
+        batch = key.shape[0]
+        key = torch.cat([keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
+        value = torch.cat([values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
+        if attention_mask is not None:
+            attention_mask = extend_attention_mask(attention_mask, keys.shape[1])
+            attention_mask = attention_mask[..., keys.shape[1] :, :]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTENTION_NAME, prefix_sdpa)
+
+
+class PrefixAttention(nn.Module):
+    """Holds one attention block's prefixes and exposes them while it runs.
+
+    Arguments
+    ---------
+    target_module : torch.nn.Module
+        A Hugging Face attention block using the attention interface.
+    num_prefix : int
+        Prefix length.
+    num_heads : int
+        Attention heads of the block.
+    head_dim : int
+        Size of each head.
+    """
+
+    def __init__(self, target_module, num_prefix, num_heads, head_dim):
+        super().__init__()
+        check_positive("prefix", num_prefix=num_prefix)
+        self.pretrained_module = target_module
+        self.prefix_keys = nn.Parameter(torch.randn(num_heads, num_prefix, head_dim) * 0.02)
+        self.prefix_values = nn.Parameter(torch.randn(num_heads, num_prefix, head_dim) * 0.02)
+
+    def forward(self, *args, **kwargs):
+        """Runs the block with this layer's prefixes visible to it."""
+        inner = self.pretrained_module
+        inner.__dict__["_petl_prefix"] = (self.prefix_keys, self.prefix_values)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            inner.__dict__.pop("_petl_prefix", None)
+
+
+@register_method("prefix")
+def prefix_tuning(backbone, num_prefix=10):
+    """Adds ``num_prefix`` learnable key/value vectors to every attention block.
+
+    Arguments
+    ---------
+    backbone : torch.nn.Module
+        A backbone lobe.
+    num_prefix : int
+        Prefix length per layer.
+
+    Returns
+    -------
+    torch.nn.Module
+        The backbone.
+    """
+    check_positive("prefix", num_prefix=num_prefix)
+    name, root, targets = petl_root(backbone)
+    if not targets.attention_interface:
+        raise ValueError(
+            f"prefix tuning needs attention computed through Hugging Face's "
+            f"attention interface, which {type(backbone).__name__} does not use. "
+            "Choose another method (e.g. prompt or lora) for this backbone."
+        )
+    config = getattr(root, "config", None)
+    num_heads = getattr(config, "num_attention_heads", None) or getattr(
+        config, "encoder_attention_heads", None
+    )
+    if not num_heads:
+        raise ValueError("prefix tuning: cannot read the number of attention heads.")
+    adapted = AdaptedModel(
+        root,
+        PrefixAttention,
+        target_layers=list(targets.attention),
+        adapter_kwargs={
+            "num_prefix": num_prefix,
+            "num_heads": num_heads,
+            "head_dim": targets.hidden_size // num_heads,
+        },
+    )
+    root.set_attn_implementation(ATTENTION_NAME)
+    set_petl_root(backbone, name, adapted)
+    return backbone

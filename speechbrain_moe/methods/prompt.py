@@ -1,0 +1,117 @@
+"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep).
+
+Every transformer layer gets its own learnable prompt tokens, prepended to
+its input and dropped from its output, so the next layer sees fresh prompts.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch
+import torch.nn as nn
+from speechbrain.nnet.adapters import AdaptedModel
+
+from speechbrain_moe.checks import check_positive
+from speechbrain_moe.methods import register_method
+from speechbrain_moe.targets import petl_root, set_petl_root
+
+
+def extend_attention_mask(mask, extra):
+    """Lets every query attend to ``extra`` new leading key positions.
+
+    Arguments
+    ---------
+    mask : torch.Tensor or None
+        A 4-D ``[batch, heads, queries, keys]`` mask (boolean: True = attend;
+        float: 0 = attend), a 2-D ``[batch, keys]`` padding mask, or None.
+    extra : int
+        Number of leading positions to add (to keys, and to queries for 4-D).
+
+    Returns
+    -------
+    torch.Tensor or None
+
+    Example
+    -------
+    >>> extend_attention_mask(torch.zeros(1, 1, 2, 2), 1).shape
+    torch.Size([1, 1, 3, 3])
+    """
+    if mask is None:
+        return None
+    allowed = True if mask.dtype == torch.bool else 0
+    if mask.dim() == 2:
+        pad = mask.new_full((mask.shape[0], extra), allowed)
+        return torch.cat([pad, mask], dim=-1)
+    pad = (extra, 0, extra, 0)
+    return nn.functional.pad(mask, pad, value=allowed)
+
+
+class DeepPromptLayer(nn.Module):
+    """Prepends ``num_prompts`` learnable tokens to a layer's input.
+
+    Arguments
+    ---------
+    target_module : torch.nn.Module
+        A transformer layer taking ``hidden_states`` first.
+    num_prompts : int
+        Prompt tokens for this layer.
+    hidden_size : int
+        Width of the tokens.
+
+    Example
+    -------
+    >>> layer = DeepPromptLayer(nn.Linear(8, 8), num_prompts=3, hidden_size=8)
+    >>> layer(torch.randn(2, 5, 8)).shape
+    torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, target_module, num_prompts, hidden_size):
+        super().__init__()
+        check_positive("prompt", num_prompts=num_prompts)
+        self.pretrained_module = target_module
+        self.num_prompts = num_prompts
+        self.prompts = nn.Parameter(torch.randn(num_prompts, hidden_size) * 0.02)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts."""
+        prompts = self.prompts.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+        x = torch.cat([prompts, hidden_states], dim=1)
+        args = list(args)
+        if args and isinstance(args[0], torch.Tensor):
+            args[0] = extend_attention_mask(args[0], self.num_prompts)
+        if isinstance(kwargs.get("attention_mask"), torch.Tensor):
+            kwargs["attention_mask"] = extend_attention_mask(
+                kwargs["attention_mask"], self.num_prompts
+            )
+        out = self.pretrained_module(x, *args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out[:, self.num_prompts :]
+        return type(out)([out[0][:, self.num_prompts :], *out[1:]])
+
+
+@register_method("prompt")
+def deep_prompt(backbone, num_prompts=10):
+    """Adds ``num_prompts`` learnable prompt tokens in front of every layer.
+
+    Arguments
+    ---------
+    backbone : torch.nn.Module
+        A backbone lobe.
+    num_prompts : int
+        Prompt tokens per layer.
+
+    Returns
+    -------
+    torch.nn.Module
+        The backbone.
+    """
+    check_positive("prompt", num_prompts=num_prompts)
+    name, root, targets = petl_root(backbone)
+    adapted = AdaptedModel(
+        root,
+        DeepPromptLayer,
+        target_layers=list(targets.layers),
+        adapter_kwargs={"num_prompts": num_prompts, "hidden_size": targets.hidden_size},
+    )
+    set_petl_root(backbone, name, adapted)
+    return backbone

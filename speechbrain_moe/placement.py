@@ -1,0 +1,192 @@
+"""Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``.
+
+``ParallelAdapter`` computes ``target(x) + adapter(x)``; ``SequentialAdapter``
+computes ``t + adapter(t)`` with ``t = target(x)``. Both work around any
+sub-module, including Hugging Face blocks that return tuples (only the first
+element is adapted). Which sub-modules are wrapped (Pfeiffer: attention or
+FFN; Houlsby: both) is decided by :mod:`speechbrain_moe.methods` from the
+backbone's :class:`~speechbrain_moe.targets.PetlTargets`.
+
+Example
+-------
+>>> from speechbrain.nnet.adapters import AdaptedModel
+>>> from speechbrain_moe.adapters import SoftMoA
+>>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+>>> adapted = AdaptedModel(
+...     model, ParallelAdapter, target_layers=["1"],
+...     adapter_kwargs={"adapter": SoftMoA, "adapter_kwargs": {"num_experts": 4}},
+... )
+>>> x = torch.randn(2, 5, 8)
+>>> torch.allclose(adapted(x), model[1](model[0](x)))  # zero-init: same output
+True
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch
+import torch.nn as nn
+
+
+def infer_sizes(module):
+    """Input and output feature sizes of a module an adapter is placed around.
+
+    Looks, in order, at ``in_features``/``out_features`` (linear layers),
+    ``embed_dim`` (Whisper / wav2vec2 attention), ``hidden_size``, the
+    module's ``config`` (``hidden_size`` or ``d_model``), and finally the first
+    linear layer inside it.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The wrapped module.
+
+    Returns
+    -------
+    tuple of int
+        ``(input_size, output_size)``.
+
+    Example
+    -------
+    >>> infer_sizes(torch.nn.Linear(4, 6))
+    (4, 6)
+    """
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return module.in_features, module.out_features
+    for attr in ("embed_dim", "hidden_size"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value, value
+    config = getattr(module, "config", None)
+    for attr in ("hidden_size", "d_model"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value, value
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            return sub.in_features, sub.in_features
+    raise ValueError(
+        f"Cannot infer the feature size of {type(module).__name__}. Pass "
+        "input_size (and output_size) in the placement's adapter_kwargs."
+    )
+
+
+def _first_input(args, kwargs):
+    """The hidden states a wrapped module received."""
+    if args:
+        return args[0]
+    for key in ("hidden_states", "x", "input", "inputs_embeds"):
+        if key in kwargs:
+            return kwargs[key]
+    raise ValueError(
+        "Adapter placement: the wrapped module received no positional input and "
+        "no 'hidden_states' keyword; wrap a module that takes the tokens first."
+    )
+
+
+def _add_to_first(output, delta):
+    """Adds ``delta`` to a tensor output or to the first element of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output + delta
+    if isinstance(output, (tuple, list)):
+        return type(output)([output[0] + delta, *output[1:]])
+    raise TypeError(
+        f"Adapter placement cannot add to an output of type {type(output).__name__};"
+        " wrap a module that returns a tensor or a tuple."
+    )
+
+
+def _first(output):
+    """The tensor output, or the first element of a tuple output."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+class _Placement(nn.Module):
+    """Shared construction of the placement wrappers."""
+
+    token_mask = None
+
+    def __init__(self, target_module, adapter, adapter_kwargs=None, input_size=None, output_size=None):
+        super().__init__()
+        self.pretrained_module = target_module
+        in_size, out_size = infer_sizes(target_module)
+        in_size = input_size or in_size
+        out_size = output_size or out_size
+        kwargs = dict(adapter_kwargs or {})
+        param = next(target_module.parameters(), None)
+        self.adapter = adapter(in_size, output_size=out_size, **kwargs)
+        if param is not None:
+            self.adapter.to(device=param.device)
+        self.token_mask = None
+
+
+class ParallelAdapter(_Placement):
+    """``target(x) + adapter(x)``: the adapter reads what the target reads.
+
+    Arguments
+    ---------
+    target_module : torch.nn.Module
+        The pretrained sub-module (frozen by ``AdaptedModel``).
+    adapter : type or callable
+        Adapter class (or ``functools.partial``) called as
+        ``adapter(input_size, output_size=..., **adapter_kwargs)``.
+    adapter_kwargs : dict, optional
+        Settings of the adapter.
+    input_size : int, optional
+        Override the inferred input size.
+    output_size : int, optional
+        Override the inferred output size.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import BottleneckAdapter
+    >>> layer = ParallelAdapter(torch.nn.Linear(8, 4), BottleneckAdapter, {"bottleneck": 2})
+    >>> layer(torch.randn(3, 8)).shape
+    torch.Size([3, 4])
+    """
+
+    def forward(self, *args, **kwargs):
+        """Runs the target and adds the adapter's output to it."""
+        x = _first_input(args, kwargs)
+        output = self.pretrained_module(*args, **kwargs)
+        delta = self.adapter(x, mask=self.token_mask)
+        return _add_to_first(output, delta)
+
+
+class SequentialAdapter(_Placement):
+    """``t + adapter(t)`` with ``t = target(x)``: the adapter reads the output.
+
+    Arguments
+    ---------
+    target_module : torch.nn.Module
+        The pretrained sub-module (frozen by ``AdaptedModel``).
+    adapter : type or callable
+        Adapter class (or ``functools.partial``); reads and writes the
+        target's output size.
+    adapter_kwargs : dict, optional
+        Settings of the adapter.
+    input_size : int, optional
+        Unused (the adapter reads the target's output).
+    output_size : int, optional
+        Override the inferred output size.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import BottleneckAdapter
+    >>> layer = SequentialAdapter(torch.nn.Linear(8, 4), BottleneckAdapter, {"bottleneck": 2})
+    >>> layer(torch.randn(3, 8)).shape
+    torch.Size([3, 4])
+    """
+
+    def __init__(self, target_module, adapter, adapter_kwargs=None, input_size=None, output_size=None):
+        out_size = output_size or infer_sizes(target_module)[1]
+        super().__init__(target_module, adapter, adapter_kwargs, out_size, out_size)
+
+    def forward(self, *args, **kwargs):
+        """Runs the target, then adapts its output residually."""
+        output = self.pretrained_module(*args, **kwargs)
+        hidden = _first(output)
+        return _add_to_first(output, self.adapter(hidden, mask=self.token_mask))
+
+
+PLACEMENT_MODES = {"parallel": ParallelAdapter, "sequential": SequentialAdapter}

@@ -1,0 +1,315 @@
+"""What every routed module shares: auxiliary losses, padding masks, statistics.
+
+The mixtures sit deep inside a pretrained encoder, far from the ``Brain`` that
+trains them. This module is the thin channel between the two:
+
+* :func:`collect_aux_loss` sums (and clears) the auxiliary losses that the
+  routers of a model produced in the last forward pass;
+* :func:`token_mask` tells every mask-aware adapter of a model which tokens of
+  the current batch are padding;
+* :func:`record_routing` streams per-token routing weights to a callback (for
+  the analysis tools), and :func:`track_load` / :func:`pop_load_stats` keep
+  cheap per-expert load counters for logging. Both are off by default and cost
+  nothing when off.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+
+class RoutedModule(nn.Module):
+    """Base class of modules that route tokens to experts.
+
+    Subclasses call :meth:`report` once per forward with the contribution
+    weight of each expert to each token, and may set ``self.aux_loss``.
+
+    Arguments
+    ---------
+    num_experts : int
+        Number of experts the module routes to.
+
+    Example
+    -------
+    >>> module = RoutedModule(num_experts=2)
+    >>> module.report(torch.tensor([[[0.25, 0.75]]]), None)
+    >>> module.aux_loss is None
+    True
+    """
+
+    def __init__(self, num_experts):
+        super().__init__()
+        self.num_experts = num_experts
+        self.aux_loss = None
+        self.routing_sink = None
+        self.routing_name = ""
+        self.tracking_load = False
+        self.register_buffer("load_sum", torch.zeros(num_experts), persistent=False)
+        self.register_buffer("load_tokens", torch.zeros(()), persistent=False)
+
+    def report(self, weights, mask, **extra):
+        """Hands this batch's routing weights to the active recorders.
+
+        Arguments
+        ---------
+        weights : torch.Tensor
+            Contribution of each expert to each token, ``[batch, time, experts]``.
+        mask : torch.Tensor or None
+            ``[batch, time]``, True for real tokens (None: all real).
+        **extra : torch.Tensor
+            Further per-token statistics (e.g. ``selected`` for top-k routing).
+        """
+        if not self.tracking_load and self.routing_sink is None:
+            return
+        weights = weights.detach().float()
+        if mask is None:
+            mask = torch.ones(weights.shape[:-1], dtype=torch.bool, device=weights.device)
+        if self.tracking_load:
+            self.load_sum += (weights * mask.unsqueeze(-1)).sum(dim=(0, 1))
+            self.load_tokens += mask.sum()
+        if self.routing_sink is not None:
+            stats = {"weights": weights, "mask": mask}
+            stats.update({k: v.detach() for k, v in extra.items()})
+            self.routing_sink(self.routing_name, stats)
+
+
+def routed_modules(model):
+    """Yields ``(name, module)`` for every :class:`RoutedModule` in ``model``.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model (DDP-wrapped modules included).
+
+    Yields
+    ------
+    tuple
+        Qualified name and module.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import DenseMoA
+    >>> [name for name, _ in routed_modules(nn.Sequential(DenseMoA(8)))]
+    ['0']
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, RoutedModule):
+            yield name, module
+
+
+def collect_aux_loss(model):
+    """Sums the auxiliary losses of the last forward pass and clears them.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The model (or a module dict) whose routers ran.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar; zero when the model has no auxiliary loss.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import SparseMoE
+    >>> moe = SparseMoE(8, num_experts=4, top_k=2, balance_loss_weight=0.01)
+    >>> _ = moe(torch.randn(2, 5, 8))
+    >>> float(collect_aux_loss(moe)) > 0
+    True
+    >>> float(collect_aux_loss(moe))  # cleared after collection
+    0.0
+    """
+    total = None
+    for _, module in routed_modules(model):
+        if module.aux_loss is not None:
+            total = module.aux_loss if total is None else total + module.aux_loss
+            module.aux_loss = None
+    if total is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else None
+        return torch.zeros((), device=device)
+    return total
+
+
+@contextmanager
+def token_mask(model, mask):
+    """Tells the mask-aware modules of ``model`` which tokens are padding.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Model containing placement wrappers (or any module with a
+        ``token_mask`` attribute).
+    mask : torch.Tensor or None
+        ``[batch, time]`` boolean, True for real tokens.
+
+    Yields
+    ------
+    None
+
+    Example
+    -------
+    >>> from speechbrain_moe.placement import ParallelAdapter
+    >>> from speechbrain_moe.adapters import SoftMoA
+    >>> layer = ParallelAdapter(nn.Linear(8, 8), adapter=SoftMoA)
+    >>> with token_mask(layer, torch.ones(2, 5, dtype=torch.bool)):
+    ...     y = layer(torch.randn(2, 5, 8))
+    >>> layer.token_mask is None
+    True
+    """
+    modules = [m for m in model.modules() if hasattr(m, "token_mask")]
+    for module in modules:
+        module.token_mask = mask
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.token_mask = None
+
+
+@contextmanager
+def record_routing(model, callback):
+    """Streams the routing weights of every router to ``callback``.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Model containing routed modules.
+    callback : callable
+        Called as ``callback(layer_name, stats)`` after each router's forward,
+        ``stats`` holding ``weights`` ``[batch, time, experts]``, ``mask``
+        ``[batch, time]`` and method-specific entries.
+
+    Yields
+    ------
+    None
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import DenseMoA
+    >>> model = nn.Sequential(DenseMoA(8, num_experts=3))
+    >>> seen = []
+    >>> with record_routing(model, lambda name, s: seen.append(s["weights"].shape)):
+    ...     _ = model(torch.randn(2, 5, 8))
+    >>> seen
+    [torch.Size([2, 5, 3])]
+    """
+    modules = list(routed_modules(model))
+    for name, module in modules:
+        module.routing_name = name
+        module.routing_sink = callback
+    try:
+        yield
+    finally:
+        for _, module in modules:
+            module.routing_sink = None
+
+
+def track_load(model, enabled=True):
+    """Switches the per-expert load counters of every router on or off.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Model containing routed modules.
+    enabled : bool
+        Whether to count.
+
+    Returns
+    -------
+    int
+        Number of routed modules found.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import SoftMoA
+    >>> track_load(nn.Sequential(SoftMoA(8)))
+    1
+    """
+    count = 0
+    for _, module in routed_modules(model):
+        module.tracking_load = enabled
+        count += 1
+    return count
+
+
+def load_statistics(load):
+    """Balance figures of one load vector.
+
+    Arguments
+    ---------
+    load : torch.Tensor
+        Non-negative load of each expert, shape ``[experts]``.
+
+    Returns
+    -------
+    dict
+        ``cv`` (coefficient of variation), ``entropy`` (normalised to [0, 1]),
+        ``max_share`` (share of the busiest expert), all plain floats.
+
+    Example
+    -------
+    >>> load_statistics(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.25}
+    """
+    load = load.double()
+    total = float(load.sum())
+    n = load.numel()
+    if total <= 0 or n == 0:
+        return {"cv": 0.0, "entropy": 0.0, "max_share": 0.0}
+    share = load / total
+    cv = float(load.std(unbiased=False) / load.mean())
+    nz = share[share > 0]
+    entropy = float(-(nz * nz.log()).sum()) / math.log(n) if n > 1 else 1.0
+    return {
+        "cv": round(cv, 6),
+        "entropy": round(entropy, 6),
+        "max_share": round(float(share.max()), 6),
+    }
+
+
+def pop_load_stats(model):
+    """Balance figures since the last call, per router and averaged; resets.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Model whose routers have :func:`track_load` on.
+
+    Returns
+    -------
+    dict
+        ``{"layers": {name: stats}, "mean": stats}``; empty when nothing was
+        counted. In DDP the counts are summed over ranks first.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import DenseMoA
+    >>> model = nn.Sequential(DenseMoA(8, num_experts=2))
+    >>> _ = track_load(model)
+    >>> _ = model(torch.randn(2, 5, 8))
+    >>> sorted(pop_load_stats(model)["mean"])
+    ['cv', 'entropy', 'max_share']
+    """
+    layers = {}
+    for name, module in routed_modules(model):
+        load = module.load_sum.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
+        if float(load.sum()) > 0:
+            layers[name] = load_statistics(load)
+        module.load_sum.zero_()
+        module.load_tokens.zero_()
+    if not layers:
+        return {}
+    mean = {
+        key: round(sum(s[key] for s in layers.values()) / len(layers), 6)
+        for key in ("cv", "entropy", "max_share")
+    }
+    return {"layers": layers, "mean": mean}

@@ -1,0 +1,93 @@
+"""Trainable-parameter summary, like peft's ``print_trainable_parameters``.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch.nn as nn
+
+
+def count_parameters(modules, head_names=("classifier", "head")):
+    """Counts total and trainable parameters, with a per-component break-down.
+
+    Arguments
+    ---------
+    modules : torch.nn.Module or dict
+        A model, or a dict / ``ModuleDict`` of named components (as a
+        ``Brain``'s ``modules``).
+    head_names : tuple of str
+        Components (top-level names) counted as the classifier head.
+
+    Returns
+    -------
+    dict
+        ``total``, ``trainable``, ``trainable_no_head`` and ``components``
+        (name -> ``{"total", "trainable"}``). Shared parameters count once.
+
+    Example
+    -------
+    >>> m = nn.ModuleDict({"encoder": nn.Linear(4, 4), "classifier": nn.Linear(4, 2)})
+    >>> m.encoder.requires_grad_(False)
+    Linear(in_features=4, out_features=4, bias=True)
+    >>> c = count_parameters(m)
+    >>> c["total"], c["trainable"], c["trainable_no_head"]
+    (30, 10, 0)
+    """
+    if isinstance(modules, nn.Module) and not isinstance(modules, nn.ModuleDict):
+        items = list(modules.named_children()) or [("model", modules)]
+    else:
+        items = list(modules.items())
+    seen = set()
+    components = {}
+    total = trainable = head = 0
+    for name, module in items:
+        comp_total = comp_train = 0
+        for param in module.parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            comp_total += param.numel()
+            if param.requires_grad:
+                comp_train += param.numel()
+        components[name] = {"total": comp_total, "trainable": comp_train}
+        total += comp_total
+        trainable += comp_train
+        if name in head_names:
+            head += comp_train
+    return {
+        "total": total,
+        "trainable": trainable,
+        "trainable_no_head": trainable - head,
+        "components": components,
+    }
+
+
+def format_parameters(counts):
+    """One readable line per component plus a total line.
+
+    Arguments
+    ---------
+    counts : dict
+        Output of :func:`count_parameters`.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> print(format_parameters(count_parameters(nn.ModuleDict({"head": nn.Linear(2, 2)}))))
+    head: 6 / 6 trainable
+    trainable params: 6 || all params: 6 || trainable%: 100.0000 || trainable without head: 0
+    """
+    lines = [
+        f"{name}: {c['trainable']:,} / {c['total']:,} trainable"
+        for name, c in counts["components"].items()
+    ]
+    share = 100.0 * counts["trainable"] / max(counts["total"], 1)
+    lines.append(
+        f"trainable params: {counts['trainable']:,} || all params: {counts['total']:,} "
+        f"|| trainable%: {share:.4f} || trainable without head: "
+        f"{counts['trainable_no_head']:,}"
+    )
+    return "\n".join(lines)
