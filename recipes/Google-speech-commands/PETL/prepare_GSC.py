@@ -1,0 +1,106 @@
+"""Manifests for Google Speech Commands v2 (Warden, 2018), all 35 words.
+
+``data_folder`` holds one folder per word (``yes/``, ``no/``, ...),
+``validation_list.txt`` and ``testing_list.txt`` (the official split, paths
+relative to ``data_folder``); ``_background_noise_`` is not a class. Files in
+neither list form the training set.
+
+Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
+class_name, speaker) are written once into ``save_folder`` and the
+preparation is skipped when they exist for the same options. Audio that
+cannot be read or is empty is reported by name and skipped.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import os
+
+from speechbrain.utils.logger import get_logger
+
+from speechbrain_moe.recipe import (
+    check_audio,
+    check_data_folder,
+    report_skipped,
+    save_preparation_options,
+    skip_preparation,
+    write_manifest,
+)
+
+logger = get_logger(__name__)
+URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+
+
+def _read_list(path):
+    """Relative paths listed in a split file, with forward slashes."""
+    with open(path) as fin:
+        return {line.strip().replace("\\", "/") for line in fin if line.strip()}
+
+
+def prepare_GSC(data_folder, save_folder, skip_prep=False):
+    """Writes the train/valid/test manifests of the official split.
+
+    Arguments
+    ---------
+    data_folder : str
+        Speech Commands v2 root.
+    save_folder : str
+        Where the manifests go.
+    skip_prep : bool
+        Do nothing.
+
+    Returns
+    -------
+    dict
+        Split -> manifest path.
+    """
+    files = {s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")}
+    if skip_prep:
+        return files
+    options = {"data_folder": os.path.abspath(data_folder), "words": "all"}
+    if skip_preparation(save_folder, list(files.values()), options):
+        logger.info("Speech Commands manifests already in %s, skipping.", save_folder)
+        return files
+    check_data_folder(
+        data_folder,
+        ["validation_list.txt", "testing_list.txt"],
+        "Speech Commands v2",
+        f"Download {URL} and extract it into one folder.",
+    )
+    valid = _read_list(os.path.join(data_folder, "validation_list.txt"))
+    test = _read_list(os.path.join(data_folder, "testing_list.txt"))
+    rows = {split: [] for split in files}
+    skipped = []
+    words = sorted(
+        d
+        for d in os.listdir(data_folder)
+        if os.path.isdir(os.path.join(data_folder, d)) and not d.startswith("_")
+    )
+    for word in words:
+        for name in sorted(os.listdir(os.path.join(data_folder, word))):
+            if not name.endswith(".wav"):
+                continue
+            rel = f"{word}/{name}"
+            path = os.path.join(data_folder, word, name)
+            duration, problem = check_audio(path)
+            if problem:
+                skipped.append((path, problem))
+                continue
+            split = "valid" if rel in valid else "test" if rel in test else "train"
+            rows[split].append(
+                {
+                    "ID": f"{word}_{os.path.splitext(name)[0]}",
+                    "wav": os.path.abspath(path),
+                    "duration": round(duration, 3),
+                    "class_name": word,
+                    "speaker": name.split("_nohash_")[0],
+                }
+            )
+    report_skipped(skipped, "Speech Commands")
+    for split, path in files.items():
+        if not rows[split]:
+            raise RuntimeError(f"Speech Commands preparation found no usable audio for {split}.")
+        write_manifest(path, rows[split])
+        logger.info("Wrote %s (%d clips, %d words)", path, len(rows[split]), len(words))
+    save_preparation_options(save_folder, options)
+    return files

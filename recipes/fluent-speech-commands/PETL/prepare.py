@@ -1,0 +1,117 @@
+"""Manifests for Fluent Speech Commands (Lugosch et al., 2019).
+
+``data_folder`` is the corpus root holding ``data/{train,valid,test}_data.csv``
+(columns: index, path, speakerId, transcription, action, object, location)
+and ``wavs/speakers/<speaker>/*.wav``. The intent label is the
+(action, object, location) triple, written ``action_object_location``
+(31 intents in the full corpus).
+
+Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
+class_name, speaker, transcript) are written once into ``save_folder`` and
+the preparation is skipped when they exist for the same options. Audio that
+cannot be read or is empty is reported by name and skipped.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import csv
+import os
+
+from speechbrain.utils.logger import get_logger
+
+from speechbrain_moe.recipe import (
+    check_audio,
+    check_data_folder,
+    report_skipped,
+    save_preparation_options,
+    skip_preparation,
+    write_manifest,
+)
+
+logger = get_logger(__name__)
+
+
+def intent_label(action, obj, location):
+    """The intent class of an (action, object, location) triple.
+
+    Arguments
+    ---------
+    action : str
+        Action slot.
+    obj : str
+        Object slot.
+    location : str
+        Location slot.
+
+    Returns
+    -------
+    str
+    """
+    return "_".join(s.strip().replace(" ", "-") for s in (action, obj, location))
+
+
+def prepare_FSC(data_folder, save_folder, skip_prep=False):
+    """Writes the train/valid/test manifests of the official split.
+
+    Arguments
+    ---------
+    data_folder : str
+        Fluent Speech Commands root (``data/``, ``wavs/``).
+    save_folder : str
+        Where the manifests go.
+    skip_prep : bool
+        Do nothing.
+
+    Returns
+    -------
+    dict
+        Split -> manifest path.
+    """
+    files = {s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")}
+    if skip_prep:
+        return files
+    options = {"data_folder": os.path.abspath(data_folder)}
+    if skip_preparation(save_folder, list(files.values()), options):
+        logger.info("Fluent Speech Commands manifests already in %s, skipping.", save_folder)
+        return files
+    check_data_folder(
+        data_folder,
+        [f"data/{split}_data.csv" for split in files],
+        "Fluent Speech Commands",
+        "Get it from https://fluent.ai/fluent-speech-commands-a-dataset-for-spoken-"
+        "language-understanding-research/ (free for academic research) and extract "
+        "it (the folder holding data/ and wavs/).",
+    )
+    skipped = []
+    for split, out in files.items():
+        rows = []
+        with open(os.path.join(data_folder, "data", f"{split}_data.csv"), newline="") as fin:
+            for item in csv.DictReader(fin):
+                path = os.path.join(data_folder, item["path"])
+                if not os.path.isfile(path):
+                    skipped.append((path, "missing"))
+                    continue
+                duration, problem = check_audio(path)
+                if problem:
+                    skipped.append((path, problem))
+                    continue
+                rows.append(
+                    {
+                        "ID": f"{item['speakerId']}_{os.path.splitext(os.path.basename(path))[0]}",
+                        "wav": os.path.abspath(path),
+                        "duration": round(duration, 3),
+                        "class_name": intent_label(
+                            item["action"], item["object"], item["location"]
+                        ),
+                        "speaker": item["speakerId"],
+                        "transcript": item["transcription"],
+                    }
+                )
+        if not rows:
+            raise RuntimeError(f"Fluent Speech Commands preparation found no usable audio for {split}.")
+        write_manifest(out, rows)
+        logger.info("Wrote %s (%d utterances)", out, len(rows))
+    report_skipped(skipped, "Fluent Speech Commands")
+    save_preparation_options(save_folder, options)
+    return files

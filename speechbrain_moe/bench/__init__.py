@@ -1,0 +1,64 @@
+"""Benchmarks: a mixture of adapters at the cost of one adapter.
+
+Command line::
+
+    python -m speechbrain_moe.bench --suite {table1,scaling,bridge} --json OUT.json \\
+        [--quick] [--device cpu|cuda] [--plot OUT.png] [--markdown]
+
+Suites (see :mod:`speechbrain_moe.bench.suites`):
+
+* ``table1``: every registered PETL method with the Soft-MoA paper's settings
+  on an AST-base-shaped encoder (random weights), Speech Commands input shape
+  (100 frames, 110 tokens), batch 8, full training step; ratios to ``adapter``.
+* ``scaling``: Soft-/Dense-MoA step time vs number of experts (bottleneck 1
+  and 8), and ``adapter``/``soft_moa`` step time vs input length.
+* ``bridge``: the MoE-Adapter audio-to-LLM bridge vs a dense projector of equal
+  total size (paper shape / 8), forward + backward, with active parameters.
+
+Every case is timed in one process, interleaved (one step of each case per
+round) after a warm-up; the median is reported. Peak memory comes from one
+fresh subprocess per case.
+
+Example
+-------
+>>> report = run_suite("bridge", quick=True, memory=False, log=lambda m: None)
+>>> [r["method"] for r in report["results"]], validate_report(report)
+(['moe_adapter', 'dense'], [])
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+from speechbrain_moe.bench.core import (
+    machine_info,
+    measure_memory,
+    memory_in_subprocess,
+    peak_rss_mb,
+    time_interleaved,
+)
+from speechbrain_moe.bench.report import (
+    describe,
+    format_table,
+    markdown_table,
+    plot_report,
+    validate_report,
+)
+from speechbrain_moe.bench.runner import add_ratios, run_suite, run_worker
+from speechbrain_moe.bench.suites import SUITES
+
+__all__ = [
+    "SUITES",
+    "add_ratios",
+    "describe",
+    "format_table",
+    "machine_info",
+    "markdown_table",
+    "measure_memory",
+    "memory_in_subprocess",
+    "peak_rss_mb",
+    "plot_report",
+    "run_suite",
+    "run_worker",
+    "time_interleaved",
+    "validate_report",
+]

@@ -1,0 +1,118 @@
+"""Command line of the benchmark tool: ``python -m speechbrain_moe.bench``.
+
+Example
+-------
+>>> parse_args(["--suite", "bridge", "--json", "out.json", "--quick"]).quick
+True
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from speechbrain_moe.bench.report import (
+    describe,
+    format_table,
+    markdown_table,
+    plot_report,
+)
+from speechbrain_moe.bench.runner import run_suite, run_worker
+from speechbrain_moe.bench.suites import SUITES
+
+
+def parse_args(argv=None):
+    """Parses the command line.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m speechbrain_moe.bench",
+        description="Step-time and memory benchmarks of the PETL methods.",
+    )
+    parser.add_argument("--suite", choices=SUITES, help="Which suite to run.")
+    parser.add_argument("--json", help="Write the report to this JSON file.")
+    parser.add_argument("--quick", action="store_true", help="Tiny shapes: a smoke test.")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
+    parser.add_argument("--plot", help="Draw the report to this image file (matplotlib).")
+    parser.add_argument("--markdown", action="store_true", help="Print a Markdown table too.")
+    parser.add_argument("--warmup", type=int, help="Warm-up steps per case.")
+    parser.add_argument("--repeats", type=int, help="Timed interleaved rounds.")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="Skip the per-case memory subprocesses."
+    )
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--memory-worker", metavar="SPEC", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Runs a suite (or, internally, one memory worker).
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Command-line arguments.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.memory_worker:
+        print(json.dumps(run_worker(json.loads(args.memory_worker))))
+        return 0
+    if not args.suite:
+        print("error: --suite is required (table1, scaling or bridge).", file=sys.stderr)
+        return 2
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    report = run_suite(
+        args.suite,
+        quick=args.quick,
+        device=args.device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        memory=not args.no_memory,
+        log=log,
+    )
+    if args.threads:
+        report["config"]["threads"] = args.threads
+    print(format_table(report))
+    if args.markdown:
+        print()
+        print(describe(report))
+        print()
+        print(markdown_table(report))
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        log(f"wrote {args.json}")
+    if args.plot:
+        plot_report(report, args.plot)
+        log(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Rendering of benchmark reports: console table, Markdown, plots, schema check.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+REPORT_KEYS = ("suite", "device", "torch", "config", "results")
+ROW_KEYS = (
+    "method",
+    "config",
+    "trainable_params",
+    "trainable_params_no_head",
+    "step_ms_median",
+    "step_ms_min",
+    "peak_mem_mb",
+    "ratio_to_adapter",
+)
+#: The issue's targets: (suite, what, limit).
+TARGETS = {
+    "table1": "soft_moa, dense_moa: step time and peak memory <= 1.10x adapter",
+    "scaling": "Soft-/Dense-MoA step time at N=64 <= 1.25x N=2",
+    "bridge": "moe_adapter step time <= 1.0x dense",
+}
+#: Paper Table 1 ratios to the single adapter (GPU, ms 513 / 626 / 1689).
+PAPER_RATIOS = {"adapter": 1.0, "soft_moa": 1.22, "dense_moa": 3.29, "lora": 1.02}
+
+
+def validate_report(report):
+    """Checks a report against the JSON schema of the benchmark tool.
+
+    Arguments
+    ---------
+    report : dict
+        A loaded JSON report.
+
+    Returns
+    -------
+    list of str
+        Problems found (empty when the report is valid).
+
+    Example
+    -------
+    >>> validate_report({"suite": "bridge"})[0]
+    "missing top-level key 'device'"
+    """
+    problems = [f"missing top-level key {k!r}" for k in REPORT_KEYS if k not in report]
+    for i, row in enumerate(report.get("results", [])):
+        problems += [f"row {i}: missing key {k!r}" for k in ROW_KEYS if k not in row]
+        for key in ("step_ms_median", "step_ms_min"):
+            value = row.get(key)
+            if not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"row {i}: {key} must be a positive number, got {value!r}")
+        if not isinstance(row.get("config", {}), dict):
+            problems.append(f"row {i}: config must be a dict")
+    if "results" in report and not report["results"]:
+        problems.append("no results")
+    return problems
+
+
+def _fmt(value, spec=".2f"):
+    """Formats numbers, shows missing values as ``-``."""
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def _row_label(row):
+    """Method plus the varying settings of a row."""
+    cfg = row["config"]
+    extra = []
+    if cfg.get("sweep") == "experts" or cfg.get("sweep") == "frames":
+        if cfg.get("num_experts") is not None:
+            extra.append(f"N={cfg['num_experts']}")
+        if cfg.get("bottleneck") is not None:
+            extra.append(f"r={cfg['bottleneck']}")
+        extra.append(f"frames={cfg['frames']}")
+    return row["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _columns(report):
+    """(header, cell function) pairs for a suite's table."""
+    suite = report["suite"]
+    cols = [("method", _row_label)]
+    if suite == "bridge":
+        cols += [
+            ("total params", lambda r: f"{r['total_params']:,}"),
+            ("active params", lambda r: f"{r.get('active_params', 0):,}"),
+        ]
+    else:
+        cols += [("trainable (no head)", lambda r: f"{r['trainable_params_no_head']:,}")]
+    cols += [
+        ("step ms (median)", lambda r: _fmt(r["step_ms_median"], ".1f")),
+        ("step ms (min)", lambda r: _fmt(r["step_ms_min"], ".1f")),
+        ("peak MB", lambda r: _fmt(r["peak_mem_mb"], ".0f")),
+    ]
+    if suite == "bridge":
+        cols += [
+            ("time / dense", lambda r: _fmt(r.get("ratio_to_dense"))),
+            ("mem / dense", lambda r: _fmt(r.get("mem_ratio_to_dense"))),
+        ]
+    else:
+        cols += [
+            ("time / adapter", lambda r: _fmt(r["ratio_to_adapter"])),
+            ("mem / adapter", lambda r: _fmt(r.get("mem_ratio_to_adapter"))),
+        ]
+    if suite == "scaling":
+        cols += [("time / N=2", lambda r: _fmt(r.get("ratio_to_n2")))]
+    if suite == "table1":
+        cols += [("paper time / adapter", lambda r: _fmt(PAPER_RATIOS.get(r["method"])))]
+    return cols
+
+
+def format_table(report):
+    """A fixed-width console table of a report.
+
+    Arguments
+    ---------
+    report : dict
+        A report of :func:`speechbrain_moe.bench.run_suite`.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> rep = {"suite": "table1", "device": "cpu", "results": [{"method": "adapter",
+    ...        "config": {"frames": 100}, "trainable_params_no_head": 470000,
+    ...        "step_ms_median": 10.0, "step_ms_min": 9.5, "peak_mem_mb": 500.0,
+    ...        "ratio_to_adapter": 1.0, "mem_ratio_to_adapter": 1.0}]}
+    >>> print(format_table(rep).splitlines()[2].split()[0])
+    adapter
+    """
+    cols = _columns(report)
+    rows = [[fn(r) for _, fn in cols] for r in report["results"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(cols)]
+    header = "  ".join(h.ljust(w) for (h, _), w in zip(cols, widths))
+    lines = [f"suite {report['suite']} on {report['device']}", header]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def markdown_table(report):
+    """A Markdown table of a report (what ``benchmarks/README.md`` shows).
+
+    Arguments
+    ---------
+    report : dict
+        A report of :func:`speechbrain_moe.bench.run_suite`.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> rep = {"suite": "bridge", "device": "cpu", "results": [{"method": "dense",
+    ...        "config": {}, "total_params": 10, "active_params": 10,
+    ...        "step_ms_median": 1.0, "step_ms_min": 1.0, "peak_mem_mb": None,
+    ...        "ratio_to_adapter": None, "ratio_to_dense": 1.0}]}
+    >>> print(markdown_table(rep).splitlines()[2])
+    | dense | 10 | 10 | 1.0 | 1.0 | - | 1.00 | - |
+    """
+    cols = _columns(report)
+    lines = [
+        "| " + " | ".join(h for h, _ in cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+    for row in report["results"]:
+        lines.append("| " + " | ".join(fn(row) for _, fn in cols) + " |")
+    return "\n".join(lines)
+
+
+def describe(report):
+    """One Markdown paragraph naming the machine, settings and target.
+
+    Arguments
+    ---------
+    report : dict
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> describe({"suite": "bridge", "device": "cpu", "torch": "2.11", "config": {}})[:22]
+    '**bridge** (cpu, torch'
+    """
+    machine = report.get("machine", {})
+    cfg = report.get("config", {})
+    parts = [f"**{report['suite']}** ({report['device']}, torch {report['torch']}"]
+    if machine:
+        parts.append(
+            f", {machine.get('cpu')}, {machine.get('cpu_count')} cores, "
+            f"{machine.get('torch_threads')} threads"
+            + (f", {machine['gpu']}" if machine.get("gpu") else "")
+        )
+    parts.append(")")
+    if cfg:
+        parts.append(
+            f". Step: {cfg.get('step', '-')}; {cfg.get('warmup')} warm-up, "
+            f"{cfg.get('repeats')} interleaved rounds; memory: {cfg.get('memory')}"
+        )
+        if cfg.get("quick"):
+            parts.append(" **(quick smoke run: shapes shrunk, timings meaningless)**")
+    parts.append(f". Target: {TARGETS.get(report['suite'], '-')}.")
+    return "".join(parts)
+
+
+def plot_report(report, path):
+    """Draws a report with matplotlib and saves it to ``path``.
+
+    ``table1`` and ``bridge``: one bar per method (median step time, with the
+    ratio to the reference written on each bar). ``scaling``: step time vs
+    number of experts (one line per method and bottleneck) and step time vs
+    frames.
+
+    Arguments
+    ---------
+    report : dict
+        A report of :func:`speechbrain_moe.bench.run_suite`.
+    path : str
+        Output image file (``.png``, ``.pdf``, ...).
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    suite = report["suite"]
+    title_tail = f"({report['device']}, torch {report['torch']})"
+    if suite == "scaling":
+        fig, (ax_n, ax_f) = plt.subplots(1, 2, figsize=(11, 4.2))
+        sweeps = {}
+        for r in rows:
+            if r["config"].get("sweep") == "experts":
+                key = f"{r['method']} r={r['config']['bottleneck']}"
+                sweeps.setdefault(key, []).append((r["config"]["num_experts"], r["step_ms_median"]))
+        for key, points in sorted(sweeps.items()):
+            points.sort()
+            ax_n.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+        ax_n.set_xscale("log", base=2)
+        ax_n.set_xlabel("number of experts N")
+        ax_n.set_ylabel("training step time (ms, median)")
+        ax_n.set_title("Step time vs number of experts")
+        ax_n.legend()
+        lengths = {}
+        for r in rows:
+            if r["config"].get("sweep") == "frames":
+                lengths.setdefault(r["method"], []).append(
+                    (r["config"]["frames"], r["step_ms_median"])
+                )
+        for key, points in sorted(lengths.items()):
+            points.sort()
+            ax_f.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+        ax_f.set_xlabel("input frames (fbank)")
+        ax_f.set_ylabel("training step time (ms, median)")
+        ax_f.set_title("Step time vs sequence length")
+        ax_f.legend()
+        fig.suptitle(f"scaling {title_tail}")
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.2))
+        names = [r["method"] for r in rows]
+        values = [r["step_ms_median"] for r in rows]
+        colors = ["tab:orange" if n in ("soft_moa", "dense_moa", "moe_adapter") else "tab:blue" for n in names]
+        bars = ax.bar(names, values, color=colors)
+        ratio_key = "ratio_to_dense" if suite == "bridge" else "ratio_to_adapter"
+        ref = "dense" if suite == "bridge" else "adapter"
+        for bar, r in zip(bars, rows):
+            if r.get(ratio_key) is not None:
+                ax.annotate(
+                    f"{r[ratio_key]:.2f}x",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+        ax.set_xlabel("method")
+        ax.set_ylabel("step time (ms, median)")
+        what = "forward + backward" if suite == "bridge" else "training step"
+        ax.set_title(f"{suite}: {what} time per method, ratio to {ref} {title_tail}")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

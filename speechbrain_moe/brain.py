@@ -1,0 +1,307 @@
+"""The ``Brain`` shared by the classification recipes (``recipes/*/PETL``).
+
+``backbone(wavs, wav_lens) -> classifier -> log-softmax``; the objective is
+the NLL plus the auxiliary losses of the model's routers (logged separately
+as ``aux_loss``); accuracy comes from SpeechBrain's ``ClassificationStats``;
+load-balance figures of MoE methods are logged per epoch.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.metric_stats import ClassificationStats
+
+from speechbrain_moe.adapters.moe import update_selection_biases
+from speechbrain_moe.routing import collect_aux_loss, pop_load_stats, track_load
+
+
+def unwrap(module):
+    """The module inside a DDP / DataParallel wrapper (or the module itself).
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        Possibly wrapped module.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Example
+    -------
+    >>> m = torch.nn.Linear(2, 2)
+    >>> unwrap(m) is m
+    True
+    """
+    return getattr(module, "module", module)
+
+
+class PETLClassifierBrain(sb.Brain):
+    """Audio classification with a PETL-adapted backbone.
+
+    Expects ``modules`` with ``backbone`` (a :class:`~speechbrain_moe.lobes.base.Backbone`)
+    and ``classifier`` (``[batch, d] -> [batch, classes]`` logits), batches
+    with ``sig`` and ``label_encoded``, and hyper-parameters holding
+    ``epoch_counter`` (for the schedule's progress and the test log).
+
+    The optimizer (``opt_class``, e.g. AdamW with weight decay 0.1) receives
+    the trainable parameters only. The learning rate follows ``lr_schedule``
+    per optimizer step.
+
+    Arguments
+    ---------
+    *args
+        As :class:`speechbrain.Brain`.
+    train_logger : speechbrain.utils.train_logger.TrainLogger, optional
+        Where the stage statistics go (default ``hparams.train_logger``).
+    lr_schedule : callable, optional
+        Training progress in [0, 1] -> learning rate, e.g.
+        :class:`~speechbrain_moe.recipe.CosineLR` (default
+        ``hparams.lr_schedule``; None keeps the optimizer's rate).
+    **kwargs
+        As :class:`speechbrain.Brain`.
+
+    Example
+    -------
+    >>> class Tiny(torch.nn.Module):
+    ...     output_size = 4
+    ...     def forward(self, wavs, wav_lens=None):
+    ...         return wavs[:, :4]
+    >>> modules = {"backbone": Tiny(), "classifier": torch.nn.Linear(4, 3)}
+    >>> brain = PETLClassifierBrain(modules, lambda p: torch.optim.AdamW(p, lr=0.01),
+    ...                             run_opts={"device": "cpu"})
+    >>> batch = sb.dataio.batch.PaddedBatch([
+    ...     {"id": "a", "sig": torch.randn(8), "label_encoded": torch.tensor([1])}])
+    >>> brain.compute_forward(batch, sb.Stage.VALID).shape
+    torch.Size([1, 3])
+    """
+
+    def __init__(self, *args, train_logger=None, lr_schedule=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if train_logger is None:
+            train_logger = getattr(self.hparams, "train_logger", None)
+        if lr_schedule is None:
+            lr_schedule = getattr(self.hparams, "lr_schedule", None)
+        self.train_logger = train_logger
+        self.lr_schedule = lr_schedule
+        self.steps_per_epoch = None
+        self.num_routers = track_load(self.modules)
+
+    # ------------------------------------------------------------- data
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As :meth:`speechbrain.Brain.make_dataloader`; also records the
+        number of training batches (for the per-step schedule).
+
+        Arguments
+        ---------
+        dataset : Dataset
+            The data.
+        stage : speechbrain.Stage
+            The stage.
+        ckpt_prefix : str
+            Checkpoint name prefix of the loader.
+        **loader_kwargs : dict
+            DataLoader options.
+
+        Returns
+        -------
+        DataLoader
+        """
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.steps_per_epoch = len(loader)
+        return loader
+
+    # ------------------------------------------------------------- model
+    def compute_forward(self, batch, stage):
+        """Log-probabilities ``[batch, classes]``.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            With ``sig``.
+        stage : speechbrain.Stage
+            The stage.
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        embeddings = self.modules.backbone(wavs, wav_lens)
+        logits = self.modules.classifier(embeddings)
+        return torch.nn.functional.log_softmax(logits, dim=-1)
+
+    def compute_objectives(self, predictions, batch, stage):
+        """NLL plus the routers' auxiliary losses.
+
+        Arguments
+        ---------
+        predictions : torch.Tensor
+            Log-probabilities.
+        batch : PaddedBatch
+            With ``label_encoded``.
+        stage : speechbrain.Stage
+            The stage.
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        labels, _ = batch.label_encoded
+        labels = labels.view(-1)
+        nll = torch.nn.functional.nll_loss(predictions, labels)
+        aux = collect_aux_loss(self.modules)
+        self.aux_sum += float(aux.detach())
+        self.num_batches += 1
+        self.accuracy.append(
+            batch.id, predictions.argmax(dim=-1).tolist(), labels.tolist()
+        )
+        return nll + aux
+
+    # ------------------------------------------------------------- optimisation
+    def init_optimizers(self):
+        """Creates ``opt_class`` over the trainable parameters only."""
+        if self.opt_class is None:
+            return
+        params = [p for p in self.modules.parameters() if p.requires_grad]
+        self.optimizer = self.opt_class(params)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def current_progress(self):
+        """Fraction of the planned training steps done (for the schedule).
+
+        Returns
+        -------
+        float
+        """
+        counter = self.hparams.epoch_counter
+        epochs = max(counter.limit, 1)
+        steps = max(self.steps_per_epoch or 1, 1)
+        epoch = max(counter.current, 1)
+        return ((epoch - 1) + (self.step - 1) / steps) / epochs
+
+    def on_fit_batch_start(self, batch, should_step):
+        """Sets the learning rate of this step from ``lr_schedule``.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch.
+        should_step : bool
+            Whether the optimizer steps after this batch.
+        """
+        if self.lr_schedule is not None and should_step:
+            lr = self.lr_schedule(self.current_progress())
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Updates bias-balanced routers once per optimizer step.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch.
+        outputs : torch.Tensor
+            Predictions.
+        loss : torch.Tensor
+            Loss.
+        should_step : bool
+            Whether the optimizer stepped.
+        """
+        if should_step:
+            update_selection_biases(self.modules)
+
+    # ------------------------------------------------------------- stages
+    def on_stage_start(self, stage, epoch=None):
+        """Fresh metrics; clears the load counters.
+
+        Arguments
+        ---------
+        stage : speechbrain.Stage
+            The stage.
+        epoch : int, optional
+            The epoch.
+        """
+        self.accuracy = ClassificationStats()
+        self.aux_sum = 0.0
+        self.num_batches = 0
+        if self.num_routers:
+            pop_load_stats(self.modules)
+
+    def stage_stats(self, stage_loss):
+        """Loss, accuracy, aux loss and (MoE methods) load balance, as floats.
+
+        Arguments
+        ---------
+        stage_loss : float
+            Mean loss of the stage.
+
+        Returns
+        -------
+        dict
+        """
+        stats = {
+            "loss": float(stage_loss),
+            "accuracy": float(self.accuracy.summarize("accuracy")),
+        }
+        if self.num_routers:
+            stats["aux_loss"] = self.aux_sum / max(self.num_batches, 1)
+            load = pop_load_stats(self.modules).get("mean")
+            if load:
+                stats.update({f"load_{k}": float(v) for k, v in load.items()})
+        return stats
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the stage's statistics and checkpoints after validation.
+
+        Arguments
+        ---------
+        stage : speechbrain.Stage
+            The stage.
+        stage_loss : float
+            Mean loss of the stage.
+        epoch : int, optional
+            The epoch.
+        """
+        stats = self.stage_stats(stage_loss)
+        self.last_stats = stats
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        if stage == sb.Stage.VALID:
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            if self.train_logger is not None:
+                self.train_logger.log_stats(
+                    stats_meta={"epoch": epoch, "lr": lr},
+                    train_stats=getattr(self, "train_stats", None),
+                    valid_stats=stats,
+                )
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(
+                    meta={"accuracy": stats["accuracy"], "loss": stats["loss"]},
+                    max_keys=["accuracy"],
+                )
+        elif self.train_logger is not None:
+            self.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+
+    def parameter_summary(self):
+        """Trainable-parameter counts of the (unwrapped) modules.
+
+        Returns
+        -------
+        dict
+            See :func:`speechbrain_moe.summary.count_parameters`.
+        """
+        from speechbrain_moe.summary import count_parameters
+
+        return count_parameters({k: unwrap(m) for k, m in self.modules.items()})

@@ -1,0 +1,248 @@
+"""Unit tests of the speech-LLM bridge (speechbrain_moe.lobes.speech_llm)."""
+
+import pytest
+import torch
+
+from speechbrain_moe.lobes.speech_llm import (
+    BRIDGES,
+    FrameEncoder,
+    SpeechLLM,
+    bridge_parameter_report,
+    build_bridge,
+    load_causal_lm,
+    sequence_nll,
+    target_nll,
+)
+from speechbrain_moe.synthetic.llm import make_tiny_llm
+
+SMALL = dict(
+    dense_hidden_size=32,
+    moe_fused_size=32,
+    moe_num_experts=4,
+    moe_top_k=2,
+    moe_expert_hidden=16,
+    moe_num_shared_experts=1,
+    moe_aggregation_hidden=48,
+    soft_num_experts=3,
+    soft_bottleneck=8,
+)
+
+
+@pytest.fixture(scope="module")
+def llm_folder(tmp_path_factory):
+    return make_tiny_llm(str(tmp_path_factory.mktemp("tiny_llm")))
+
+
+def make_model(llm_folder, bridge="moe_adapter", seed=0, **kwargs):
+    torch.manual_seed(seed)
+    llm = load_causal_lm(llm_folder)
+    model = SpeechLLM(
+        FrameEncoder(output_size=16),
+        llm,
+        bridge,
+        downsampling_factor=2,
+        bridge_options=SMALL,
+        bos_index=1,
+        **kwargs,
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("bridge", BRIDGES)
+def test_bridge_shapes(bridge):
+    module = build_bridge(bridge, 40, 24, **SMALL)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    out = module(torch.randn(2, 5, 40), mask)
+    assert out.shape == (2, 5, 24)
+
+
+def test_unknown_bridge_names_choices():
+    with pytest.raises(ValueError, match="moe_adapter"):
+        build_bridge("sparse", 4, 4)
+
+
+@pytest.mark.parametrize("bridge", BRIDGES)
+def test_encode_audio_valid_frames(llm_folder, bridge):
+    model = make_model(llm_folder, bridge)
+    wavs = torch.randn(2, 3200)
+    emb, mask = model.encode_audio(wavs, torch.tensor([1.0, 0.5]))
+    # 21 fbank frames (19 inside the audio) -> 10 stacked (9 valid);
+    # half the audio -> 9 valid frames -> 4 stacked
+    assert emb.shape == (2, 10, 64)
+    assert mask.sum(1).tolist() == [9, 4]
+    # padded frames change nothing for the valid ones
+    emb_alone, _ = model.encode_audio(wavs[1:, :1600], torch.ones(1))
+    assert torch.allclose(emb_alone[0, :4], emb[1, :4], atol=1e-5)
+
+
+def test_layout_and_loss_masking(llm_folder):
+    model = make_model(llm_folder, "moe_adapter")
+    audio = torch.randn(2, 4, 64)
+    audio_mask = torch.tensor([[True] * 4, [True] * 2 + [False] * 2])
+    prompt = torch.tensor([[5, 6, 7], [5, 6, 0]])
+    prompt_mask = torch.tensor([[True] * 3, [True, True, False]])
+    target = torch.tensor([[8, 9, 2], [10, 2, 0]])
+    target_mask = torch.tensor([[True] * 3, [True, True, False]])
+    inp = model.build_inputs(
+        audio, audio_mask, prompt, prompt_mask, target, target_mask
+    )
+    # prefix = bos + start + audio + end + prompt; left padded
+    assert inp["prefix_length"] == 1 + 1 + 4 + 1 + 3
+    assert inp["attention_mask"].sum(1).tolist() == [13, 9]
+    assert inp["attention_mask"][1, :3].tolist() == [False] * 3
+    assert inp["position_ids"][1, 3].item() == 0
+    # the loss only counts positions predicting target tokens
+    assert inp["loss_mask"].sum(1).tolist() == [3, 2]
+    logits = model.llm(
+        inputs_embeds=inp["inputs_embeds"],
+        attention_mask=inp["attention_mask"].long(),
+        position_ids=inp["position_ids"],
+    ).logits
+    loss = sequence_nll(logits, inp["labels"], inp["loss_mask"])
+    labels = inp["labels"].clone()
+    prefix = inp["prefix_length"]
+    labels[:, :prefix] = torch.randint(0, 200, (2, prefix))  # prompt + audio labels
+    labels[1, -1] = 77  # the padded target position
+    assert torch.equal(loss, sequence_nll(logits, labels, inp["loss_mask"]))
+    labels[0, prefix] = 11  # a real target token does matter
+    assert not torch.equal(loss, sequence_nll(logits, labels, inp["loss_mask"]))
+    # forward() aligns logits with targets and gives the same loss
+    out_logits = logits[:, prefix - 1 : prefix - 1 + 3]
+    assert torch.allclose(target_nll(out_logits, target, target_mask), loss, atol=1e-6)
+
+
+def test_forward_loss_independent_of_padding(llm_folder):
+    model = make_model(llm_folder, "soft_moa")
+    wavs = torch.randn(2, 3200)
+    prompt = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    target = torch.tensor([[8, 9, 2], [10, 2, 0]])
+    out = model(
+        wavs,
+        torch.tensor([1.0, 0.5]),
+        prompt,
+        torch.ones(2),
+        target,
+        torch.tensor([1.0, 2 / 3]),
+    )
+    alone = model(
+        wavs[1:, :1600],
+        torch.ones(1),
+        prompt[1:],
+        torch.ones(1),
+        target[1:, :2],
+        torch.ones(1),
+    )
+    assert torch.allclose(out["logits"][1, :2], alone["logits"][0], atol=1e-4)
+
+
+def test_gradients_reach_bridge_only(llm_folder):
+    model = make_model(llm_folder, "moe_adapter").train()
+    wavs = torch.randn(2, 3200)
+    out = model(
+        wavs,
+        torch.ones(2),
+        torch.tensor([[5, 6]] * 2),
+        torch.ones(2),
+        torch.tensor([[8, 2]] * 2),
+        torch.ones(2),
+    )
+    (
+        target_nll(out["logits"], out["targets"], out["target_mask"]) + out["aux_loss"]
+    ).backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("bridge.", "audio_")) for n in trainable)
+    assert all(
+        p.grad is not None for n, p in model.named_parameters() if p.requires_grad
+    )
+    assert not model.llm.training and not model.encoder.training
+    assert set(model.trainable_state_dict()) >= trainable
+
+
+def test_lora_adds_trainable_llm_parameters(llm_folder):
+    model = make_model(llm_folder, "dense", lora_rank=2)
+    names = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith("llm.")
+    ]
+    assert names
+    hyps = model.generate(
+        torch.randn(1, 1600),
+        torch.ones(1),
+        torch.tensor([[5, 6]]),
+        torch.ones(1),
+        max_new_tokens=3,
+    )
+    assert len(hyps) == 1
+
+
+@pytest.mark.parametrize("bridge", BRIDGES)
+def test_decoding_cache_and_padding(llm_folder, bridge):
+    model = make_model(llm_folder, bridge, seed=3)
+    wavs = torch.randn(3, 3200)
+    wav_lens = torch.tensor([1.0, 0.5, 0.75])
+    prompt = torch.tensor([[5, 6, 7], [5, 6, 0], [9, 0, 0]])
+    prompt_lens = torch.tensor([1.0, 2 / 3, 1 / 3])
+    kwargs = dict(max_new_tokens=6)
+    cached = model.generate(wavs, wav_lens, prompt, prompt_lens, **kwargs)
+    uncached = model.generate(
+        wavs, wav_lens, prompt, prompt_lens, use_cache=False, **kwargs
+    )
+    assert cached == uncached
+    assert all(len(h) > 0 for h in cached)
+    beam1 = model.generate(wavs, wav_lens, prompt, prompt_lens, num_beams=1, **kwargs)
+    assert beam1 == cached
+    beams = model.generate(wavs, wav_lens, prompt, prompt_lens, num_beams=3, **kwargs)
+    assert len(beams) == 3
+    for i in range(3):
+        n = int(round(float(wav_lens[i]) * 3200))
+        p = int(round(float(prompt_lens[i]) * 3))
+        alone = model.generate(
+            wavs[i : i + 1, :n],
+            torch.ones(1),
+            prompt[i : i + 1, :p],
+            torch.ones(1),
+            **kwargs,
+        )
+        assert alone[0] == cached[i]
+        alone_beam = model.generate(
+            wavs[i : i + 1, :n],
+            torch.ones(1),
+            prompt[i : i + 1, :p],
+            torch.ones(1),
+            num_beams=3,
+            **kwargs,
+        )
+        assert alone_beam[0] == beams[i]
+
+
+def test_checkpoint_roundtrip(llm_folder, tmp_path):
+    model = make_model(llm_folder, "moe_adapter")
+    path = tmp_path / "speech_llm.ckpt"
+    model._save(path)
+    saved = torch.load(path, weights_only=True)
+    assert not any(k.startswith(("llm.", "encoder.")) for k in saved)
+    other = make_model(llm_folder, "moe_adapter", seed=1)
+    other._load(path)
+    for k, v in model.trainable_state_dict().items():
+        assert torch.equal(v, other.trainable_state_dict()[k])
+    with pytest.raises(RuntimeError, match="bridge"):
+        make_model(llm_folder, "dense")._load(path)
+
+
+def test_parameter_report(capsys):
+    report = bridge_parameter_report()
+    printed = capsys.readouterr().out
+    assert "moe_adapter" in printed and "dense" in printed
+    # each routed expert: 2560x1280 + 1280x2048 weights (+ biases)
+    assert report["per_expert"] == 2560 * 1280 + 1280 + 1280 * 2048 + 2048
+    # total - active = 4 idle experts, as in the paper (94.4M - 70.8M)
+    gap = report["moe_total"] - report["moe_active"]
+    assert abs(gap / 1e6 - (94.4 - 70.8)) < 0.1
+    assert abs(report["dense_total"] - report["moe_total"]) / report["moe_total"] < 1e-3
+    assert report["dense_active"] == report["dense_total"]
+    # the paper's figures = experts + aggregation + one 2560x2048 linear
+    c = report["components"]
+    paper_total = c["routed_experts"] + c["aggregation"] + 2560 * 2048
+    assert abs(paper_total / 1e6 - 94.4) < 0.1
+    assert abs((paper_total - gap) / 1e6 - 70.8) < 0.1
