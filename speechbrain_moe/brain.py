@@ -80,17 +80,20 @@ class PETLClassifierBrain(sb.Brain):
 
     def __init__(self, *args, train_logger=None, lr_schedule=None, **kwargs):
         super().__init__(*args, **kwargs)
+        hparams = getattr(self, "hparams", None)
         if train_logger is None:
-            train_logger = getattr(self.hparams, "train_logger", None)
+            train_logger = getattr(hparams, "train_logger", None)
         if lr_schedule is None:
-            lr_schedule = getattr(self.hparams, "lr_schedule", None)
+            lr_schedule = getattr(hparams, "lr_schedule", None)
         self.train_logger = train_logger
         self.lr_schedule = lr_schedule
         self.steps_per_epoch = None
         self.num_routers = track_load(self.modules)
 
     # ------------------------------------------------------------- data
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+    def make_dataloader(
+        self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
+    ):
         """As :meth:`speechbrain.Brain.make_dataloader`; also records the
         number of training batches (for the per-step schedule).
 

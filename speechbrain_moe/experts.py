@@ -195,10 +195,18 @@ class ExpertBank(nn.Module):
         outputs = []
         # Sort-then-loop is the portable path: each expert multiplies only its
         # own rows; the stacked parameters collect a gradient for every expert
-        # (zeros for an expert that got no row in this batch).
+        # (zeros for an expert that got no row in this batch). The per-expert
+        # views come from one ``unbind`` each: its backward stacks the N
+        # gradients once, where N indexing views would each materialise (and
+        # then sum) a full-size zero gradient of the stacked parameter.
+        downs = self.down_weight.unbind(1)
+        down_biases = self.down_bias.unbind(0)
+        ups = self.up_weight.unbind(0)
+        up_biases = self.up_bias.unbind(0)
         for i, rows in enumerate(x.split(list(counts))):
             if rows.shape[0] > 0:
-                outputs.append(self.expert(i, rows))
+                hidden = self.activation(rows @ downs[i] + down_biases[i])
+                outputs.append(hidden @ ups[i] + up_biases[i])
         if not outputs:
             # No row at all: keep every parameter in the graph for DDP.
             return x.new_zeros(0, self.output_size) + 0.0 * self._zero_touch()

@@ -156,9 +156,7 @@ def setup_backbone(hparams, method=None, overrides=None, hparams_dir=None):
     settings = load_petl_settings(method, hparams_dir, overrides)
     backbone = apply_method(hparams["backbone"], method, **settings)
     counts = count_parameters(hparams.get("modules") or {"backbone": backbone})
-    logger.info(
-        "PETL method %s %s\n%s", method, settings, format_parameters(counts)
-    )
+    logger.info("PETL method %s %s\n%s", method, settings, format_parameters(counts))
     return backbone
 
 
@@ -214,7 +212,9 @@ class CosineLR:
             return self.lr * progress / self.warmup_fraction
         span = 1.0 - self.warmup_fraction
         done = (progress - self.warmup_fraction) / span if span > 0 else 1.0
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * done))
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (
+            1 + math.cos(math.pi * done)
+        )
 
 
 def check_audio(path):
@@ -500,7 +500,9 @@ def read_test_accuracy(train_log):
     return float(found[-1])
 
 
-def cross_validate(script, hparams_file, folds, output_folder, extra_args=(), launcher=None):
+def cross_validate(
+    script, hparams_file, folds, output_folder, extra_args=(), launcher=None
+):
     """Runs ``script`` once per fold and reports test accuracy mean ± std.
 
     Arguments
@@ -584,7 +586,9 @@ def cross_validation_main(script, default_folds, argv=None):
     )
     parser.add_argument("hparams_file")
     parser.add_argument("--output_folder", required=True)
-    parser.add_argument("--folds", default=",".join(map(str, range(1, default_folds + 1))))
+    parser.add_argument(
+        "--folds", default=",".join(map(str, range(1, default_folds + 1)))
+    )
     parser.add_argument("--nproc", type=int, default=1, help="> 1: torchrun DDP")
     args, rest = parser.parse_known_args(argv)
     launcher = None
@@ -597,4 +601,6 @@ def cross_validation_main(script, default_folds, argv=None):
             f"--nproc_per_node={args.nproc}",
         ]
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
-    return cross_validate(script, args.hparams_file, folds, args.output_folder, rest, launcher)
+    return cross_validate(
+        script, args.hparams_file, folds, args.output_folder, rest, launcher
+    )

@@ -1,18 +1,62 @@
-"""Shared pytest fixtures: tiny models and data built on the fly (no network)."""
+"""Shared fixtures: tiny random backbones and tiny synthetic data sets, built
+once per test session (no network)."""
+
+import os
+import sys
 
 import pytest
-import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_ast_dir(tmp_path_factory):
+    """A tiny random AST (hidden 32, 2 layers, max_length 100) folder."""
+    folder = str(tmp_path_factory.mktemp("tiny_ast"))
+    try:
+        from speechbrain_moe.synthetic.models import make_tiny_ast
+    except ImportError:
+        from transformers import ASTConfig, ASTModel
+
+        cfg = ASTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_length=100,
+        )
+        ASTModel(cfg).save_pretrained(folder)
+        return folder
+    return make_tiny_ast(folder)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """Factory: ``synthetic_dataset(kind)`` -> folder of a tiny data set in the
+    official layout of ``esc50``, ``us8k``, ``gsc`` or ``fsc`` (built once)."""
+    from speechbrain_moe.synthetic import generate
+
+    cache = {}
+
+    def build(kind):
+        if kind not in cache:
+            cache[kind] = generate(kind, str(tmp_path_factory.mktemp(kind)))
+        return cache[kind]
+
+    return build
 
 
 @pytest.fixture(scope="session")
 def tiny_ast_folder(tmp_path_factory):
-    """A random tiny ``ASTModel`` (d=32, 2 layers) saved to a local folder.
+    """A random tiny ``ASTModel`` (d=32, 2 layers, max_length 100) folder.
 
     Biases and LayerNorm parameters are perturbed away from their trivial
     initial values (0 and 1), so that the model looks "pretrained" and tests
     cannot pass by accident on an all-zero bias or identity LayerNorm.
     Load it with ``speechbrain_moe.lobes.ast.AST(folder, max_frames=100)``.
     """
+    import torch
     from transformers import ASTConfig, ASTModel
 
     torch.manual_seed(0)
@@ -28,6 +72,6 @@ def tiny_ast_folder(tmp_path_factory):
         for name, param in model.named_parameters():
             if name.endswith("bias") or "layernorm" in name:
                 param.add_(0.1 * torch.randn_like(param))
-    folder = tmp_path_factory.mktemp("tiny_ast")
+    folder = tmp_path_factory.mktemp("tiny_ast_petl")
     model.save_pretrained(folder)
     return str(folder)

@@ -6,12 +6,17 @@ recipe rather than once per method::
     python tests/recipe_runner.py RECIPE_DIR HPARAMS OUT_DIR METHODS [ARGS...]
 
 ``METHODS`` is comma-separated; method ``m`` writes to ``OUT_DIR/m``. Each run
-goes through the script's ``__main__`` with a real command line.
+goes through the script's ``__main__`` with a real command line. Under
+``torchrun`` each rank also saves the trained weights (backbone's trainable
+tensors and the head) to ``OUT_DIR/m/weights_rank<RANK>.pt``.
 """
 
+import os
 import runpy
 import sys
 import traceback
+
+import torch
 
 
 def main(argv):
@@ -28,7 +33,18 @@ def main(argv):
             *args,
         ]
         try:
-            runpy.run_path(f"{recipe_dir}/train.py", run_name="__main__")
+            env = runpy.run_path(f"{recipe_dir}/train.py", run_name="__main__")
+            if "RANK" in os.environ:
+                hparams = env["hparams"]
+                weights = {
+                    f"backbone.{k}": v
+                    for k, v in hparams["backbone"].trainable_state_dict().items()
+                }
+                for k, v in hparams["classifier"].state_dict().items():
+                    weights[f"classifier.{k}"] = v
+                torch.save(
+                    weights, f"{out_dir}/{method}/weights_rank{os.environ['RANK']}.pt"
+                )
         except BaseException:  # noqa: B036 - report every failure by method
             traceback.print_exc()
             failed.append(method)

@@ -42,16 +42,26 @@ def parse_args(argv=None):
     )
     parser.add_argument("--suite", choices=SUITES, help="Which suite to run.")
     parser.add_argument("--json", help="Write the report to this JSON file.")
-    parser.add_argument("--quick", action="store_true", help="Tiny shapes: a smoke test.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Tiny shapes: a smoke test."
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
-    parser.add_argument("--plot", help="Draw the report to this image file (matplotlib).")
-    parser.add_argument("--markdown", action="store_true", help="Print a Markdown table too.")
+    parser.add_argument(
+        "--plot", help="Draw the report to this image file (matplotlib)."
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="Print a Markdown table too."
+    )
     parser.add_argument("--warmup", type=int, help="Warm-up steps per case.")
     parser.add_argument("--repeats", type=int, help="Timed interleaved rounds.")
     parser.add_argument(
-        "--no-memory", action="store_true", help="Skip the per-case memory subprocesses."
+        "--no-memory",
+        action="store_true",
+        help="Skip the per-case memory subprocesses.",
     )
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads (default: torch's)."
+    )
     parser.add_argument("--memory-worker", metavar="SPEC", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -78,7 +88,9 @@ def main(argv=None):
         print(json.dumps(run_worker(json.loads(args.memory_worker))))
         return 0
     if not args.suite:
-        print("error: --suite is required (table1, scaling or bridge).", file=sys.stderr)
+        print(
+            "error: --suite is required (table1, scaling or bridge).", file=sys.stderr
+        )
         return 2
 
     def log(message):

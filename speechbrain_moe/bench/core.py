@@ -205,7 +205,10 @@ def measure_memory(build, warmup=1, repeats=2, device="cpu"):
         peak = torch.cuda.max_memory_allocated(device) / 1024.0**2
     else:
         peak = peak_rss_mb()
-    return {"peak_mem_mb": round(peak, 1), "step_mem_mb": round(max(peak - base, 0.0), 1)}
+    return {
+        "peak_mem_mb": round(peak, 1),
+        "step_mem_mb": round(max(peak - base, 0.0), 1),
+    }
 
 
 def memory_in_subprocess(spec, timeout=None):
@@ -223,8 +226,16 @@ def memory_in_subprocess(spec, timeout=None):
     dict
         The worker's :func:`measure_memory` result.
     """
-    cmd = [sys.executable, "-m", "speechbrain_moe.bench", "--memory-worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "speechbrain_moe.bench",
+        "--memory-worker",
+        json.dumps(spec),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(

@@ -21,6 +21,8 @@ TARGETS = {
     "scaling": "Soft-/Dense-MoA step time at N=64 <= 1.25x N=2",
     "bridge": "moe_adapter step time <= 1.0x dense",
 }
+#: Order of the suites in rendered documents.
+SUITE_ORDER = {"table1": 0, "scaling": 1, "bridge": 2}
 #: Paper Table 1 ratios to the single adapter (GPU, ms 513 / 626 / 1689).
 PAPER_RATIOS = {"adapter": 1.0, "soft_moa": 1.22, "dense_moa": 3.29, "lora": 1.02}
 
@@ -49,7 +51,9 @@ def validate_report(report):
         for key in ("step_ms_median", "step_ms_min"):
             value = row.get(key)
             if not isinstance(value, (int, float)) or value <= 0:
-                problems.append(f"row {i}: {key} must be a positive number, got {value!r}")
+                problems.append(
+                    f"row {i}: {key} must be a positive number, got {value!r}"
+                )
         if not isinstance(row.get("config", {}), dict):
             problems.append(f"row {i}: config must be a dict")
     if "results" in report and not report["results"]:
@@ -87,7 +91,9 @@ def _columns(report):
             ("active params", lambda r: f"{r.get('active_params', 0):,}"),
         ]
     else:
-        cols += [("trainable (no head)", lambda r: f"{r['trainable_params_no_head']:,}")]
+        cols += [
+            ("trainable (no head)", lambda r: f"{r['trainable_params_no_head']:,}")
+        ]
     cols += [
         ("step ms (median)", lambda r: _fmt(r["step_ms_median"], ".1f")),
         ("step ms (min)", lambda r: _fmt(r["step_ms_min"], ".1f")),
@@ -106,7 +112,9 @@ def _columns(report):
     if suite == "scaling":
         cols += [("time / N=2", lambda r: _fmt(r.get("ratio_to_n2")))]
     if suite == "table1":
-        cols += [("paper time / adapter", lambda r: _fmt(PAPER_RATIOS.get(r["method"])))]
+        cols += [
+            ("paper time / adapter", lambda r: _fmt(PAPER_RATIOS.get(r["method"])))
+        ]
     return cols
 
 
@@ -242,10 +250,14 @@ def plot_report(report, path):
         for r in rows:
             if r["config"].get("sweep") == "experts":
                 key = f"{r['method']} r={r['config']['bottleneck']}"
-                sweeps.setdefault(key, []).append((r["config"]["num_experts"], r["step_ms_median"]))
+                sweeps.setdefault(key, []).append(
+                    (r["config"]["num_experts"], r["step_ms_median"])
+                )
         for key, points in sorted(sweeps.items()):
             points.sort()
-            ax_n.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+            ax_n.plot(
+                [p[0] for p in points], [p[1] for p in points], marker="o", label=key
+            )
         ax_n.set_xscale("log", base=2)
         ax_n.set_xlabel("number of experts N")
         ax_n.set_ylabel("training step time (ms, median)")
@@ -259,7 +271,9 @@ def plot_report(report, path):
                 )
         for key, points in sorted(lengths.items()):
             points.sort()
-            ax_f.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+            ax_f.plot(
+                [p[0] for p in points], [p[1] for p in points], marker="o", label=key
+            )
         ax_f.set_xlabel("input frames (fbank)")
         ax_f.set_ylabel("training step time (ms, median)")
         ax_f.set_title("Step time vs sequence length")
@@ -269,7 +283,12 @@ def plot_report(report, path):
         fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.2))
         names = [r["method"] for r in rows]
         values = [r["step_ms_median"] for r in rows]
-        colors = ["tab:orange" if n in ("soft_moa", "dense_moa", "moe_adapter") else "tab:blue" for n in names]
+        colors = [
+            "tab:orange"
+            if n in ("soft_moa", "dense_moa", "moe_adapter")
+            else "tab:blue"
+            for n in names
+        ]
         bars = ax.bar(names, values, color=colors)
         ratio_key = "ratio_to_dense" if suite == "bridge" else "ratio_to_adapter"
         ref = "dense" if suite == "bridge" else "adapter"

@@ -93,13 +93,21 @@ def add_ratios(results, suite):
     }
     for row in results:
         ref = adapters.get(row["config"].get("frames"))
-        row["ratio_to_adapter"] = _ratio(row["step_ms_median"], ref and ref["step_ms_median"])
-        row["mem_ratio_to_adapter"] = _ratio(row["peak_mem_mb"], ref and ref["peak_mem_mb"])
+        row["ratio_to_adapter"] = _ratio(
+            row["step_ms_median"], ref and ref["step_ms_median"]
+        )
+        row["mem_ratio_to_adapter"] = _ratio(
+            row["peak_mem_mb"], ref and ref["peak_mem_mb"]
+        )
     if suite == "bridge":
         dense = next((r for r in results if r["method"] == "dense"), None)
         for row in results:
-            row["ratio_to_dense"] = _ratio(row["step_ms_median"], dense and dense["step_ms_median"])
-            row["mem_ratio_to_dense"] = _ratio(row["peak_mem_mb"], dense and dense["peak_mem_mb"])
+            row["ratio_to_dense"] = _ratio(
+                row["step_ms_median"], dense and dense["step_ms_median"]
+            )
+            row["mem_ratio_to_dense"] = _ratio(
+                row["peak_mem_mb"], dense and dense["peak_mem_mb"]
+            )
     if suite == "scaling":
         for row in results:
             cfg = row["config"]
@@ -116,11 +124,15 @@ def add_ratios(results, suite):
                 ),
                 None,
             )
-            row["ratio_to_n2"] = _ratio(row["step_ms_median"], ref and ref["step_ms_median"])
+            row["ratio_to_n2"] = _ratio(
+                row["step_ms_median"], ref and ref["step_ms_median"]
+            )
     return results
 
 
-def run_suite(suite, quick=False, device="cpu", warmup=None, repeats=None, memory=True, log=print):
+def run_suite(
+    suite, quick=False, device="cpu", warmup=None, repeats=None, memory=True, log=print
+):
     """Runs one suite and returns its report (the JSON document).
 
     Arguments
@@ -148,7 +160,9 @@ def run_suite(suite, quick=False, device="cpu", warmup=None, repeats=None, memor
     if suite not in SUITES:
         raise ValueError(f"Unknown suite {suite!r}; choose one of {', '.join(SUITES)}.")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was given but CUDA is not available; use --device cpu.")
+        raise RuntimeError(
+            "--device cuda was given but CUDA is not available; use --device cpu."
+        )
     warmup = (1 if quick else 2) if warmup is None else warmup
     repeats = (2 if quick else 7) if repeats is None else repeats
     cases = CASE_LISTS[suite](quick=quick)
@@ -177,9 +191,14 @@ def run_suite(suite, quick=False, device="cpu", warmup=None, repeats=None, memor
                     bases[frames] = AST(checkpoint, max_frames=frames)
                 base = bases[frames]
             steps[index], counts[index] = build_step(spec, checkpoint, device, base)
-        log(f"[{suite}] timing {len(cases)} cases interleaved: {warmup} warm-up, {repeats} rounds")
+        log(
+            f"[{suite}] timing {len(cases)} cases interleaved: {warmup} warm-up, {repeats} rounds"
+        )
         timings = time_interleaved(
-            {str(i): s for i, s in steps.items()}, warmup=warmup, repeats=repeats, device=device
+            {str(i): s for i, s in steps.items()},
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
         )
     finally:
         if checkpoint is not None:
@@ -203,7 +222,9 @@ def run_suite(suite, quick=False, device="cpu", warmup=None, repeats=None, memor
         }
         if "active" in counts[index]:
             row["active_params"] = counts[index]["active"]
-            row["config"] = dict(row["config"], dense_hidden=counts[index]["dense_hidden"])
+            row["config"] = dict(
+                row["config"], dense_hidden=counts[index]["dense_hidden"]
+            )
         results.append(row)
     add_ratios(results, suite)
     first = cases[0]
@@ -238,6 +259,8 @@ def _label(spec):
     """Short description of a case for progress messages."""
     cfg = spec["config"]
     parts = [spec["method"]] + [
-        f"{k}={cfg[k]}" for k in ("num_experts", "bottleneck", "frames") if cfg.get(k) is not None
+        f"{k}={cfg[k]}"
+        for k in ("num_experts", "bottleneck", "frames")
+        if cfg.get(k) is not None
     ]
     return " ".join(parts)

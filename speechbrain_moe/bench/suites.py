@@ -15,7 +15,6 @@ Authors
 """
 
 import copy
-import os
 import tempfile
 
 import torch
@@ -36,7 +35,11 @@ AST_TINY = {"hidden_size": 32, "layers": 2, "heads": 2, "ffn": 64}
 #: Paper settings of the methods (Cappellazzo et al., 2024, Table 1).
 PAPER_SETTINGS = {
     "adapter": {"bottleneck": 24, "placement": "pfeiffer_attention"},
-    "dense_moa": {"num_experts": 14, "bottleneck": 1, "placement": "pfeiffer_attention"},
+    "dense_moa": {
+        "num_experts": 14,
+        "bottleneck": 1,
+        "placement": "pfeiffer_attention",
+    },
     "soft_moa": {"num_experts": 14, "bottleneck": 1, "placement": "pfeiffer_attention"},
     # In-encoder sparse MoE: top-2 of 8 experts of hidden 3, i.e. the
     # parameter budget of the r = 24 adapter spread over 8 experts.
@@ -82,7 +85,9 @@ def scaled_bridge_shape(divisor):
     (320, 4)
     """
     keep = ("num_experts", "top_k")
-    return {k: v if k in keep else max(1, v // divisor) for k, v in BRIDGE_PAPER.items()}
+    return {
+        k: v if k in keep else max(1, v // divisor) for k, v in BRIDGE_PAPER.items()
+    }
 
 
 def dense_hidden_for(total, input_size, output_size):
@@ -259,12 +264,15 @@ def save_random_ast(model, folder=None):
 
     Example
     -------
+    >>> import os
     >>> folder = save_random_ast(AST_TINY)
     >>> os.path.exists(os.path.join(folder, "config.json"))
     True
     """
     from transformers import ASTConfig, ASTModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     folder = folder or tempfile.mkdtemp(prefix="sbmoe_bench_ast_")
     torch.manual_seed(0)
     config = ASTConfig(
@@ -301,7 +309,8 @@ def shared_copy(module):
     (False, True)
     """
     memo = {
-        id(p): nn.Parameter(p.data, requires_grad=p.requires_grad) for p in module.parameters()
+        id(p): nn.Parameter(p.data, requires_grad=p.requires_grad)
+        for p in module.parameters()
     }
     return copy.deepcopy(module, memo)
 
@@ -327,8 +336,11 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
     counts : dict
         Output of :func:`speechbrain_moe.summary.count_parameters`.
     """
+    from transformers.utils import logging as hf_logging
+
     from speechbrain_moe.lobes.ast import AST
 
+    hf_logging.disable_progress_bar()
     config = spec["config"]
     torch.manual_seed(0)
     if base is not None:
@@ -348,7 +360,9 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
     generator = torch.Generator().manual_seed(0)
     feats = torch.randn(batch, config["frames"], lobe.num_mel_bins, generator=generator)
     feats = feats.to(device)
-    labels = torch.randint(0, spec["num_classes"], (batch,), generator=generator).to(device)
+    labels = torch.randint(0, spec["num_classes"], (batch,), generator=generator).to(
+        device
+    )
     mask = lobe.token_mask(torch.full((batch,), config["frames"])).to(device)
 
     def step():
@@ -398,9 +412,18 @@ def build_bridge_modules(config):
     )
     total = sum(p.numel() for p in moe.parameters())
     hidden = dense_hidden_for(total, config["input_size"], config["output_size"])
-    dense = DenseProjector(config["input_size"], config["output_size"], hidden_size=hidden)
-    per_expert = sum(p.numel() for p in moe.moe.experts.parameters()) // config["num_experts"]
-    return {"moe_adapter": moe, "dense": dense, "per_expert": per_expert, "dense_hidden": hidden}
+    dense = DenseProjector(
+        config["input_size"], config["output_size"], hidden_size=hidden
+    )
+    per_expert = (
+        sum(p.numel() for p in moe.moe.experts.parameters()) // config["num_experts"]
+    )
+    return {
+        "moe_adapter": moe,
+        "dense": dense,
+        "per_expert": per_expert,
+        "dense_hidden": hidden,
+    }
 
 
 def build_bridge_step(spec, device="cpu"):
@@ -436,7 +459,9 @@ def build_bridge_step(spec, device="cpu"):
         "dense_hidden": parts["dense_hidden"],
     }
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(config["batch_size"], config["time"], config["input_size"], generator=generator)
+    x = torch.randn(
+        config["batch_size"], config["time"], config["input_size"], generator=generator
+    )
     x = x.to(device)
     mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
     params = list(module.parameters())

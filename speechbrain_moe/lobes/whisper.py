@@ -122,7 +122,9 @@ class Whisper(Backbone):
         del full
         config = self.model.config
         try:
-            extractor = WhisperFeatureExtractor.from_pretrained(source, cache_dir=save_path)
+            extractor = WhisperFeatureExtractor.from_pretrained(
+                source, cache_dir=save_path
+            )
         except OSError:
             logger.warning(
                 "No Whisper feature-extractor config found for %s; using "
@@ -165,7 +167,9 @@ class Whisper(Backbone):
             # fc1 -> activation -> fc2 is not one sub-module: no FFN placement.
             ffn=[],
             ffn_norm=[],
-            lora=[f"{name}.self_attn.{p}" for name in layers for p in ("q_proj", "v_proj")],
+            lora=[
+                f"{name}.self_attn.{p}" for name in layers for p in ("q_proj", "v_proj")
+            ],
             num_prefix_tokens=0,
             grid_height=1,
         )
@@ -313,7 +317,7 @@ class Whisper(Backbone):
         return hidden, mask
 
 
-def measure_speedup(batch=8, seconds=1.0, repeats=5, **cfg):
+def measure_speedup(batch=8, seconds=1.0, repeats=10, **cfg):
     """Times the trimmed and the 30 s encoder on a batch of short clips.
 
     Arguments

@@ -86,7 +86,12 @@ def _check_classes(num_classes, available, kind):
 
 @register_generator("esc50")
 def make_esc50(
-    out_dir, seed=0, num_classes=5, clips_per_class_per_fold=2, seconds=1.0, sample_rate=44100
+    out_dir,
+    seed=0,
+    num_classes=5,
+    clips_per_class_per_fold=2,
+    seconds=1.0,
+    sample_rate=44100,
 ):
     """Mini ESC-50: ``meta/esc50.csv`` + ``audio/*.wav`` (44.1 kHz), 5 folds.
 
@@ -132,11 +137,21 @@ def make_esc50(
                 clip = class_tone(target, num_classes, sample_rate, seconds, rng)
                 sf.write(os.path.join(out_dir, "audio", name), clip, sample_rate)
                 rows.append(
-                    [name, fold, target, ESC50_CLASSES[target], "True", src, "ABCDEFGH"[take % 8]]
+                    [
+                        name,
+                        fold,
+                        target,
+                        ESC50_CLASSES[target],
+                        "True",
+                        src,
+                        "ABCDEFGH"[take % 8],
+                    ]
                 )
     with open(os.path.join(out_dir, "meta", "esc50.csv"), "w", newline="") as fout:
         writer = csv.writer(fout)
-        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        writer.writerow(
+            ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
+        )
         writer.writerows(rows)
     return out_dir
 
@@ -188,13 +203,33 @@ def make_us8k(out_dir, seed=0, num_classes=4, clips_per_class_per_fold=1, second
                 clip = class_tone(class_id, num_classes, rate, seconds, rng)
                 sf.write(os.path.join(folder, name), clip, rate)
                 rows.append(
-                    [name, fs_id, 0.0, seconds, 1, fold, class_id, US8K_CLASSES[class_id]]
+                    [
+                        name,
+                        fs_id,
+                        0.0,
+                        seconds,
+                        1,
+                        fold,
+                        class_id,
+                        US8K_CLASSES[class_id],
+                    ]
                 )
     os.makedirs(os.path.join(out_dir, "metadata"), exist_ok=True)
-    with open(os.path.join(out_dir, "metadata", "UrbanSound8K.csv"), "w", newline="") as fout:
+    with open(
+        os.path.join(out_dir, "metadata", "UrbanSound8K.csv"), "w", newline=""
+    ) as fout:
         writer = csv.writer(fout)
         writer.writerow(
-            ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"]
+            [
+                "slice_file_name",
+                "fsID",
+                "start",
+                "end",
+                "salience",
+                "fold",
+                "classID",
+                "class",
+            ]
         )
         writer.writerows(rows)
     return out_dir
@@ -233,7 +268,9 @@ def make_gsc(out_dir, seed=0, num_classes=4, clips_per_word=8, seconds=1.0):
     """
     _check_classes(num_classes, GSC_WORDS, "gsc")
     if clips_per_word < 4:
-        raise ValueError(f"gsc: clips_per_word must be at least 4, got {clips_per_word}.")
+        raise ValueError(
+            f"gsc: clips_per_word must be at least 4, got {clips_per_word}."
+        )
     rng = np.random.default_rng(seed)
     valid, test = [], []
     quarter = clips_per_word // 4
@@ -304,12 +341,26 @@ def make_fsc(out_dir, seed=0, num_classes=4, clips_per_intent=(6, 2, 2), seconds
                 path = f"wavs/speakers/{speaker}/{name}.wav"
                 clip = class_tone(label, num_classes, 16000, seconds, rng)
                 sf.write(os.path.join(out_dir, path), clip, 16000)
-                text = f"{action} the {obj}" + ("" if location == "none" else f" in the {location}")
+                text = f"{action} the {obj}" + (
+                    "" if location == "none" else f" in the {location}"
+                )
                 rows.append([index, path, speaker, text, action, obj, location])
                 index += 1
         os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
-        with open(os.path.join(out_dir, "data", f"{split}_data.csv"), "w", newline="") as fout:
+        with open(
+            os.path.join(out_dir, "data", f"{split}_data.csv"), "w", newline=""
+        ) as fout:
             writer = csv.writer(fout)
-            writer.writerow(["", "path", "speakerId", "transcription", "action", "object", "location"])
+            writer.writerow(
+                [
+                    "",
+                    "path",
+                    "speakerId",
+                    "transcription",
+                    "action",
+                    "object",
+                    "location",
+                ]
+            )
             writer.writerows(rows)
     return out_dir

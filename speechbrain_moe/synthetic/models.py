@@ -61,6 +61,10 @@ TINY_WAVLM = dict(
 def make_tiny_ast(folder, seed=0, **cfg):
     """Saves a tiny random ``ASTModel`` (and its feature-extractor config).
 
+    Unlike a fresh ``ASTModel``, the position embeddings and the two special
+    tokens are random (Hugging Face initialises them to zeros), as in a
+    trained checkpoint.
+
     Arguments
     ---------
     folder : str
@@ -89,9 +93,20 @@ def make_tiny_ast(folder, seed=0, **cfg):
     settings = {**TINY_AST, **cfg}
     torch.manual_seed(seed)
     os.makedirs(folder, exist_ok=True)
-    ASTModel(ASTConfig(**settings)).save_pretrained(folder)
+    model = ASTModel(ASTConfig(**settings))
+    # Hugging Face initialises these to zeros; a trained checkpoint's are not,
+    # and tests must be able to tell adapted embeddings from zeros.
+    with torch.no_grad():
+        for param in (
+            model.embeddings.position_embeddings,
+            model.embeddings.cls_token,
+            model.embeddings.distillation_token,
+        ):
+            param.normal_(std=0.02)
+    model.save_pretrained(folder)
     ASTFeatureExtractor(
-        num_mel_bins=settings.get("num_mel_bins", 128), max_length=settings["max_length"]
+        num_mel_bins=settings.get("num_mel_bins", 128),
+        max_length=settings["max_length"],
     ).save_pretrained(folder)
     return folder
 
@@ -130,7 +145,9 @@ def make_tiny_whisper(folder, seed=0, **cfg):
     torch.manual_seed(seed)
     os.makedirs(folder, exist_ok=True)
     WhisperModel(WhisperConfig(**settings)).save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=settings["num_mel_bins"]).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=settings["num_mel_bins"]).save_pretrained(
+        folder
+    )
     return folder
 
 

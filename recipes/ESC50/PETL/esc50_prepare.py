@@ -33,7 +33,9 @@ NUM_FOLDS = 5
 URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 
 
-def prepare_esc50(data_folder, save_folder, test_fold=1, valid_fold=None, skip_prep=False):
+def prepare_esc50(
+    data_folder, save_folder, test_fold=1, valid_fold=None, skip_prep=False
+):
     """Writes the train/valid/test manifests of one cross-validation fold.
 
     Arguments
@@ -54,7 +56,9 @@ def prepare_esc50(data_folder, save_folder, test_fold=1, valid_fold=None, skip_p
     dict
         Split -> manifest path.
     """
-    files = {s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")}
+    files = {
+        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
+    }
     if skip_prep:
         return files
     if valid_fold is None:
@@ -70,7 +74,9 @@ def prepare_esc50(data_folder, save_folder, test_fold=1, valid_fold=None, skip_p
         "valid_fold": int(valid_fold),
     }
     if skip_preparation(save_folder, list(files.values()), options):
-        logger.info("ESC-50 manifests already in %s, skipping preparation.", save_folder)
+        logger.info(
+            "ESC-50 manifests already in %s, skipping preparation.", save_folder
+        )
         return files
     check_data_folder(
         data_folder,
@@ -91,7 +97,13 @@ def prepare_esc50(data_folder, save_folder, test_fold=1, valid_fold=None, skip_p
                 skipped.append((path, problem))
                 continue
             fold = int(item["fold"])
-            split = "test" if fold == test_fold else "valid" if fold == valid_fold else "train"
+            split = (
+                "test"
+                if fold == test_fold
+                else "valid"
+                if fold == valid_fold
+                else "train"
+            )
             rows[split].append(
                 {
                     "ID": os.path.splitext(item["filename"])[0],

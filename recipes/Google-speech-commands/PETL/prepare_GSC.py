@@ -54,7 +54,9 @@ def prepare_GSC(data_folder, save_folder, skip_prep=False):
     dict
         Split -> manifest path.
     """
-    files = {s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")}
+    files = {
+        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
+    }
     if skip_prep:
         return files
     options = {"data_folder": os.path.abspath(data_folder), "words": "all"}
@@ -99,7 +101,9 @@ def prepare_GSC(data_folder, save_folder, skip_prep=False):
     report_skipped(skipped, "Speech Commands")
     for split, path in files.items():
         if not rows[split]:
-            raise RuntimeError(f"Speech Commands preparation found no usable audio for {split}.")
+            raise RuntimeError(
+                f"Speech Commands preparation found no usable audio for {split}."
+            )
         write_manifest(path, rows[split])
         logger.info("Wrote %s (%d clips, %d words)", path, len(rows[split]), len(words))
     save_preparation_options(save_folder, options)

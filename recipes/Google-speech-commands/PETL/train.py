@@ -23,8 +23,8 @@ Authors
 import sys
 
 import speechbrain as sb
-from prepare_GSC import prepare_GSC
 from hyperpyyaml import load_hyperpyyaml
+from prepare_GSC import prepare_GSC
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_moe.brain import PETLClassifierBrain

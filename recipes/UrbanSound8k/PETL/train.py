@@ -28,9 +28,9 @@ Authors
 import sys
 
 import speechbrain as sb
-from urbansound8k_prepare import prepare_urbansound8k
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
+from urbansound8k_prepare import prepare_urbansound8k
 
 from speechbrain_moe.brain import PETLClassifierBrain
 from speechbrain_moe.recipe import classification_datasets, setup_backbone

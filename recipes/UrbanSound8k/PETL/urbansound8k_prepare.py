@@ -56,7 +56,9 @@ def prepare_urbansound8k(
     dict
         Split -> manifest path.
     """
-    files = {s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")}
+    files = {
+        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
+    }
     if skip_prep:
         return files
     if valid_fold is None:
@@ -72,7 +74,9 @@ def prepare_urbansound8k(
         "valid_fold": int(valid_fold),
     }
     if skip_preparation(save_folder, list(files.values()), options):
-        logger.info("UrbanSound8K manifests already in %s, skipping preparation.", save_folder)
+        logger.info(
+            "UrbanSound8K manifests already in %s, skipping preparation.", save_folder
+        )
         return files
     check_data_folder(
         data_folder,
@@ -84,10 +88,14 @@ def prepare_urbansound8k(
     )
     rows = {split: [] for split in files}
     skipped = []
-    with open(os.path.join(data_folder, "metadata", "UrbanSound8K.csv"), newline="") as fin:
+    with open(
+        os.path.join(data_folder, "metadata", "UrbanSound8K.csv"), newline=""
+    ) as fin:
         for item in csv.DictReader(fin):
             fold = int(item["fold"])
-            path = os.path.join(data_folder, "audio", f"fold{fold}", item["slice_file_name"])
+            path = os.path.join(
+                data_folder, "audio", f"fold{fold}", item["slice_file_name"]
+            )
             if not os.path.isfile(path):
                 skipped.append((path, "missing"))
                 continue
@@ -95,7 +103,13 @@ def prepare_urbansound8k(
             if problem:
                 skipped.append((path, problem))
                 continue
-            split = "test" if fold == test_fold else "valid" if fold == valid_fold else "train"
+            split = (
+                "test"
+                if fold == test_fold
+                else "valid"
+                if fold == valid_fold
+                else "train"
+            )
             rows[split].append(
                 {
                     "ID": os.path.splitext(item["slice_file_name"])[0],
@@ -108,7 +122,9 @@ def prepare_urbansound8k(
     report_skipped(skipped, "UrbanSound8K")
     for split, path in files.items():
         if not rows[split]:
-            raise RuntimeError(f"UrbanSound8K preparation found no usable audio for {split}.")
+            raise RuntimeError(
+                f"UrbanSound8K preparation found no usable audio for {split}."
+            )
         write_manifest(path, rows[split])
         logger.info("Wrote %s (%d clips)", path, len(rows[split]))
     save_preparation_options(save_folder, options)

@@ -68,12 +68,16 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
     dict
         Split -> manifest path.
     """
-    files = {s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")}
+    files = {
+        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
+    }
     if skip_prep:
         return files
     options = {"data_folder": os.path.abspath(data_folder)}
     if skip_preparation(save_folder, list(files.values()), options):
-        logger.info("Fluent Speech Commands manifests already in %s, skipping.", save_folder)
+        logger.info(
+            "Fluent Speech Commands manifests already in %s, skipping.", save_folder
+        )
         return files
     check_data_folder(
         data_folder,
@@ -86,7 +90,9 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
     skipped = []
     for split, out in files.items():
         rows = []
-        with open(os.path.join(data_folder, "data", f"{split}_data.csv"), newline="") as fin:
+        with open(
+            os.path.join(data_folder, "data", f"{split}_data.csv"), newline=""
+        ) as fin:
             for item in csv.DictReader(fin):
                 path = os.path.join(data_folder, item["path"])
                 if not os.path.isfile(path):
@@ -109,7 +115,9 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
                     }
                 )
         if not rows:
-            raise RuntimeError(f"Fluent Speech Commands preparation found no usable audio for {split}.")
+            raise RuntimeError(
+                f"Fluent Speech Commands preparation found no usable audio for {split}."
+            )
         write_manifest(out, rows)
         logger.info("Wrote %s (%d utterances)", out, len(rows))
     report_skipped(skipped, "Fluent Speech Commands")

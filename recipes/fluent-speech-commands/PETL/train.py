@@ -23,8 +23,8 @@ Authors
 import sys
 
 import speechbrain as sb
-from prepare import prepare_FSC
 from hyperpyyaml import load_hyperpyyaml
+from prepare import prepare_FSC
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_moe.brain import PETLClassifierBrain

@@ -1,0 +1,94 @@
+"""Renders the benchmark tables of ``benchmarks/README.md`` from the JSON reports.
+
+Usage::
+
+    python benchmarks/make_table.py                      # print Markdown
+    python benchmarks/make_table.py --update benchmarks/README.md
+
+``--update`` replaces the text between ``<!-- bench:start -->`` and
+``<!-- bench:end -->`` in the given file.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+from speechbrain_moe.bench.report import SUITE_ORDER, describe, markdown_table
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def render(results_dir):
+    """Markdown for every ``*.json`` report in ``results_dir``, in suite order.
+
+    Arguments
+    ---------
+    results_dir : str
+        Folder with the reports.
+
+    Returns
+    -------
+    str
+    """
+    reports = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        with open(path) as handle:
+            report = json.load(handle)
+        if isinstance(report, dict) and "suite" in report and "results" in report:
+            reports.append((os.path.basename(path), report))
+    reports.sort(key=lambda item: (SUITE_ORDER.get(item[1]["suite"], 99), item[0]))
+    blocks = []
+    for name, report in reports:
+        blocks.append(
+            f"### {report['suite']} (`{name}`)\n\n{describe(report)}\n\n{markdown_table(report)}"
+        )
+    return "\n\n".join(blocks) if blocks else "_No results yet._"
+
+
+def update(path, text):
+    """Replaces the marked block of ``path`` with ``text``.
+
+    Arguments
+    ---------
+    path : str
+        Markdown file containing the two markers.
+    text : str
+        New content.
+    """
+    with open(path) as handle:
+        content = handle.read()
+    if START not in content or END not in content:
+        sys.exit(f"{path}: add the markers {START} and {END} where the tables go.")
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    with open(path, "w") as handle:
+        handle.write(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main(argv=None):
+    """Command-line entry.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=os.path.join(HERE, "results"))
+    parser.add_argument("--update", help="Markdown file whose marked block to replace.")
+    args = parser.parse_args(argv)
+    text = render(args.results)
+    if args.update:
+        update(args.update, text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
