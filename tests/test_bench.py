@@ -79,7 +79,18 @@ def test_bridge_quick_with_memory(tmp_path):
 
 
 def test_make_table_renders_results(tmp_path):
-    _run(tmp_path, "bridge", "--no-memory")
+    row = {
+        "method": "moe_adapter",
+        "config": {},
+        "total_params": 10,
+        "active_params": 6,
+    }
+    row.update(step_ms_median=1.0, step_ms_min=1.0, peak_mem_mb=None)
+    row.update(trainable_params=10, trainable_params_no_head=10, ratio_to_adapter=None)
+    report = {"suite": "bridge", "device": "cpu", "torch": "x", "config": {}}
+    report["results"] = [row]
+    assert validate_report(report) == []
+    (tmp_path / "bridge.json").write_text(json.dumps(report))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
     script = os.path.join(ROOT, "benchmarks", "make_table.py")

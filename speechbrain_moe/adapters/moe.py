@@ -108,6 +108,7 @@ class SparseMoE(RoutedModule):
         if num_shared_experts < 0:
             raise ValueError(
                 f"SparseMoE: num_shared_experts must be >= 0, got {num_shared_experts}."
+                " Set it to 0 (no shared expert) or more."
             )
         super().__init__(num_experts)
         self.top_k = top_k

@@ -304,7 +304,9 @@ def plot_report(report, path):
         ax.set_xlabel("method")
         ax.set_ylabel("step time (ms, median)")
         what = "forward + backward" if suite == "bridge" else "training step"
-        ax.set_title(f"{suite}: {what} time per method, ratio to {ref} {title_tail}")
+        ax.set_title(
+            f"{suite}: {what} time per method\n(ratio to {ref}; {title_tail[1:-1]})"
+        )
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -20,6 +20,7 @@ Authors
 """
 
 import importlib
+import inspect
 
 _REGISTRY = {}
 _BUILTIN_MODULES = (
@@ -106,6 +107,25 @@ def get_method(name):
     return _REGISTRY[name]
 
 
+def _check_builder_settings(name, builder, settings):
+    """Raises a clear error for settings a builder does not take.
+
+    Builders taking ``**settings`` check them themselves (the adapter
+    methods do, against their adapter class).
+    """
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = list(params)[1:]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        valid = ", ".join(accepted) if accepted else "none"
+        raise ValueError(
+            f"PETL method {name!r} got unknown setting(s) {unknown}. Valid "
+            f"settings: {valid}."
+        )
+
+
 def apply_method(backbone, name, **settings):
     """Adapts ``backbone`` in place with method ``name``.
 
@@ -122,7 +142,18 @@ def apply_method(backbone, name, **settings):
     -------
     torch.nn.Module
         The backbone.
+
+    Example
+    -------
+    >>> import torch
+    >>> from speechbrain_moe.targets import PetlTargets
+    >>> m = torch.nn.Linear(2, 2); m.petl_targets = PetlTargets(hidden_size=2)
+    >>> apply_method(m, "linear", rank=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: PETL method 'linear' got unknown setting(s) ['rank']. Valid settings: none.
     """
     builder = get_method(name)
+    _check_builder_settings(name, builder, settings)
     result = builder(backbone, **settings)
     return backbone if result is None else result

@@ -7,6 +7,7 @@ Authors
 
 import inspect
 
+import torch
 from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.adapters import (
@@ -72,12 +73,21 @@ def insert_adapters(
         )
     _check_settings(method, adapter_cls, settings)
     name, root, targets = petl_root(backbone)
+    if name is None:
+        raise TypeError(
+            f"{type(backbone).__name__} must name its adaptable sub-module in "
+            "'petl_root_name' for adapter methods."
+        )
     modules, norms = targets.locations(placement)
     accepted = inspect.signature(adapter_cls).parameters
     if "num_prefix_tokens" in accepted:
         settings.setdefault("num_prefix_tokens", targets.num_prefix_tokens)
     if "grid_height" in accepted:
         settings.setdefault("grid_height", targets.grid_height)
+    # Dry run on the meta device (no memory, no compute): a bad setting
+    # raises here, before AdaptedModel has frozen or wrapped anything.
+    with torch.device("meta"):
+        adapter_cls(targets.hidden_size, **settings)
     adapted = AdaptedModel(
         root,
         PLACEMENT_MODES[mode],
@@ -85,11 +95,6 @@ def insert_adapters(
         unfrozen_layers=norms if train_norms else [],
         adapter_kwargs={"adapter": adapter_cls, "adapter_kwargs": settings},
     )
-    if name is None:
-        raise TypeError(
-            f"{type(backbone).__name__} must name its adaptable sub-module in "
-            "'petl_root_name' for adapter methods."
-        )
     set_petl_root(backbone, name, adapted)
     return backbone
 
