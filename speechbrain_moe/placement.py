@@ -106,7 +106,14 @@ class _Placement(nn.Module):
 
     token_mask = None
 
-    def __init__(self, target_module, adapter, adapter_kwargs=None, input_size=None, output_size=None):
+    def __init__(
+        self,
+        target_module,
+        adapter,
+        adapter_kwargs=None,
+        input_size=None,
+        output_size=None,
+    ):
         super().__init__()
         self.pretrained_module = target_module
         in_size, out_size = infer_sizes(target_module)
@@ -178,7 +185,14 @@ class SequentialAdapter(_Placement):
     torch.Size([3, 4])
     """
 
-    def __init__(self, target_module, adapter, adapter_kwargs=None, input_size=None, output_size=None):
+    def __init__(
+        self,
+        target_module,
+        adapter,
+        adapter_kwargs=None,
+        input_size=None,
+        output_size=None,
+    ):
         out_size = output_size or infer_sizes(target_module)[1]
         super().__init__(target_module, adapter, adapter_kwargs, out_size, out_size)
 

@@ -19,6 +19,7 @@ Authors
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -411,8 +412,15 @@ def load_audio(path, sample_rate=16000):
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     sig = torch.from_numpy(audio).mean(dim=1)
     if rate != sample_rate:
-        sig = torchaudio.functional.resample(sig, rate, sample_rate)
+        with torch.no_grad():
+            sig = _resampler(rate, sample_rate)(sig)
     return sig
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig, new):
+    """A cached resampler (its filter kernel is built once per rate pair)."""
+    return torchaudio.transforms.Resample(orig, new)
 
 
 def classification_datasets(

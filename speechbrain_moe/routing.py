@@ -68,7 +68,9 @@ class RoutedModule(nn.Module):
             return
         weights = weights.detach().float()
         if mask is None:
-            mask = torch.ones(weights.shape[:-1], dtype=torch.bool, device=weights.device)
+            mask = torch.ones(
+                weights.shape[:-1], dtype=torch.bool, device=weights.device
+            )
         if self.tracking_load:
             self.load_sum += (weights * mask.unsqueeze(-1)).sum(dim=(0, 1))
             self.load_tokens += mask.sum()

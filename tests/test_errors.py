@@ -100,3 +100,10 @@ def test_bad_adapter_settings_through_the_registry(tiny_ast, settings, match):
     # The error comes before anything is frozen or wrapped.
     assert all(p.requires_grad for p in tiny_ast.parameters())
     assert type(tiny_ast.model).__name__ == "ASTModel"
+
+
+def test_targets_naming_missing_modules_are_reported(tiny_ast):
+    tiny_ast.petl_targets.attention = ["layers.0.attn", "layers.1.attn"]
+    with pytest.raises(ValueError, match="layers.0.attn"):
+        apply_method(tiny_ast, "adapter", bottleneck=2)
+    assert type(tiny_ast.model).__name__ == "ASTModel"

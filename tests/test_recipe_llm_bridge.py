@@ -152,7 +152,8 @@ def test_debug_run_with_tiny_whisper(bridge_data, tmp_path):
     if "tiny-whisper" not in available_generators():
         pytest.skip("tiny-whisper generator not available")
     whisper = GENERATORS["tiny-whisper"](str(bridge_data["root"] / "whisper"))
-    args = base_args(bridge_data) + [
+    args = [a for a in base_args(bridge_data) if not a.startswith("--encoder_type")]
+    args += [
         "--encoder_type=whisper",
         f"--backbone_source={whisper}",
         "--bridge=moe_adapter",

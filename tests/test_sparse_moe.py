@@ -44,7 +44,9 @@ def brute_force(moe, x, mask):
             token = normed[b, t]
             logits = token @ moe.router.weight.T
             score = logits + moe.selection_bias if moe.bias_balancing else logits
-            chosen = sorted(range(moe.num_experts), key=lambda i: -float(score[i].detach()))
+            chosen = sorted(
+                range(moe.num_experts), key=lambda i: -float(score[i].detach())
+            )
             chosen = chosen[: moe.top_k]
             if moe.routing == "topk_softmax":
                 weights = torch.softmax(logits[chosen], dim=0)
@@ -104,7 +106,7 @@ def test_bias_balancing_moves_selection_not_weights():
     moe = make_moe(top_k=2, bias_balancing=True)
     x = torch.randn(2, 5, 6)
     logits = moe.router(moe.norm(x)).float().reshape(-1, 5)
-    moe.selection_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 50.0, 50.0]))
+    moe.selection_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 40.0, 60.0]))
     weights, experts = moe.route(logits)
     assert (experts.sort(-1).values == torch.tensor([3, 4])).all()
     # The weights come from the raw logits of the selected experts.
@@ -131,27 +133,33 @@ def test_bias_update_pushes_load_towards_uniform():
     assert moe.step_counts.sum() == 0  # only training batches count
 
 
-def test_switch_balance_loss_equals_alpha_for_uniform_routing():
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_switch_balance_loss_equals_alpha_for_uniform_routing(top_k):
     alpha = 0.3
     moe = SparseMoE(
         4,
         num_experts=4,
-        top_k=1,
+        top_k=top_k,
         norm=False,
         balance_loss_weight=alpha,
         z_loss_weight=0.0,
     )
     with torch.no_grad():
         moe.router.weight.copy_(torch.eye(4))
-    # Token j points at expert j: each expert gets one token (f_i = 1/4), and
-    # the mean router probability of each expert is 1/4 by symmetry.
-    moe(3.0 * torch.eye(4).unsqueeze(0))
-    assert float(moe.aux_loss) == pytest.approx(alpha, rel=1e-6)
-    # All tokens on expert 0: the loss is above its minimum.
-    moe(3.0 * torch.eye(4)[[0, 0, 0, 0]].unsqueeze(0))
-    probs = torch.softmax(torch.tensor([3.0, 0.0, 0.0, 0.0]), 0)
-    assert float(moe.aux_loss) == pytest.approx(alpha * 4 * float(probs[0]), rel=1e-6)
-    assert float(moe.aux_loss) > alpha
+    # Token j points at experts j, ..., j + k - 1 (cyclically): each expert
+    # gets the same share of token-slots (f_i = 1/4), and by the cyclic
+    # symmetry the mean router probability of each expert is 1/4 too.
+    tokens = sum(torch.eye(4).roll(shift, dims=1) for shift in range(top_k))
+    moe(3.0 * tokens.unsqueeze(0))
+    assert float(moe.aux_loss.detach()) == pytest.approx(alpha, rel=1e-6)
+    # All tokens alike: the same k experts take everything, above the minimum.
+    moe(3.0 * tokens[[0, 0, 0, 0]].unsqueeze(0))
+    probs = torch.softmax(3.0 * tokens[0], 0)
+    busy = float(probs[:top_k].sum())  # the k busy experts, f_i = 1/k each
+    assert float(moe.aux_loss.detach()) == pytest.approx(
+        alpha * 4 * busy / top_k, rel=1e-6
+    )
+    assert float(moe.aux_loss.detach()) > alpha
 
 
 def test_z_loss_formula_on_real_tokens_only():

@@ -38,7 +38,9 @@ class BottleneckAdapter(nn.Module):
 
     def __init__(self, input_size, bottleneck=24, output_size=None, activation=nn.GELU):
         super().__init__()
-        check_positive("BottleneckAdapter", input_size=input_size, bottleneck=bottleneck)
+        check_positive(
+            "BottleneckAdapter", input_size=input_size, bottleneck=bottleneck
+        )
         output_size = input_size if output_size is None else output_size
         self.down = nn.Linear(input_size, bottleneck)
         self.activation = activation()

@@ -110,7 +110,9 @@ class Convpass(nn.Module):
         if mask is not None:
             hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
         special, grid = hidden[:, :prefix], hidden[:, prefix:]
-        grid = grid.reshape(batch, height, grid_tokens // height, -1).permute(0, 3, 1, 2)
+        grid = grid.reshape(batch, height, grid_tokens // height, -1).permute(
+            0, 3, 1, 2
+        )
         grid = self.activation(self.conv(grid))
         grid = grid.permute(0, 2, 3, 1).reshape(batch, grid_tokens, -1)
         return self.up(torch.cat([special, grid], dim=1))

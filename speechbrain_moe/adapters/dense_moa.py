@@ -41,7 +41,12 @@ class DenseMoA(RoutedModule):
     """
 
     def __init__(
-        self, input_size, num_experts=14, bottleneck=1, output_size=None, activation=nn.GELU
+        self,
+        input_size,
+        num_experts=14,
+        bottleneck=1,
+        output_size=None,
+        activation=nn.GELU,
     ):
         check_positive("DenseMoA", num_experts=num_experts, bottleneck=bottleneck)
         super().__init__(num_experts)

@@ -206,8 +206,12 @@ class SparseMoE(RoutedModule):
         counts = torch.bincount(flat_experts, minlength=self.num_experts)
         rows = order // self.top_k
         expert_out = self.experts.grouped(tokens[rows], counts.tolist())
-        expert_out = expert_out * weights.reshape(-1)[order].unsqueeze(-1).to(expert_out.dtype)
-        out = tokens.new_zeros(tokens.shape[0], self.output_size, dtype=expert_out.dtype)
+        expert_out = expert_out * weights.reshape(-1)[order].unsqueeze(-1).to(
+            expert_out.dtype
+        )
+        out = tokens.new_zeros(
+            tokens.shape[0], self.output_size, dtype=expert_out.dtype
+        )
         out = out.index_add(0, rows, expert_out)
         if self.shared is not None:
             out = out + self.shared.dense(tokens)
@@ -230,7 +234,9 @@ class SparseMoE(RoutedModule):
         if self.balance_loss_weight and logits.shape[0] > 0:
             share = counts.float() / counts.sum().clamp(min=1)
             mean_prob = torch.softmax(logits, dim=-1).mean(0)
-            loss = self.balance_loss_weight * self.num_experts * (share * mean_prob).sum()
+            loss = (
+                self.balance_loss_weight * self.num_experts * (share * mean_prob).sum()
+            )
         if self.z_loss_weight and logits.shape[0] > 0:
             z = self.z_loss_weight * torch.logsumexp(logits, dim=-1).pow(2).mean()
             loss = z if loss is None else loss + z
@@ -270,7 +276,9 @@ class SparseMoE(RoutedModule):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
         if counts.sum() > 0:
-            self.selection_bias += self.bias_update_rate * torch.sign(counts.mean() - counts)
+            self.selection_bias += self.bias_update_rate * torch.sign(
+                counts.mean() - counts
+            )
         self.step_counts.zero_()
 
 

@@ -951,6 +951,7 @@ class FrameEncoder(Backbone):
 ENCODERS = {
     "whisper": "speechbrain_moe.lobes.whisper.Whisper",
     "ast": "speechbrain_moe.lobes.ast.AST",
+    "wavlm": "speechbrain_moe.lobes.wavlm.SSLEncoder",
     "frame": "speechbrain_moe.lobes.speech_llm.FrameEncoder",
 }
 
@@ -961,7 +962,7 @@ def build_encoder(encoder_type, source=None, save_path=None, **options):
     Arguments
     ---------
     encoder_type : str
-        ``whisper``, ``ast``, ``frame`` (:class:`FrameEncoder`, no pretrained
+        ``whisper``, ``ast``, ``wavlm``, ``frame`` (:class:`FrameEncoder`, no pretrained
         weights) or the dotted path of any :class:`Backbone` class taking
         ``source`` and ``save_path``.
     source : str, optional

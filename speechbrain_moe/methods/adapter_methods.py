@@ -5,6 +5,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import fnmatch
 import inspect
 
 import torch
@@ -24,7 +25,10 @@ from speechbrain_moe.targets import petl_root, set_petl_root
 
 def _check_settings(method, adapter_cls, settings):
     """Raises a clear error for settings the adapter class does not take."""
-    accepted = set(inspect.signature(adapter_cls).parameters) - {"input_size", "output_size"}
+    accepted = set(inspect.signature(adapter_cls).parameters) - {
+        "input_size",
+        "output_size",
+    }
     unknown = sorted(set(settings) - accepted)
     if unknown:
         raise ValueError(
@@ -79,6 +83,16 @@ def insert_adapters(
             "'petl_root_name' for adapter methods."
         )
     modules, norms = targets.locations(placement)
+    present = [n for n, _ in root.named_modules()]
+    wanted = modules + (norms if train_norms else [])
+    # Names may be fnmatch patterns, as AdaptedModel accepts them.
+    missing = [m for m in wanted if not fnmatch.filter(present, m)]
+    if missing or not modules:
+        raise ValueError(
+            f"PETL method {method!r}: {type(backbone).__name__}'s petl_targets "
+            f"name modules it does not have: {missing[:4]} (placement "
+            f"{placement!r}). Fix the backbone's PetlTargets record."
+        )
     accepted = inspect.signature(adapter_cls).parameters
     if "num_prefix_tokens" in accepted:
         settings.setdefault("num_prefix_tokens", targets.num_prefix_tokens)
@@ -86,8 +100,11 @@ def insert_adapters(
         settings.setdefault("grid_height", targets.grid_height)
     # Dry run on the meta device (no memory, no compute): a bad setting
     # raises here, before AdaptedModel has frozen or wrapped anything.
-    with torch.device("meta"):
-        adapter_cls(targets.hidden_size, **settings)
+    try:
+        with torch.device("meta"):
+            adapter_cls(targets.hidden_size, **settings)
+    except (NotImplementedError, RuntimeError):
+        pass  # cannot be built on meta: the real construction below checks it
     adapted = AdaptedModel(
         root,
         PLACEMENT_MODES[mode],

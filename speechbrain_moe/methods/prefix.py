@@ -50,7 +50,9 @@ def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
         keys, values = prefix
         batch = key.shape[0]
         key = torch.cat([keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
-        value = torch.cat([values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
+        value = torch.cat(
+            [values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2
+        )
         if attention_mask is not None:
             attention_mask = extend_attention_mask(attention_mask, keys.shape[1])
             attention_mask = attention_mask[..., keys.shape[1] :, :]
@@ -79,8 +81,12 @@ class PrefixAttention(nn.Module):
         super().__init__()
         check_positive("prefix", num_prefix=num_prefix)
         self.pretrained_module = target_module
-        self.prefix_keys = nn.Parameter(torch.randn(num_heads, num_prefix, head_dim) * 0.02)
-        self.prefix_values = nn.Parameter(torch.randn(num_heads, num_prefix, head_dim) * 0.02)
+        self.prefix_keys = nn.Parameter(
+            torch.randn(num_heads, num_prefix, head_dim) * 0.02
+        )
+        self.prefix_values = nn.Parameter(
+            torch.randn(num_heads, num_prefix, head_dim) * 0.02
+        )
 
     def forward(self, *args, **kwargs):
         """Runs the block with this layer's prefixes visible to it."""

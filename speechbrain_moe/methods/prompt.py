@@ -74,7 +74,9 @@ class DeepPromptLayer(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts."""
-        prompts = self.prompts.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+        prompts = self.prompts.to(hidden_states.dtype).expand(
+            hidden_states.shape[0], -1, -1
+        )
         x = torch.cat([prompts, hidden_states], dim=1)
         args = list(args)
         if args and isinstance(args[0], torch.Tensor):
