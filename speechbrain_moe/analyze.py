@@ -77,9 +77,13 @@ def parse_args(argv):
     parser.add_argument("mode", choices=["ROUTING", "GRADIENTS"])
     parser.add_argument("--hparams", required=True, help="the recipe YAML of the run")
     parser.add_argument("--out", required=True, help="folder for plots and JSON")
-    parser.add_argument("--groups", default="class_name", help="manifest column (GRADIENTS)")
+    parser.add_argument(
+        "--groups", default="class_name", help="manifest column (GRADIENTS)"
+    )
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    parser.add_argument("--batches", type=int, default=4, help="batches per group (GRADIENTS)")
+    parser.add_argument(
+        "--batches", type=int, default=4, help="batches per group (GRADIENTS)"
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     args, rest = parser.parse_known_args(argv)
@@ -133,14 +137,16 @@ def load_experiment(hparams_file, overrides, device="cpu"):
     yaml_overrides = "\n".join(f"{k}: {v}" for k, v in overrides.items())
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, yaml_overrides)
-    datasets, label_encoder = recipe.dataio_prep(hparams)
-    setup_backbone(hparams, method=hparams["petl_method"], overrides=hparams["petl_overrides"])
     checkpointer = hparams["checkpointer"]
     if checkpointer.find_checkpoint(max_key="accuracy") is None:
         raise FileNotFoundError(
             f"No checkpoint in {checkpointer.checkpoints_dir}. Train first with the "
             "same YAML and overrides (the analysis loads the best checkpoint)."
         )
+    datasets, label_encoder = recipe.dataio_prep(hparams)
+    setup_backbone(
+        hparams, method=hparams["petl_method"], overrides=hparams["petl_overrides"]
+    )
     brain = PETLClassifierBrain(
         modules=hparams["modules"],
         hparams=hparams,
@@ -148,6 +154,7 @@ def load_experiment(hparams_file, overrides, device="cpu"):
         checkpointer=checkpointer,
     )
     brain.on_evaluate_start(max_key="accuracy")
+    brain.on_stage_start(sb.Stage.TEST)
     brain.modules.eval()
     return brain, datasets, label_encoder, hparams
 
@@ -192,7 +199,9 @@ def routing_analysis(brain, dataset, label_encoder, out, batch_size=8, method=""
     summary["method"] = method
     out.mkdir(parents=True, exist_ok=True)
     (out / "routing.json").write_text(json.dumps(summary, indent=2))
-    plot_contribution_per_layer(summary, out / "expert_contribution_per_layer.png", method)
+    plot_contribution_per_layer(
+        summary, out / "expert_contribution_per_layer.png", method
+    )
     plot_expert_by_class(summary, out / "expert_by_class.png", method=method)
     plot_balance(summary, out / "load_balance.png", method)
     return summary
@@ -228,7 +237,9 @@ def gradient_analysis(brain, dataset, column, out, batches=4, batch_size=8, meth
         try:
             groups = sorted({item[column] for item in dataset})
         except KeyError as err:
-            raise KeyError(f"Column {column!r} is not in the manifest; pass --groups.") from err
+            raise KeyError(
+                f"Column {column!r} is not in the manifest; pass --groups."
+            ) from err
     loaders = {
         g: make_dataloader(
             dataset.filtered_sorted(key_test={column: lambda v, g=g: v == g}),
@@ -278,7 +289,9 @@ def main(argv=None):
     out = Path(args.out)
     dataset = datasets[args.split]
     if args.mode == "ROUTING":
-        summary = routing_analysis(brain, dataset, label_encoder, out, args.batch_size, method)
+        summary = routing_analysis(
+            brain, dataset, label_encoder, out, args.batch_size, method
+        )
         for layer, entry in summary["layers"].items():
             print(f"{layer}: balance {entry['balance']}")
     else:

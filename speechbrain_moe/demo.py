@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from speechbrain_moe.recipe import read_test_accuracy
+from speechbrain_moe.synthetic.models import make_tiny_ast
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
@@ -63,36 +64,6 @@ def demo_command(output_folder, epochs=8):
         "--lr=0.01",
         "--device=cpu",
     ]
-
-
-def make_tiny_ast(folder):
-    """Writes the tiny random AST (the shared generator when available).
-
-    Arguments
-    ---------
-    folder : str
-        Target folder.
-
-    Returns
-    -------
-    str
-        The folder.
-    """
-    try:
-        from speechbrain_moe.synthetic.models import make_tiny_ast as make
-    except ImportError:
-        from transformers import ASTConfig, ASTModel
-
-        cfg = ASTConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_length=100,
-        )
-        ASTModel(cfg).save_pretrained(folder)
-        return folder
-    return make(folder)
 
 
 def main(argv=None):

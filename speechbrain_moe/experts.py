@@ -171,7 +171,7 @@ class ExpertBank(nn.Module):
         out = torch.einsum("bnpr,nro->bnpo", hidden, self.up_weight)
         return out + self.up_bias.unsqueeze(1)
 
-    def grouped(self, x, counts):
+    def grouped(self, x, counts, row_weights=None):
         """Applies each expert to its contiguous block of rows.
 
         Arguments
@@ -180,6 +180,9 @@ class ExpertBank(nn.Module):
             Rows sorted by expert, shape ``[rows, input_size]``.
         counts : list of int
             Number of rows of each expert, in expert order (sums to ``rows``).
+        row_weights : torch.Tensor, optional
+            ``[rows]`` weight of each row's output (applied to the narrow
+            hidden activation, which is cheaper than scaling the output).
 
         Returns
         -------
@@ -205,13 +208,26 @@ class ExpertBank(nn.Module):
         down_biases = self.down_bias.unbind(0)
         ups = self.up_weight.unbind(0)
         up_biases = self.up_bias.unbind(0)
-        for i, rows in enumerate(x.split(list(counts))):
-            if rows.shape[0] > 0:
-                hidden = self.activation(rows @ downs[i] + down_biases[i])
+        row_weight_blocks = (
+            [None] * len(counts)
+            if row_weights is None
+            else row_weights.unsqueeze(-1).split(list(counts))
+        )
+        blocks = zip(x.split(list(counts)), row_weight_blocks)
+        for i, (rows, weight) in enumerate(blocks):
+            if rows.shape[0] == 0:
+                continue
+            hidden = self.activation(rows @ downs[i] + down_biases[i])
+            if weight is None:
                 outputs.append(hidden @ ups[i] + up_biases[i])
+            else:
+                outputs.append((hidden * weight) @ ups[i] + weight * up_biases[i])
         if not outputs:
             # No row at all: keep every parameter in the graph for DDP.
-            return x.new_zeros(0, self.output_size) + 0.0 * self._zero_touch()
+            touch = self._zero_touch() + x.sum()
+            if row_weights is not None:
+                touch = touch + row_weights.sum()
+            return x.new_zeros(0, self.output_size) + 0.0 * touch
         return torch.cat(outputs)
 
     def expert(self, i, x):

@@ -29,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
@@ -156,6 +157,8 @@ def setup_backbone(hparams, method=None, overrides=None, hparams_dir=None):
         overrides = hparams.get("petl_overrides")
     settings = load_petl_settings(method, hparams_dir, overrides)
     backbone = apply_method(hparams["backbone"], method, **settings)
+    backbone.petl_method = method
+    backbone.petl_settings = settings
     counts = count_parameters(hparams.get("modules") or {"backbone": backbone})
     logger.info("PETL method %s %s\n%s", method, settings, format_parameters(counts))
     return backbone
@@ -218,13 +221,20 @@ class CosineLR:
         )
 
 
-def check_audio(path):
+def check_audio(path, scan_samples=True):
     """Duration of an audio file, or why it cannot be used.
+
+    Unusable: unreadable (corrupt or not audio), empty, and, when
+    ``scan_samples``, containing NaN/inf samples or digitally silent (every
+    sample zero: such a clip carries no information about its label and is
+    almost always a broken export, so it is skipped too).
 
     Arguments
     ---------
     path : str
         Audio file.
+    scan_samples : bool
+        Read the samples to find NaN/inf and silent files (slower).
 
     Returns
     -------
@@ -236,10 +246,19 @@ def check_audio(path):
     Example
     -------
     >>> import tempfile
-    >>> empty = os.path.join(tempfile.mkdtemp(), "empty.wav")
+    >>> folder = tempfile.mkdtemp()
+    >>> empty = os.path.join(folder, "empty.wav")
     >>> open(empty, "wb").close()
     >>> check_audio(empty)[0] is None
     True
+    >>> silent = os.path.join(folder, "silent.wav")
+    >>> sf.write(silent, torch.zeros(1600).numpy(), 16000)
+    >>> check_audio(silent)
+    (None, 'silent (every sample is zero)')
+    >>> nan = os.path.join(folder, "nan.wav")
+    >>> sf.write(nan, torch.full((1600,), float("nan")).numpy(), 16000, subtype="FLOAT")
+    >>> check_audio(nan)
+    (None, 'contains NaN/inf samples')
     """
     try:
         info = sf.info(path)
@@ -247,6 +266,17 @@ def check_audio(path):
         return None, f"unreadable ({type(err).__name__}: {err})"
     if info.frames <= 0 or info.samplerate <= 0:
         return None, "empty (no audio samples)"
+    if scan_samples:
+        try:
+            audio, _ = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as err:
+            return None, f"unreadable ({type(err).__name__}: {err})"
+        if audio.size == 0:
+            return None, "empty (no audio samples)"
+        if not np.isfinite(audio).all():
+            return None, "contains NaN/inf samples"
+        if not np.any(audio):
+            return None, "silent (every sample is zero)"
     return info.frames / info.samplerate, None
 
 
@@ -386,8 +416,13 @@ def check_data_folder(data_folder, required, dataset, where):
         )
 
 
+_WARNED_RATES = set()
+
+
 def load_audio(path, sample_rate=16000):
     """Reads an audio file as a mono float tensor at ``sample_rate``.
+
+    A file at another rate is resampled; a warning says so once per rate.
 
     Arguments
     ---------
@@ -408,13 +443,76 @@ def load_audio(path, sample_rate=16000):
     >>> sf.write(path, torch.zeros(44100, 2).numpy(), 44100)
     >>> load_audio(path).shape
     torch.Size([16000])
+    >>> load_audio("/nonexistent.wav")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Audio file /nonexistent.wav does not exist...
     """
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Audio file {path} does not exist. The manifest is out of date: "
+            "re-run the data preparation (without --skip_prep, after deleting "
+            "the manifests) or fix the path."
+        )
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several error types
+        raise RuntimeError(
+            f"Cannot read the audio file {path} ({type(err).__name__}: {err}). "
+            "Remove it from the manifest or re-run the data preparation, which "
+            "reports and skips such files."
+        ) from err
     sig = torch.from_numpy(audio).mean(dim=1)
     if rate != sample_rate:
+        if (rate, sample_rate) not in _WARNED_RATES:
+            _WARNED_RATES.add((rate, sample_rate))
+            logger.warning(
+                "Audio at %d Hz (e.g. %s) is resampled to %d Hz; this warning "
+                "is shown once per rate.",
+                rate,
+                path,
+                sample_rate,
+            )
         with torch.no_grad():
             sig = _resampler(rate, sample_rate)(sig)
     return sig
+
+
+def check_manifest_files(csv_path, column="wav", max_listed=5):
+    """Raises a clear error when a manifest names audio files that are missing.
+
+    Arguments
+    ---------
+    csv_path : str
+        A SpeechBrain CSV manifest.
+    column : str
+        Column holding the audio paths.
+    max_listed : int
+        How many missing files the message lists.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "train.csv")
+    >>> write_manifest(out, [{"ID": "a", "wav": "/gone.wav", "duration": 1.0,
+    ...                       "class_name": "dog"}])
+    >>> check_manifest_files(out)
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: 1 of the 1 audio files listed in .../train.csv are missing...
+    """
+    with open(csv_path, newline="") as fin:
+        rows = list(csv.DictReader(fin))
+    if rows and column not in rows[0]:
+        raise KeyError(f"{csv_path} has no {column!r} column (audio paths).")
+    missing = [r[column] for r in rows if not os.path.isfile(r[column])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(rows)} audio files listed in {csv_path} "
+            f"are missing, e.g. {missing[:max_listed]}. The manifest is out of "
+            "date or the data moved: delete the manifests and re-run the data "
+            "preparation (without --skip_prep), or restore the files."
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -466,6 +564,7 @@ def classification_datasets(
 
     datasets = {}
     for split, path in csv_files.items():
+        check_manifest_files(path)
         datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(path)
         datasets[split].add_dynamic_item(audio_pipeline)
         datasets[split].add_dynamic_item(label_pipeline)

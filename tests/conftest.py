@@ -13,22 +13,9 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def tiny_ast_dir(tmp_path_factory):
     """A tiny random AST (hidden 32, 2 layers, max_length 100) folder."""
-    folder = str(tmp_path_factory.mktemp("tiny_ast"))
-    try:
-        from speechbrain_moe.synthetic.models import make_tiny_ast
-    except ImportError:
-        from transformers import ASTConfig, ASTModel
+    from speechbrain_moe.synthetic.models import make_tiny_ast
 
-        cfg = ASTConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_length=100,
-        )
-        ASTModel(cfg).save_pretrained(folder)
-        return folder
-    return make_tiny_ast(folder)
+    return make_tiny_ast(str(tmp_path_factory.mktemp("tiny_ast")))
 
 
 @pytest.fixture(scope="session")

@@ -51,8 +51,7 @@ def brute_force(moe, x, mask):
             if moe.routing == "topk_softmax":
                 weights = torch.softmax(logits[chosen], dim=0)
             else:
-                probs = torch.softmax(logits, dim=0)[chosen]
-                weights = probs / probs.sum()
+                weights = torch.softmax(logits, dim=0)[chosen]
             value = sum(
                 w * expert(moe.experts, i, token) for w, i in zip(weights, chosen)
             )
@@ -65,10 +64,13 @@ def brute_force(moe, x, mask):
     return out, choices
 
 
+@pytest.mark.parametrize("dispatch", ["grouped", "dense"])
 @pytest.mark.parametrize("routing", ["topk_softmax", "softmax_topk"])
 @pytest.mark.parametrize("shared", [0, 2])
-def test_matches_brute_force(routing, shared):
-    moe = make_moe(routing=routing, num_shared_experts=shared, top_k=3)
+def test_matches_brute_force(routing, shared, dispatch):
+    moe = make_moe(
+        routing=routing, num_shared_experts=shared, top_k=3, dispatch=dispatch
+    )
     x = torch.randn(2, 6, 6)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
     expected, choices = brute_force(moe, x, mask)
@@ -91,8 +93,9 @@ def test_shared_experts_see_every_token():
     torch.testing.assert_close(routed - moe(x), shared, atol=1e-5, rtol=1e-4)
 
 
-def test_dropless_even_when_every_token_picks_one_expert():
-    moe = make_moe(top_k=1, bias_balancing=True)
+@pytest.mark.parametrize("dispatch", ["grouped", "dense"])
+def test_dropless_even_when_every_token_picks_one_expert(dispatch):
+    moe = make_moe(top_k=1, bias_balancing=True, dispatch=dispatch)
     moe.selection_bias[0] = 1e3  # every token selects expert 0
     x = torch.randn(4, 32, 6)
     y = moe(x)
@@ -176,9 +179,12 @@ def test_z_loss_formula_on_real_tokens_only():
     torch.testing.assert_close(moe.aux_loss, expected)
 
 
+@pytest.mark.parametrize("dispatch", ["grouped", "dense"])
 @pytest.mark.parametrize("shared", [0, 1])
-def test_idle_experts_still_get_a_gradient_tensor(shared):
-    moe = make_moe(top_k=1, bias_balancing=True, num_shared_experts=shared)
+def test_idle_experts_still_get_a_gradient_tensor(shared, dispatch):
+    moe = make_moe(
+        top_k=1, bias_balancing=True, num_shared_experts=shared, dispatch=dispatch
+    )
     moe.selection_bias[2] = 1e3  # only expert 2 gets tokens
     y = moe(torch.randn(2, 5, 6))
     loss = y.pow(2).sum() + moe.aux_loss
@@ -191,8 +197,29 @@ def test_idle_experts_still_get_a_gradient_tensor(shared):
     assert torch.count_nonzero(bank_grad[:, [0, 1, 3, 4]]) == 0
 
 
-def test_all_padding_batch_keeps_every_parameter_in_graph():
-    moe = make_moe(num_shared_experts=1)
+@pytest.mark.parametrize("dispatch", ["grouped", "dense"])
+def test_all_padding_batch_keeps_every_parameter_in_graph(dispatch):
+    moe = make_moe(num_shared_experts=1, dispatch=dispatch)
     y = moe(torch.randn(2, 3, 6), torch.zeros(2, 3, dtype=torch.bool))
     assert torch.count_nonzero(y) == 0
     torch.autograd.grad(y.sum(), list(moe.parameters()))
+
+
+def test_grouped_and_dense_dispatch_agree_in_value_and_gradient():
+    grouped = make_moe(top_k=2, dispatch="grouped", num_shared_experts=1)
+    dense = make_moe(top_k=2, dispatch="dense", num_shared_experts=1)
+    x = torch.randn(3, 7, 6)
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 2 + [0] * 5]).bool()
+    y_g, y_d = grouped(x, mask), dense(x, mask)
+    torch.testing.assert_close(y_g, y_d, atol=1e-5, rtol=1e-4)
+    g_grads = torch.autograd.grad(y_g.pow(2).sum(), list(grouped.parameters()))
+    d_grads = torch.autograd.grad(y_d.pow(2).sum(), list(dense.parameters()))
+    for a, b in zip(g_grads, d_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_auto_dispatch_picks_dense_for_narrow_experts_only():
+    assert SparseMoE(8, num_experts=8, top_k=2, hidden_size=3).dispatch == "dense"
+    assert SparseMoE(8, num_experts=8, top_k=4, hidden_size=64).dispatch == "grouped"
+    with pytest.raises(ValueError, match="dispatch"):
+        SparseMoE(8, dispatch="loop")

@@ -13,6 +13,25 @@ from speechbrain_moe.experts import ExpertBank
 from speechbrain_moe.routing import RoutedModule
 
 ROUTINGS = ("topk_softmax", "softmax_topk")
+DISPATCHES = ("auto", "grouped", "dense")
+
+
+class _Permute(torch.autograd.Function):
+    """Row permutation whose backward is the inverse permutation (a gather).
+
+    ``x[order]`` would back-propagate through a scatter-add; a permutation
+    needs none, which matters on CPU where scatter-add is slow.
+    """
+
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
 
 class SparseMoE(RoutedModule):
@@ -67,6 +86,8 @@ class SparseMoE(RoutedModule):
         inside an encoder; the bridge sets it to False).
     activation : type
         Activation class of the experts.
+    dispatch : str
+        ``auto``, ``grouped`` or ``dense`` (same result, different cost).
 
     Example
     -------
@@ -92,6 +113,7 @@ class SparseMoE(RoutedModule):
         norm=True,
         zero_init_output=True,
         activation=nn.SiLU,
+        dispatch="auto",
     ):
         check_positive(
             "SparseMoE", num_experts=num_experts, top_k=top_k, hidden_size=hidden_size
@@ -110,7 +132,14 @@ class SparseMoE(RoutedModule):
                 f"SparseMoE: num_shared_experts must be >= 0, got {num_shared_experts}."
                 " Set it to 0 (no shared expert) or more."
             )
+        if dispatch not in DISPATCHES:
+            raise ValueError(
+                f"SparseMoE: unknown dispatch {dispatch!r}; choose one of {DISPATCHES}."
+            )
         super().__init__(num_experts)
+        if dispatch == "auto":
+            dispatch = "dense" if num_experts * hidden_size <= 256 else "grouped"
+        self.dispatch = dispatch
         self.top_k = top_k
         self.routing = routing
         self.balance_loss_weight = balance_loss_weight
@@ -171,7 +200,6 @@ class SparseMoE(RoutedModule):
             weights = torch.softmax(logits.gather(-1, experts), dim=-1)
         else:
             weights = torch.softmax(logits, dim=-1).gather(-1, experts)
-            weights = weights / weights.sum(-1, keepdim=True)
         return weights, experts
 
     def forward(self, x, mask=None):
@@ -191,6 +219,8 @@ class SparseMoE(RoutedModule):
             ``[batch, time, output_size]``.
         """
         batch, length, _ = x.shape
+        if mask is not None and bool(mask.all()):
+            mask = None
         tokens = self.norm(x)
         if mask is not None:
             tokens = tokens[mask]
@@ -198,21 +228,13 @@ class SparseMoE(RoutedModule):
             tokens = tokens.reshape(batch * length, -1)
         logits = self.router(tokens).float()
         weights, experts = self.route(logits)
-
-        # Sort the (token, choice) pairs by expert; each expert then reads a
-        # contiguous block of rows and nothing else.
-        flat_experts = experts.reshape(-1)
-        order = flat_experts.argsort(stable=True)
-        counts = torch.bincount(flat_experts, minlength=self.num_experts)
-        rows = order // self.top_k
-        expert_out = self.experts.grouped(tokens[rows], counts.tolist())
-        expert_out = expert_out * weights.reshape(-1)[order].unsqueeze(-1).to(
-            expert_out.dtype
-        )
-        out = tokens.new_zeros(
-            tokens.shape[0], self.output_size, dtype=expert_out.dtype
-        )
-        out = out.index_add(0, rows, expert_out)
+        counts = torch.bincount(experts.reshape(-1), minlength=self.num_experts)
+        if self.dispatch == "dense":
+            gates = weights.new_zeros(weights.shape[0], self.num_experts)
+            gates = gates.scatter(-1, experts, weights)
+            out = self.experts.dense(tokens, gates)
+        else:
+            out = self._grouped(tokens, weights, experts, counts)
         if self.shared is not None:
             out = out + self.shared.dense(tokens)
 
@@ -227,6 +249,39 @@ class SparseMoE(RoutedModule):
         full = out.new_zeros(batch, length, self.output_size)
         full[mask] = out
         return full
+
+    def _grouped(self, tokens, weights, experts, counts):
+        """Sorted dispatch: each expert reads a contiguous block of rows only.
+
+        Arguments
+        ---------
+        tokens : torch.Tensor
+            ``[tokens, input_size]``.
+        weights, experts : torch.Tensor
+            ``[tokens, top_k]`` routing weights and expert indices.
+        counts : torch.Tensor
+            ``[num_experts]`` rows per expert.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[tokens, output_size]``.
+        """
+        num_tokens, k = experts.shape
+        order = experts.reshape(-1).argsort(stable=True)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        # Row j of the (token, choice) table is token j // k: expand, then sort.
+        table = (
+            tokens.unsqueeze(1)
+            .expand(-1, k, -1)
+            .reshape(num_tokens * k, tokens.shape[-1])
+        )
+        rows = _Permute.apply(table, order, inverse)
+        row_weights = weights.reshape(-1).index_select(0, order).to(tokens.dtype)
+        out = self.experts.grouped(rows, counts.tolist(), row_weights)
+        out = _Permute.apply(out, inverse, order)  # back to (token, choice) order
+        return out.view(num_tokens, k, self.output_size).sum(1)
 
     def _aux_loss(self, logits, counts):
         """Switch balance loss plus router z-loss (None when both are off)."""

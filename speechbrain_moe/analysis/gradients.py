@@ -56,14 +56,19 @@ def mean_group_gradients(params, batches_by_group, loss_fn, max_batches=None):
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             flat = torch.cat(
                 [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1).double().cpu()
+                    (g if g is not None else torch.zeros_like(p))
+                    .reshape(-1)
+                    .double()
+                    .cpu()
                     for g, p in zip(grads, params)
                 ]
             )
             total = flat if total is None else total + flat
             count += 1
         if count == 0:
-            raise ValueError(f"Group {group!r} has no batch; check the --groups column.")
+            raise ValueError(
+                f"Group {group!r} has no batch; check the --groups column."
+            )
         result[group] = total / count
     return result
 

@@ -13,14 +13,32 @@ import numpy as np  # noqa: E402
 from speechbrain_moe.analysis.utilisation import short_layer_names  # noqa: E402
 
 
-def _heatmap(matrix, rows, cols, title, xlabel, ylabel, colorbar, path, vmin=None, vmax=None, cmap="viridis", annotate=None):
+def _heatmap(
+    matrix,
+    rows,
+    cols,
+    title,
+    xlabel,
+    ylabel,
+    colorbar,
+    path,
+    vmin=None,
+    vmax=None,
+    cmap="viridis",
+    annotate=None,
+):
     """Draws and saves one labelled heatmap."""
     matrix = np.asarray(matrix, dtype=float)
     height = max(3.0, 0.35 * len(rows) + 1.5)
     width = max(4.5, 0.45 * len(cols) + 2.5)
     fig, ax = plt.subplots(figsize=(width, height))
     image = ax.imshow(matrix, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(len(cols)), cols, rotation=45 if len(cols) > 8 else 0, ha="right" if len(cols) > 8 else "center")
+    ax.set_xticks(
+        range(len(cols)),
+        cols,
+        rotation=45 if len(cols) > 16 else 0,
+        ha="right" if len(cols) > 16 else "center",
+    )
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -30,7 +48,15 @@ def _heatmap(matrix, rows, cols, title, xlabel, ylabel, colorbar, path, vmin=Non
     if annotate:
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w",
+                )
     fig.colorbar(image, ax=ax, label=colorbar)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -58,8 +84,20 @@ def plot_contribution_per_layer(summary, path, method=""):
     layers = list(summary["layers"])
     matrix = [summary["layers"][name]["contribution"] for name in layers]
     experts = [str(i) for i in range(len(matrix[0]))]
-    title = f"Mean contribution of each expert per layer {f'({method})' if method else ''}"
-    return _heatmap(matrix, short_layer_names(layers), experts, title, "expert", "layer", "mean weight per token", path, vmin=0.0)
+    title = (
+        f"Mean contribution of each expert per layer {f'({method})' if method else ''}"
+    )
+    return _heatmap(
+        matrix,
+        short_layer_names(layers),
+        experts,
+        title,
+        "expert",
+        "layer",
+        "mean weight per token",
+        path,
+        vmin=0.0,
+    )
 
 
 def plot_expert_by_class(summary, path, layer=None, method=""):
@@ -83,10 +121,14 @@ def plot_expert_by_class(summary, path, layer=None, method=""):
     """
     by_group = summary["by_group"]
     if not by_group:
-        raise ValueError("No per-class statistics were recorded (set_groups was never called).")
+        raise ValueError(
+            "No per-class statistics were recorded (set_groups was never called)."
+        )
     if layer == "mean":
         groups = sorted(next(iter(by_group.values())))
-        matrix = np.mean([[by_group[name][g] for g in groups] for name in by_group], axis=0)
+        matrix = np.mean(
+            [[by_group[name][g] for g in groups] for name in by_group], axis=0
+        )
         label = "all layers (mean)"
     else:
         layer = layer or list(by_group)[-1]
@@ -94,8 +136,20 @@ def plot_expert_by_class(summary, path, layer=None, method=""):
         matrix = [by_group[layer][g] for g in groups]
         label = short_layer_names([layer])[0]
     experts = [str(i) for i in range(len(matrix[0]))]
-    title = f"Expert contribution by class, layer {label} {f'({method})' if method else ''}"
-    return _heatmap(matrix, groups, experts, title, "expert", "class", "mean weight per token", path, vmin=0.0)
+    title = (
+        f"Expert contribution by class, layer {label} {f'({method})' if method else ''}"
+    )
+    return _heatmap(
+        matrix,
+        groups,
+        experts,
+        title,
+        "expert",
+        "class",
+        "mean weight per token",
+        path,
+        vmin=0.0,
+    )
 
 
 def plot_balance(summary, path, method=""):
@@ -121,9 +175,15 @@ def plot_balance(summary, path, method=""):
     for ax, key, label in zip(
         axes,
         ("cv", "entropy", "max_share"),
-        ("coefficient of variation", "routing entropy (normalised)", "share of busiest expert"),
+        (
+            "coefficient of variation",
+            "routing entropy (normalised)",
+            "share of busiest expert",
+        ),
     ):
-        ax.bar(range(len(layers)), [summary["layers"][n]["balance"][key] for n in layers])
+        ax.bar(
+            range(len(layers)), [summary["layers"][n]["balance"][key] for n in layers]
+        )
         ax.set_xticks(range(len(layers)), names, rotation=90)
         ax.set_title(label)
         ax.set_xlabel("layer")
@@ -153,5 +213,19 @@ def plot_gradient_cosine(names, matrix, path, method=""):
     str
         ``path``.
     """
-    title = f"Cosine similarity of per-group gradients {f'({method})' if method else ''}"
-    return _heatmap(matrix, names, names, title, "group", "group", "cosine similarity", path, vmin=-1.0, vmax=1.0, cmap="RdBu")
+    title = (
+        f"Cosine similarity of per-group gradients {f'({method})' if method else ''}"
+    )
+    return _heatmap(
+        matrix,
+        names,
+        names,
+        title,
+        "group",
+        "group",
+        "cosine similarity",
+        path,
+        vmin=-1.0,
+        vmax=1.0,
+        cmap="RdBu",
+    )

@@ -108,7 +108,9 @@ class UtilisationAccumulator:
                 "tokens": int(self.tokens[layer]),
             }
             if layer in self.selected_sum:
-                entry["selection_frequency"] = _rounded(self.selected_sum[layer] / tokens)
+                entry["selection_frequency"] = _rounded(
+                    self.selected_sum[layer] / tokens
+                )
                 entry["selections"] = int(round(float(self.selected_sum[layer].sum())))
             layers[layer] = entry
         by_group = {
@@ -145,7 +147,11 @@ def short_layer_names(names):
     """
     out = []
     for name in names:
-        parts = [p for p in name.split(".") if p not in ("adapted_model", "adapter", "module", "pretrained_module")]
+        parts = [
+            p
+            for p in name.split(".")
+            if p not in ("adapted_model", "adapter", "module", "pretrained_module")
+        ]
         if "layers" in parts:
             parts = parts[parts.index("layers") + 1 :]
         out.append(".".join(parts) or name)

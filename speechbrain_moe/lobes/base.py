@@ -15,6 +15,8 @@ import torch.nn as nn
 from speechbrain.utils import checkpoints
 
 POOLINGS = ("mean", "cls")
+# Entry of an adapter checkpoint holding Backbone.petl_description().
+DESCRIPTION_KEY = "__petl_description__"
 
 
 def masked_mean(hidden, mask):
@@ -148,10 +150,74 @@ class Backbone(nn.Module):
         keep |= {name for name in state if ".adapter." in name and name not in keep}
         return {name: state[name].detach().clone() for name in state if name in keep}
 
+    def petl_description(self):
+        """What an adapter checkpoint must match: the lobe, its shape and the
+        PETL method with its settings (plain values, saved with the tensors).
+
+        Returns
+        -------
+        dict
+
+        Example
+        -------
+        >>> class Tiny(Backbone):
+        ...     output_size = 4
+        >>> Tiny().petl_description()
+        {'backbone': 'Tiny', 'hidden_size': 4, 'num_layers': None, 'petl_method': None, 'petl_settings': None}
+        """
+        targets = self.petl_targets
+        layers = getattr(targets, "layers", None)
+        settings = getattr(self, "petl_settings", None)
+        return {
+            "backbone": type(self).__name__,
+            "hidden_size": getattr(targets, "hidden_size", None) or self.output_size,
+            "num_layers": len(layers) if layers else None,
+            "petl_method": getattr(self, "petl_method", None),
+            "petl_settings": dict(settings) if settings is not None else None,
+        }
+
+    @staticmethod
+    def format_description(description):
+        """One-line text of :meth:`petl_description` (for messages).
+
+        Arguments
+        ---------
+        description : dict or None
+            A description.
+
+        Returns
+        -------
+        str
+
+        Example
+        -------
+        >>> Backbone.format_description({"backbone": "AST", "hidden_size": 32,
+        ...     "num_layers": 2, "petl_method": "adapter",
+        ...     "petl_settings": {"bottleneck": 4}})
+        "AST (hidden_size 32, 2 layers) with petl_method 'adapter' {'bottleneck': 4}"
+        >>> Backbone.format_description(None)
+        'an unknown backbone/method (checkpoint without description)'
+        """
+        if not description:
+            return "an unknown backbone/method (checkpoint without description)"
+        layers = description.get("num_layers")
+        shape = f"hidden_size {description.get('hidden_size')}"
+        if layers:
+            shape += f", {layers} layers"
+        text = f"{description.get('backbone')} ({shape})"
+        method = description.get("petl_method")
+        if method:
+            text += f" with petl_method {method!r}"
+            if description.get("petl_settings"):
+                text += f" {description['petl_settings']}"
+        return text
+
     @checkpoints.mark_as_saver
     def _save(self, path):
-        """Saves the adapter-only checkpoint."""
-        torch.save(self.trainable_state_dict(), path)
+        """Saves the adapter-only checkpoint (and :meth:`petl_description`)."""
+        saved = self.trainable_state_dict()
+        saved[DESCRIPTION_KEY] = self.petl_description()
+        torch.save(saved, path)
 
     @checkpoints.mark_as_loader
     def _load(self, path, end_of_epoch=False):
@@ -175,6 +241,8 @@ class Backbone(nn.Module):
         source : str
             Where it comes from (for messages).
         """
+        saved = dict(saved)
+        description = saved.pop(DESCRIPTION_KEY, None)
         current = self.state_dict()
         missing = sorted(set(self.trainable_state_dict()) - set(saved))
         unknown = sorted(set(saved) - set(current))
@@ -185,8 +253,10 @@ class Backbone(nn.Module):
         ]
         if missing or unknown or shapes:
             raise RuntimeError(
-                f"The adapter checkpoint {source} does not fit this "
-                f"{type(self).__name__}: it lacks {missing[:5]} "
+                f"The adapter checkpoint {source} was trained on "
+                f"{self.format_description(description)}, but this model is "
+                f"{self.format_description(self.petl_description())}: the "
+                f"checkpoint lacks {missing[:5]} "
                 f"(+{max(len(missing) - 5, 0)} more), has unknown {unknown[:5]} "
                 f"(+{max(len(unknown) - 5, 0)} more), shape mismatches "
                 f"{shapes[:5]}. Load it onto the backbone_source and petl_method "

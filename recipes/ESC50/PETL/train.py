@@ -25,6 +25,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import os
 import sys
 
 import speechbrain as sb
@@ -33,6 +34,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_moe.brain import PETLClassifierBrain
+from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.recipe import classification_datasets, setup_backbone
 
 
@@ -92,6 +94,14 @@ if __name__ == "__main__":
     datasets, label_encoder = dataio_prep(hparams)
     setup_backbone(
         hparams, method=hparams["petl_method"], overrides=hparams["petl_overrides"]
+    )
+    # <output_folder>/inference.yaml: loads the trained model for inference
+    # (speechbrain_moe.inference.PETLAudioClassifier, see README.md)
+    export_inference_hparams(
+        os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "hparams", "inference.yaml"
+        ),
+        hparams,
     )
 
     brain = PETLClassifierBrain(

@@ -39,6 +39,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.adapters import update_selection_biases
+from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
 
 logger = get_logger(__name__)
@@ -323,6 +324,15 @@ if __name__ == "__main__":
     )
     csvs = prepare_librispeech(
         hparams["data_folder"], hparams["csv_folder"], splits, skip_prep=True
+    )
+
+    # <output_folder>/inference.yaml: loads the trained model for inference
+    # (speechbrain_moe.inference.SpeechLLMTranscriber, see README.md)
+    export_inference_hparams(
+        os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "hparams", "inference.yaml"
+        ),
+        hparams,
     )
 
     tokenizer = hparams["tokenizer"]

@@ -1,0 +1,177 @@
+"""End-to-end inference on models the recipes trained on synthetic data:
+``PETLAudioClassifier`` (ESC-50 recipe) and ``SpeechLLMTranscriber``
+(LibriSpeech LLM bridge), loaded from the experiment folder and from a
+packaged copy of it."""
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import PYTHON, REPO
+
+from speechbrain_moe.inference import (
+    PETLAudioClassifier,
+    SpeechLLMTranscriber,
+    package_experiment,
+)
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run(cmd, cwd):
+    """Runs a recipe; fails the test with its output on error."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+@pytest.fixture(scope="module")
+def esc50_experiment(tmp_path_factory, tiny_ast_dir):
+    """A 2-epoch Soft-MoA run of the ESC-50 recipe on synthetic data."""
+    from speechbrain_moe.synthetic import generate
+
+    root = tmp_path_factory.mktemp("inference_esc50")
+    data = generate("esc50", str(root / "data"), num_classes=3)
+    recipe = os.path.join(REPO, "recipes", "ESC50", "PETL")
+    out = root / "exp"
+    run(
+        [
+            PYTHON,
+            "train.py",
+            "hparams/ast.yaml",
+            f"--data_folder={data}",
+            f"--backbone_source={tiny_ast_dir}",
+            f"--output_folder={out}",
+            "--petl_overrides={num_experts: 4}",
+            "--n_classes=3",
+            "--number_of_epochs=2",
+            "--lr=0.01",
+            "--batch_size=4",
+            "--max_frames=100",
+            "--device=cpu",
+            "--noprogressbar",
+        ],
+        recipe,
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_classifier_from_experiment_and_package(esc50_experiment, tmp_path):
+    exp = esc50_experiment
+    model = PETLAudioClassifier.from_hparams(
+        source=str(exp), hparams_file="inference.yaml", savedir=str(tmp_path / "a")
+    )
+    # adapter-only package: no frozen backbone weight in it
+    package = exp / "inference_model"
+    assert sorted(os.listdir(package)) == [
+        "backbone.ckpt",
+        "classifier.ckpt",
+        "inference.yaml",
+        "label_encoder.ckpt",
+    ]
+    saved = torch.load(package / "backbone.ckpt", weights_only=True)
+    assert not any("attention.q_proj.weight" in k for k in saved)
+
+    with open(exp / "test.csv", newline="") as fin:
+        rows = list(csv.DictReader(fin))
+    correct = 0
+    wavs = []
+    for row in rows:
+        log_probs, score, index, label = model.classify_file(row["wav"])
+        assert log_probs.shape == (1, 3)
+        assert torch.allclose(log_probs.exp().sum(-1), torch.ones(1))
+        assert score.item() == log_probs.max().item()
+        assert label[0] == model.hparams.label_encoder.decode_ndim(index.item())
+        correct += label[0] == row["class_name"]
+        wavs.append(row["wav"])
+    # the recipe's own test accuracy (best checkpoint) is reproduced
+    log = (exp / "train_log.txt").read_text()
+    recipe_acc = float(re.findall(r"test accuracy: ([0-9.e+-]+)", log)[-1])
+    assert correct / len(rows) == pytest.approx(recipe_acc, abs=1e-3)  # log: 3 digits
+
+    # a packaged copy elsewhere gives exactly the same outputs
+    moved = tmp_path / "card"
+    shutil.copytree(package, moved, ignore=shutil.ignore_patterns("collected"))
+    card = PETLAudioClassifier.from_hparams(
+        source=str(moved), hparams_file="inference.yaml", savedir=str(tmp_path / "b")
+    )
+    from speechbrain_moe.recipe import load_audio
+
+    for wav in wavs[:3]:
+        assert torch.equal(card.classify_file(wav)[0], model.classify_file(wav)[0])
+    batch = torch.stack([load_audio(w) for w in wavs[:3]])
+    one = torch.cat([model.classify_file(w)[0] for w in wavs[:3]])
+    assert torch.allclose(card.classify_batch(batch)[0], one, atol=1e-5)
+
+
+def test_package_without_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "save").mkdir()
+    (tmp_path / "inference.yaml").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="train the model"):
+        package_experiment(str(tmp_path), files=("backbone.ckpt",), max_key="accuracy")
+    with pytest.raises(FileNotFoundError, match="inference.yaml"):
+        package_experiment(str(tmp_path / "save"), max_key="accuracy")
+
+
+def wer_hypotheses(path):
+    """utterance id -> hypothesis words, from SpeechBrain's WER alignment file."""
+    lines = open(path).read().splitlines()
+    hyps = {}
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\S+), %WER", line)
+        if match:
+            words = [w.strip() for w in lines[i + 3].split(";")]
+            hyps[match.group(1)] = [w for w in words if w and w != "<eps>"]
+    return hyps
+
+
+@pytest.mark.slow
+def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
+    from speechbrain_moe.synthetic.librispeech import make_librispeech
+    from speechbrain_moe.synthetic.llm import make_tiny_llm
+
+    libri = make_librispeech(str(tmp_path / "LibriSpeech"))
+    llm = make_tiny_llm(str(tmp_path / "llm"))
+    out = tmp_path / "exp"
+    recipe = os.path.join(REPO, "recipes", "LibriSpeech", "LLM_bridge")
+    run(
+        [
+            PYTHON,
+            "train.py",
+            "hparams/bridge.yaml",
+            f"--output_folder={out}",
+            f"--data_folder={libri}",
+            f"--llm_source={llm}",
+            "--encoder_type=frame",
+            "--bridge=moe_adapter",
+            "--fused_size=64",
+            "--expert_hidden=32",
+            "--aggregation_hidden=128",
+            "--num_experts=4",
+            "--top_k=2",
+            "--max_new_tokens=8",
+            "--number_of_epochs=1",
+            "--select_n_sentences=4",
+            "--valid_decode=False",
+            "--batch_size=2",
+            "--test_batch_size=1",
+            "--device=cpu",
+            "--noprogressbar",
+        ],
+        recipe,
+    )
+    asr = SpeechLLMTranscriber.from_hparams(
+        source=str(out), hparams_file="inference.yaml", savedir=str(tmp_path / "s")
+    )
+    hyps = wer_hypotheses(out / "wer" / "wer_test-clean.txt")
+    with open(out / "test-clean.csv", newline="") as fin:
+        rows = list(csv.DictReader(fin))
+    assert rows
+    for row in rows:
+        text = asr.transcribe_file(row["wav"])
+        assert isinstance(text, str)
+        assert text.upper().split() == hyps[f"asr/{row['ID']}"], row["ID"]
