@@ -97,6 +97,9 @@ class PETLClassifierBrain(sb.Brain):
         self.steps_per_epoch = None
         self.num_routers = track_load(self.modules)
         self.skip_this_step = False
+        self.last_batch_skipped = False
+        self.num_cut = 0
+        self.num_clips = 0
         self.random_state = RandomState()
         if self.checkpointer is not None:
             # Dropout and other random draws continue exactly after a resume.
@@ -309,7 +312,10 @@ class PETLClassifierBrain(sb.Brain):
 
     def _save_intra_epoch_ckpt(self):
         """Intra-epoch checkpoint (``ckpt_interval_steps``/``_minutes``),
-        refused when the weights are not finite."""
+        refused when the weights are not finite and deferred to the next good
+        batch after a batch skipped for a non-finite loss."""
+        if self.last_batch_skipped:
+            return
         self.save_checkpoint(
             end_of_epoch=False,
             num_to_keep=1,
@@ -364,6 +370,7 @@ class PETLClassifierBrain(sb.Brain):
         should_step : bool
             Whether the optimizer stepped.
         """
+        self.last_batch_skipped = self.skip_this_step
         if should_step:
             if not self.skip_this_step:
                 update_selection_biases(self.modules)

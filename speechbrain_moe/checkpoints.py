@@ -25,7 +25,11 @@ import shutil
 import numpy as np
 import torch
 from speechbrain.utils import checkpoints
-from speechbrain.utils.distributed import if_main_process, main_process_only
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    if_main_process,
+    main_process_only,
+)
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -106,6 +110,7 @@ class Checkpointer(checkpoints.Checkpointer):
         """
         self.remove_incomplete()
         saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        ddp_barrier()  # every process has written its files
         if saved is not None and if_main_process():
             final = saved.path / checkpoints.METAFNAME
             pending = pathlib.Path(str(final) + PENDING_SUFFIX)
@@ -292,18 +297,26 @@ class RandomState:
 
     @checkpoints.mark_as_saver
     def _save(self, path):
-        """Saves the generators' state."""
-        torch.save(self.capture(), path)
+        """Saves the generators' state (each DDP process its own file)."""
+        torch.save(self.capture(), _rank_path(path))
 
     @checkpoints.mark_as_loader
     def _recover(self, path, end_of_epoch=True):
         """Loads the generators' state (now, or at the next batch)."""
+        own = _rank_path(path)
+        path = own if os.path.isfile(own) else path
         state = torch.load(path, map_location="cpu", weights_only=True)
         if end_of_epoch:
             self.pending = None
             self.restore(state)
         else:
             self.pending = state
+
+
+def _rank_path(path):
+    """``path`` on the main process, ``<path>.rank<r>`` on DDP rank r > 0."""
+    rank = int(os.environ.get("RANK", 0))
+    return str(path) if rank == 0 else f"{path}.rank{rank}"
 
 
 def _to_plain(value):

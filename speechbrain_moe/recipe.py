@@ -260,6 +260,10 @@ def check_audio(path, scan_samples=True):
     >>> check_audio(nan)
     (None, 'contains NaN/inf samples')
     """
+    if not os.path.isfile(path):
+        return None, "missing"
+    if os.path.getsize(path) == 0:
+        return None, "empty (0-byte file)"
     try:
         info = sf.info(path)
     except Exception as err:  # soundfile raises several error types

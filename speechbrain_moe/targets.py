@@ -12,8 +12,6 @@ Authors
 
 from dataclasses import dataclass, field
 
-import torch.nn as nn
-
 
 @dataclass
 class PetlTargets:
@@ -117,7 +115,8 @@ def petl_root(backbone):
 
     Example
     -------
-    >>> m = nn.Linear(2, 2)
+    >>> import torch
+    >>> m = torch.nn.Linear(2, 2)
     >>> m.petl_targets = PetlTargets(hidden_size=2)
     >>> petl_root(m)[1] is m
     True
@@ -148,9 +147,10 @@ def set_petl_root(backbone, name, module):
 
     Example
     -------
-    >>> holder = nn.Module()
-    >>> holder.model = nn.Linear(2, 2)
-    >>> set_petl_root(holder, "model", nn.Identity())
+    >>> import torch
+    >>> holder = torch.nn.Module()
+    >>> holder.model = torch.nn.Linear(2, 2)
+    >>> set_petl_root(holder, "model", torch.nn.Identity())
     >>> holder.model
     Identity()
     """

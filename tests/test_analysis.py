@@ -32,7 +32,10 @@ def test_contribution_sums_to_one(cls):
     torch.manual_seed(0)
     model = torch.nn.ModuleList([cls(16, num_experts=5), cls(16, num_experts=5)])
     x = [torch.randn(3, 7, 16), torch.randn(2, 4, 16)]
-    masks = [torch.ones(3, 7, dtype=torch.bool), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool()]
+    masks = [
+        torch.ones(3, 7, dtype=torch.bool),
+        torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool(),
+    ]
     summary = _run(model, (x, masks), [["a", "b", "a"], ["b", "b"]])
     assert len(summary["layers"]) == 2
     for entry in summary["layers"].values():
@@ -95,7 +98,11 @@ def test_gradient_cosine_self_and_opposite(tmp_path):
 
     grads = mean_group_gradients(
         list(layer.parameters()),
-        {"speech": [(data, 1.0)], "speech_again": [(data, 1.0)], "sound": [(data, -1.0)]},
+        {
+            "speech": [(data, 1.0)],
+            "speech_again": [(data, 1.0)],
+            "sound": [(data, -1.0)],
+        },
         loss_fn,
     )
     names, matrix = cosine_matrix(grads)

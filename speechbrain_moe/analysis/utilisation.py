@@ -17,8 +17,6 @@ Authors
 
 from collections import defaultdict
 
-import torch
-
 from speechbrain_moe.routing import load_statistics
 
 

@@ -123,7 +123,9 @@ class AST(Backbone):
     torch.Size([2, 32])
     """
 
-    def __init__(self, source, save_path=None, max_frames=1024, pooling="mean", sample_rate=16000):
+    def __init__(
+        self, source, save_path=None, max_frames=1024, pooling="mean", sample_rate=16000
+    ):
         super().__init__(pooling=pooling)
         from transformers import ASTModel
 
@@ -138,14 +140,18 @@ class AST(Backbone):
         self.max_frames = max_frames
         self.patch_size = config.patch_size
         self.time_stride = config.time_stride
-        self.freq_patches = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
+        self.freq_patches = (
+            config.num_mel_bins - config.patch_size
+        ) // config.frequency_stride + 1
         new_time = time_patches(max_frames, config.patch_size, config.time_stride)
         if new_time < 1:
             raise ValueError(
                 f"max_frames={max_frames} is shorter than one AST patch "
                 f"({config.patch_size} frames); use at least {config.patch_size}."
             )
-        old_time = time_patches(config.max_length, config.patch_size, config.time_stride)
+        old_time = time_patches(
+            config.max_length, config.patch_size, config.time_stride
+        )
         if new_time != old_time:
             emb = self.model.embeddings
             with torch.no_grad():
@@ -164,7 +170,9 @@ class AST(Backbone):
             attention_norm=[f"{name}.layernorm_before" for name in layers],
             ffn=[f"{name}.mlp" for name in layers],
             ffn_norm=[f"{name}.layernorm_after" for name in layers],
-            lora=[f"{name}.attention.{p}" for name in layers for p in ("q_proj", "v_proj")],
+            lora=[
+                f"{name}.attention.{p}" for name in layers for p in ("q_proj", "v_proj")
+            ],
             num_prefix_tokens=2,
             grid_height=self.freq_patches,
         )

@@ -13,6 +13,7 @@ Authors
 import torch
 import torch.nn as nn
 from speechbrain.utils import checkpoints
+from speechbrain.utils.distributed import main_process_only
 
 POOLINGS = ("mean", "cls")
 # Entry of an adapter checkpoint holding Backbone.petl_description().
@@ -213,8 +214,10 @@ class Backbone(nn.Module):
         return text
 
     @checkpoints.mark_as_saver
+    @main_process_only
     def _save(self, path):
-        """Saves the adapter-only checkpoint (and :meth:`petl_description`)."""
+        """Saves the adapter-only checkpoint (and :meth:`petl_description`);
+        main process only (DDP replicas hold the same tensors)."""
         saved = self.trainable_state_dict()
         saved[DESCRIPTION_KEY] = self.petl_description()
         torch.save(saved, path)

@@ -1131,6 +1131,7 @@ def format_parameter_report(report):
     """
 
     def m(n):
+        """Millions, right-aligned."""
         return f"{n / 1e6:8.2f}M"
 
     lines = [

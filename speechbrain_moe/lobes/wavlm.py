@@ -87,6 +87,7 @@ class ModularWavLMAttention(WavLMAttention):
         batch, time, _ = hidden_states.shape
 
         def heads(x):
+            """[batch, time, d] -> [batch, heads, time, head_dim]."""
             return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)
 
         query = heads(self.q_proj(hidden_states))

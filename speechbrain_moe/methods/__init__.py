@@ -57,6 +57,7 @@ def register_method(name, builder=None):
     """
 
     def decorate(fn):
+        """Registers ``fn``."""
         _REGISTRY[name] = fn
         return fn
 

@@ -139,6 +139,7 @@ def adapter_method(method, adapter_cls):
     """
 
     def build(backbone, **settings):
+        """Inserts the adapters of this method."""
         return insert_adapters(backbone, adapter_cls, method, **settings)
 
     build.adapter_cls = adapter_cls

@@ -47,6 +47,7 @@ def register_generator(kind):
     """
 
     def decorate(fn):
+        """Registers ``fn``."""
         GENERATORS[kind] = fn
         return fn
 

@@ -1,0 +1,255 @@
+"""Bad input to the recipes: each mistake gives a clear error (or a reported
+skip) and leaves the previous checkpoint untouched.
+
+The recipe's ``train.py`` runs in-process through its ``__main__`` with a
+real command line (as ``tests/recipe_runner.py`` does), on a copy of one
+trained experiment; the checkpoint folder is hashed before and after.
+"""
+
+import csv
+import hashlib
+import logging
+import os
+import runpy
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import REPO
+
+RECIPE = os.path.join(REPO, "recipes", "ESC50", "PETL")
+HPARAMS = os.path.join(RECIPE, "hparams", "ast.yaml")
+
+
+def train(output_folder, data_folder, backbone, *args):
+    """Runs the ESC-50 recipe in this process (raises what it raises)."""
+    if RECIPE not in sys.path:
+        sys.path.insert(0, RECIPE)
+    options = {
+        "--data_folder": data_folder,
+        "--backbone_source": backbone,
+        "--output_folder": output_folder,
+        "--n_classes": 3,
+        "--number_of_epochs": 1,
+        "--batch_size": 4,
+        "--max_frames": 50,
+        "--petl_overrides": "{num_experts: 2}",
+        "--device": "cpu",
+    }
+    for arg in args:
+        name, value = arg.split("=", 1)
+        options[name] = value
+    argv = sys.argv
+    sys.argv = [
+        os.path.join(RECIPE, "train.py"),
+        HPARAMS,
+        "--noprogressbar",
+        *(f"{k}={v}" for k, v in options.items()),
+    ]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def folder_hash(folder):
+    """SHA-256 over the names and contents of every file under ``folder``."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(folder)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, folder).encode())
+            with open(path, "rb") as fin:
+                digest.update(fin.read())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_ast_dir):
+    """One epoch of the ESC-50 recipe on synthetic data (1 s clips, cut to
+    max_frames=50)."""
+    from speechbrain_moe.synthetic import generate
+
+    root = tmp_path_factory.mktemp("bad_input")
+    data = generate(
+        "esc50", str(root / "data"), num_classes=3, clips_per_class_per_fold=1
+    )
+    train(root / "exp", data, tiny_ast_dir)
+    return {"root": root, "data": data, "exp": root / "exp", "backbone": tiny_ast_dir}
+
+
+@pytest.fixture
+def experiment(trained, tmp_path):
+    """A private copy of the trained experiment, and its checkpoint hash."""
+    exp = tmp_path / "exp"
+    shutil.copytree(trained["exp"], exp)
+    save = exp / "save"
+    assert any(p.name.startswith("CKPT+") for p in save.iterdir())
+    return {**trained, "exp": exp, "save": save, "hash": folder_hash(save)}
+
+
+def test_cut_clips_are_counted_in_the_log(trained):
+    log = (trained["exp"] / "log.txt").read_text()
+    assert "train: 9 of 9 clips are longer than max_frames=50" in log
+    assert "Raise --max_frames" in log
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        (["--petl_method=soft_mao"], ValueError, "Unknown petl_method 'soft_mao'"),
+        (["--petl_overrides={num_experts: 0}"], ValueError, "num_experts"),
+        (
+            ["--petl_method=moe_adapter", "--petl_overrides={num_experts: 0}"],
+            ValueError,
+            "num_experts",
+        ),
+        (["--petl_overrides={slots_per_expert: 0}"], ValueError, "slots_per_expert"),
+        (
+            [
+                "--petl_method=moe_adapter",
+                "--petl_overrides={num_experts: 2, top_k: 3}",
+            ],
+            ValueError,
+            "top_k",
+        ),
+        (
+            ["--petl_method=adapter", "--petl_overrides={bottleneck: 0}"],
+            ValueError,
+            "bottleneck",
+        ),
+        (
+            ["--petl_method=dense_moa", "--petl_overrides={bottleneck: 0}"],
+            ValueError,
+            "bottleneck",
+        ),
+    ],
+    ids=[
+        "unknown-method",
+        "0-experts",
+        "moe-0-experts",
+        "0-slots",
+        "topk>experts",
+        "bottleneck-0",
+        "dense-bottleneck-0",
+    ],
+)
+def test_bad_hyper_parameters_on_the_command_line(experiment, args, error, message):
+    with pytest.raises(error, match=message):
+        train(experiment["exp"], experiment["data"], experiment["backbone"], *args)
+    assert folder_hash(experiment["save"]) == experiment["hash"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_missing_or_empty_data_folder(experiment, tmp_path, kind):
+    folder = tmp_path / "no_data"
+    if kind == "empty":
+        folder.mkdir()
+    with pytest.raises(
+        FileNotFoundError, match="ESC-50 not found in .*missing meta/esc50.csv"
+    ) as info:
+        train(experiment["exp"], folder, experiment["backbone"])
+    assert "--data_folder" in str(info.value)
+    assert folder_hash(experiment["save"]) == experiment["hash"]
+
+
+def test_manifest_pointing_to_missing_files(experiment):
+    manifest = experiment["exp"] / "train.csv"
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    rows[0]["wav"] = "/nonexistent/clip.wav"
+    with open(manifest, "w", newline="") as fout:
+        writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(
+        FileNotFoundError, match="1 of the 9 audio files listed in"
+    ) as info:
+        train(
+            experiment["exp"],
+            experiment["data"],
+            experiment["backbone"],
+            "--skip_prep=True",
+        )
+    assert "/nonexistent/clip.wav" in str(info.value)
+    assert "re-run the data" in str(info.value)
+    assert folder_hash(experiment["save"]) == experiment["hash"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(experiment, tmp_path):
+    nan_wav = str(tmp_path / "nan.wav")
+    sf.write(nan_wav, np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    manifest = experiment["exp"] / "train.csv"
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    for row in rows:
+        row["wav"] = nan_wav
+    with open(manifest, "w", newline="") as fout:
+        writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match="not finite") as info:
+        train(
+            experiment["exp"],
+            experiment["data"],
+            experiment["backbone"],
+            "--skip_prep=True",
+            "--number_of_epochs=2",
+            "--nonfinite_patience=1",
+            "--ckpt_interval_steps=1",
+        )
+    message = str(info.value)
+    assert "--nonfinite_patience=1" in message and "Nothing was written" in message
+    assert folder_hash(experiment["save"]) == experiment["hash"]
+    log = (experiment["exp"] / "log.txt").read_text()
+    assert "Non-finite loss at epoch 2, step 1: batch skipped" in log
+
+
+def test_preparation_reports_and_skips_bad_audio(trained, tmp_path, caplog):
+    """Missing, corrupt, empty, silent and NaN files are skipped by name."""
+    from esc50_prepare import prepare_esc50
+
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    audio = sorted((data / "audio").iterdir())
+    bad = {
+        "missing": audio[0],
+        "corrupt": audio[1],
+        "empty": audio[2],
+        "silent": audio[3],
+        "NaN": audio[4],
+    }
+    bad["missing"].unlink()
+    bad["corrupt"].write_bytes(b"RIFF....WAVEfmt garbage")
+    bad["empty"].write_bytes(b"")
+    sf.write(bad["silent"], np.zeros(16000, dtype=np.float32), 16000)
+    noisy = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    noisy[100] = np.nan
+    sf.write(bad["NaN"], noisy, 16000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING):
+        files = prepare_esc50(str(data), str(tmp_path / "out"), test_fold=2)
+    report = caplog.text
+    assert "skipped 5 audio file(s)" in report
+    for problem in ("missing", "unreadable", "empty", "silent", "NaN"):
+        assert problem in report
+    listed = "".join(open(p).read() for p in files.values())
+    for path in bad.values():
+        assert path.name not in listed
+        assert path.name in report
+
+
+def test_wrong_sample_rate_is_resampled_with_one_warning(tmp_path, caplog):
+    from speechbrain_moe import recipe
+
+    recipe._WARNED_RATES.clear()
+    paths = []
+    for i in range(3):
+        path = str(tmp_path / f"{i}.wav")
+        sf.write(path, np.ones(8000, dtype=np.float32) * 0.1, 8000)
+        paths.append(path)
+    with caplog.at_level(logging.WARNING):
+        sigs = [recipe.load_audio(p, 16000) for p in paths]
+    assert all(s.shape[0] == 16000 for s in sigs)
+    assert caplog.text.count("is resampled to 16000 Hz") == 1
+    assert "8000 Hz" in caplog.text

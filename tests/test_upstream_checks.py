@@ -1,0 +1,291 @@
+"""Upstream readiness: SpeechBrain's recipe-consistency rules
+(``tests/consistency/test_recipe.py`` and ``tests/utils`` of its repository)
+applied to every recipe, its docstring rule applied to ``speechbrain_moe``,
+and safe checkpoint loading (``weights_only=True`` everywhere).
+
+Recipes are listed in ``tests/recipes/<Dataset>.csv`` in upstream's format;
+the ``inference.yaml`` files are not training recipes and are checked
+separately (every key used by the inference interface or referenced).
+"""
+
+import ast
+import csv
+import dataclasses
+import glob
+import os
+import re
+
+import pytest
+import torch
+from conftest import REPO
+from speechbrain.utils.run_opts import RunOptions
+from test_recipe_consistency import referenced_in_yaml, unused_keys, yaml_top_level_keys
+
+CSV_FOLDER = os.path.join(REPO, "tests", "recipes")
+COLUMNS = [
+    "Task",
+    "Dataset",
+    "Script_file",
+    "Hparam_file",
+    "Data_prep_file",
+    "Readme_file",
+    "Result_url",
+    "HF_repo",
+    "test_debug_flags",
+    "test_debug_checks",
+    "performance",
+]
+# Not training recipes (upstream keeps a similar avoid list).
+AVOID = ("inference.yaml", "/results/", "/pretrained_models/")
+RUN_OPTIONS = {f.name for f in dataclasses.fields(RunOptions)}
+
+
+def csv_files():
+    """The recipe CSV files."""
+    return sorted(glob.glob(os.path.join(CSV_FOLDER, "*.csv")))
+
+
+def rows():
+    """Every recipe row of every CSV, as (csv name, row)."""
+    out = []
+    for path in csv_files():
+        with open(path, newline="") as fin:
+            for row in csv.DictReader(fin, skipinitialspace=True):
+                out.append((os.path.basename(path), row))
+    return out
+
+
+ROWS = rows()
+ROW_IDS = [f"{name}:{row['Hparam_file']}" for name, row in ROWS]
+
+
+def repo_path(path):
+    """Absolute path of a repository-relative path."""
+    return os.path.join(REPO, path.strip())
+
+
+def test_csv_format():
+    assert csv_files(), "no tests/recipes/*.csv"
+    for path in csv_files():
+        with open(path, newline="") as fin:
+            assert next(csv.reader(fin)) == COLUMNS, path
+
+
+def test_every_recipe_is_listed():
+    """Each recipe dataset folder has a CSV; each of its hparam files is listed."""
+    datasets = sorted(os.listdir(os.path.join(REPO, "recipes")))
+    listed = {os.path.splitext(os.path.basename(p))[0] for p in csv_files()}
+    assert set(datasets) <= listed, set(datasets) - listed
+    for path in csv_files():
+        dataset = os.path.splitext(os.path.basename(path))[0]
+        yamls = {
+            os.path.relpath(p, REPO)
+            for p in glob.glob(
+                os.path.join(REPO, "recipes", dataset, "**", "*.yaml"), recursive=True
+            )
+            if not any(a in p for a in AVOID)
+        }
+        in_csv = {
+            row["Hparam_file"].strip()
+            for name, row in ROWS
+            if name == os.path.basename(path)
+        }
+        assert yamls - in_csv == set(), f"{path} lacks {sorted(yamls - in_csv)}"
+        assert all(
+            row["Dataset"] == dataset
+            for name, row in ROWS
+            if name == os.path.basename(path)
+        )
+
+
+@pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
+def test_listed_files_exist(name, row):
+    for field in ("Script_file", "Hparam_file", "Data_prep_file", "Readme_file"):
+        for path in filter(None, row[field].split(" ")):
+            assert os.path.exists(repo_path(path)), f"{name}: {field} {path}"
+    for field in ("Script_file", "Hparam_file", "Readme_file"):  # mandatory
+        assert row[field].strip(), f"{name}: empty {field}"
+
+
+@pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
+def test_readme_has_the_result_links(name, row):
+    with open(repo_path(row["Readme_file"])) as fin:
+        readme = fin.read()
+    for field in ("Result_url", "HF_repo"):
+        for link in filter(None, row[field].strip().split(" ")):
+            assert link in readme, f"{row['Readme_file']} lacks {link}"
+
+
+@pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
+def test_every_yaml_key_is_used_by_the_script(name, row):
+    assert (
+        unused_keys(repo_path(row["Hparam_file"]), repo_path(row["Script_file"])) == []
+    )
+
+
+@pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
+def test_debug_flags_name_existing_keys(name, row):
+    flags = row["test_debug_flags"].split()
+    assert flags, f"{name}: test_debug_flags missing"
+    keys = set(yaml_top_level_keys(repo_path(row["Hparam_file"])))
+    for flag in flags:
+        key = flag[2:].split("=")[0]
+        assert key in keys or key in RUN_OPTIONS, f"{name}: unknown flag {flag}"
+    assert row["test_debug_checks"].startswith("file_exists=[")
+
+
+# ---------------------------------------------------------------- inference
+
+
+INFERENCE = sorted(
+    glob.glob(os.path.join(REPO, "recipes", "*", "*", "hparams", "inference.yaml"))
+)
+
+
+def test_every_recipe_has_an_inference_yaml_and_readme_usage():
+    recipes = {os.path.dirname(os.path.dirname(p)) for p in INFERENCE}
+    expected = {
+        os.path.dirname(os.path.dirname(repo_path(row["Hparam_file"])))
+        for _, row in ROWS
+    }
+    assert recipes == expected
+    for folder in recipes:
+        with open(os.path.join(folder, "README.md")) as fin:
+            readme = fin.read()
+        assert "from_hparams(" in readme and "inference.yaml" in readme, folder
+        assert "classify_file(" in readme or "transcribe_file(" in readme, folder
+        with open(os.path.join(folder, "train.py")) as fin:
+            assert "export_inference_hparams(" in fin.read(), folder
+
+
+@pytest.mark.parametrize("path", INFERENCE, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_inference_yaml_key_is_used(path):
+    from speechbrain_moe import inference
+
+    with open(path) as fin:
+        text = fin.read()
+    with open(inference.__file__) as fin:
+        interface = fin.read()
+    needed = {"modules", "pretrainer"}
+    for cls in (inference.PETLAudioClassifier, inference.SpeechLLMTranscriber):
+        needed |= set(cls.MODULES_NEEDED) | set(cls.HPARAMS_NEEDED)
+    unused = [
+        key
+        for key in yaml_top_level_keys(path)
+        if key not in needed
+        and not referenced_in_yaml(key, text)
+        and not re.search(rf"hparams\.{key}\b|hparams, \"{key}\"", interface)
+    ]
+    assert unused == []
+
+
+# ---------------------------------------------------------------- docstrings
+
+
+def docstring_problems(folder):
+    """SpeechBrain's docstring rule: every file (other than ``__*__.py``)
+    starts with a docstring; every public ``def``/``class`` (nested ones
+    included) is followed by one."""
+    problems = []
+    for path in sorted(glob.glob(os.path.join(folder, "**", "*.py"), recursive=True)):
+        rel = os.path.relpath(path, REPO)
+        with open(path) as fin:
+            tree = ast.parse(fin.read())
+        if "__" not in os.path.basename(path) and ast.get_docstring(tree) is None:
+            problems.append(f"{rel}: no module docstring")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                public = isinstance(node, ast.ClassDef) or not node.name.startswith("_")
+                if public and ast.get_docstring(node) is None:
+                    problems.append(
+                        f"{rel}:{node.lineno}: {node.name} has no docstring"
+                    )
+    return problems
+
+
+def test_docstring_rule_detects_problems(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n\n\ndef _g():\n    pass\n")
+    problems = docstring_problems(str(tmp_path))
+    assert len(problems) == 2
+    assert "no module docstring" in problems[0] and "f has no docstring" in problems[1]
+
+
+def test_speechbrain_moe_docstrings():
+    problems = docstring_problems(os.path.join(REPO, "speechbrain_moe"))
+    assert problems == [], "\n".join(problems)
+
+
+# ---------------------------------------------------------------- safe loading
+
+
+def torch_load_calls(path):
+    """(line, has weights_only=True) of every ``torch.load(...)`` call."""
+    with open(path) as fin:
+        tree = ast.parse(fin.read())
+    calls = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"
+        ):
+            safe = any(
+                k.arg == "weights_only"
+                and isinstance(k.value, ast.Constant)
+                and k.value.value is True
+                for k in node.keywords
+            )
+            calls.append((node.lineno, safe))
+    return calls
+
+
+def test_every_torch_load_uses_weights_only():
+    files = glob.glob(
+        os.path.join(REPO, "speechbrain_moe", "**", "*.py"), recursive=True
+    )
+    files += glob.glob(os.path.join(REPO, "recipes", "**", "*.py"), recursive=True)
+    unsafe, total = [], 0
+    for path in files:
+        with open(path) as fin:
+            text = fin.read()
+        # no pickle-based loading at all
+        assert not re.search(r"\bpickle\.loads?\(|\bdill\.", text), path
+        for line, safe in torch_load_calls(path):
+            total += 1
+            if not safe:
+                unsafe.append(f"{os.path.relpath(path, REPO)}:{line}")
+    assert total >= 3
+    assert unsafe == []
+
+
+def test_torch_defaults_to_weights_only():
+    """SpeechBrain's own default hooks (optimizer, plain modules) call
+    ``torch.load`` without the argument: torch >= 2.6 makes it True."""
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    assert (major, minor) >= (2, 6)
+
+
+class _Evil:
+    """Pickles to a call that would write a file when unpickled."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_cannot_execute_code(tmp_path, tiny_ast_folder):
+    from speechbrain_moe.checkpoints import RandomState
+    from speechbrain_moe.lobes.ast import AST
+
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"x": _Evil(str(target))}, path)
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        AST(tiny_ast_folder, max_frames=100)._load(path)
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        RandomState()._recover(path, end_of_epoch=True)
+    assert not target.exists()
