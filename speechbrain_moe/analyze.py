@@ -252,6 +252,7 @@ def gradient_analysis(brain, dataset, column, out, batches=4, batch_size=8, meth
     body = [p for p in params if id(p) not in head] or params
 
     def loss_fn(batch):
+        """NLL plus auxiliary losses of one batch, with gradients on."""
         with torch.enable_grad():
             predictions = brain.compute_forward(batch, sb.Stage.TEST)
             labels = batch.label_encoded.data.to(brain.device).view(-1)

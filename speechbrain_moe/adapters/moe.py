@@ -25,11 +25,13 @@ class _Permute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, order, inverse):
+        """Rows of ``x`` in ``order``."""
         ctx.save_for_backward(inverse)
         return x.index_select(0, order)
 
     @staticmethod
     def backward(ctx, grad):
+        """The gradient rows put back by the inverse permutation."""
         (inverse,) = ctx.saved_tensors
         return grad.index_select(0, inverse), None, None
 

@@ -17,6 +17,8 @@ Authors
 
 from collections import defaultdict
 
+import torch  # noqa: F401  (used by the doctests)
+
 from speechbrain_moe.routing import load_statistics
 
 

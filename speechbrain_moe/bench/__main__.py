@@ -94,6 +94,7 @@ def main(argv=None):
         return 2
 
     def log(message):
+        """Progress line on stderr."""
         print(message, file=sys.stderr, flush=True)
 
     report = run_suite(

@@ -366,6 +366,7 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
     mask = lobe.token_mask(torch.full((batch,), config["frames"])).to(device)
 
     def step():
+        """One timed training step."""
         with token_mask(lobe.model, mask):
             hidden = lobe.model(input_values=feats).last_hidden_state
         logits = head(masked_mean(hidden, mask))
@@ -467,6 +468,7 @@ def build_bridge_step(spec, device="cpu"):
     params = list(module.parameters())
 
     def step():
+        """One timed training step."""
         loss = module(x, mask).pow(2).mean() + collect_aux_loss(module)
         loss.backward()
         for param in params:
