@@ -97,7 +97,10 @@ class SoftMoA(RoutedModule):
         x = x.float()
         phi = self.slot_embeddings.float()
         if self.normalize:
-            return self.scale * (F.normalize(x, dim=-1) @ F.normalize(phi, dim=0))
+            # normalize(x) @ phi == (x @ phi) / |x|: divide the N*p logits of a
+            # token rather than rewrite its d features.
+            norms = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            return (x @ F.normalize(phi, dim=0)) * (self.scale / norms)
         return x @ phi
 
     def forward(self, x, mask=None):
@@ -116,6 +119,8 @@ class SoftMoA(RoutedModule):
         torch.Tensor
             ``[batch, time, output_size]``.
         """
+        if mask is not None and bool(mask.all()):
+            mask = None  # nothing to mask: skip two passes over the tokens
         logits = self.logits(x)
         dispatch_logits = logits
         if mask is not None:
