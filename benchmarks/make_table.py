@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/make_table.py                      # print Markdown
-    python benchmarks/make_table.py --update benchmarks/README.md
+    python -m benchmarks.make_table                      # print Markdown
+    python -m benchmarks.make_table --update benchmarks/README.md
 
 ``--update`` replaces the text between ``<!-- bench:start -->`` and
 ``<!-- bench:end -->`` in the given file.
@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from speechbrain_moe.bench.report import SUITE_ORDER, describe, markdown_table
+from benchmarks.report import SUITE_ORDER, describe, markdown_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from speechbrain_moe.bench import validate_report
-from speechbrain_moe.bench.__main__ import main
-from speechbrain_moe.bench.report import markdown_table
+from benchmarks import validate_report
+from benchmarks.__main__ import main
+from benchmarks.report import markdown_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,9 +93,8 @@ def test_make_table_renders_results(tmp_path):
     (tmp_path / "bridge.json").write_text(json.dumps(report))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
-    script = os.path.join(ROOT, "benchmarks", "make_table.py")
-    cmd = [sys.executable, script, "--results", str(tmp_path), "--update", str(readme)]
-    subprocess.run(cmd, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "benchmarks.make_table", "--results", str(tmp_path)]
+    subprocess.run(cmd + ["--update", str(readme)], check=True, cwd=ROOT)
     text = readme.read_text()
     assert "old" not in text and "| moe_adapter |" in text and text.endswith("end\n")
 

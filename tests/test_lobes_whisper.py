@@ -4,8 +4,9 @@ valid-frame pooling, adapters inside get gradient."""
 import pytest
 import torch
 
+from benchmarks.whisper_speedup import measure_speedup
 from speechbrain_moe.lobes.base import masked_mean
-from speechbrain_moe.lobes.whisper import Whisper, measure_speedup
+from speechbrain_moe.lobes.whisper import Whisper
 from speechbrain_moe.methods import apply_method
 from speechbrain_moe.synthetic.models import make_tiny_whisper
 

@@ -3,7 +3,7 @@
 Timing runs every case of a suite in one process, after a warm-up, one step
 of each case per round (so that a slow-down of the machine hits every case
 alike), and keeps the median (and minimum) per case. Peak memory is measured
-per case in a fresh subprocess (``python -m speechbrain_moe.bench --memory-worker``):
+per case in a fresh subprocess (``python -m benchmarks --memory-worker``):
 on CPU the process high-water mark of resident memory, on CUDA
 ``torch.cuda.max_memory_allocated``.
 
@@ -217,7 +217,7 @@ def memory_in_subprocess(spec, timeout=None):
     Arguments
     ---------
     spec : dict
-        A JSON-serialisable case spec (see :mod:`speechbrain_moe.bench.suites`).
+        A JSON-serialisable case spec (see :mod:`benchmarks.suites`).
     timeout : float, optional
         Seconds before giving up.
 
@@ -229,12 +229,13 @@ def memory_in_subprocess(spec, timeout=None):
     cmd = [
         sys.executable,
         "-m",
-        "speechbrain_moe.bench",
+        "benchmarks",
         "--memory-worker",
         json.dumps(spec),
     ]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=repo
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

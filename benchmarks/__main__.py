@@ -1,4 +1,4 @@
-"""Command line of the benchmark tool: ``python -m speechbrain_moe.bench``.
+"""Command line of the benchmark tool: ``python -m benchmarks``.
 
 Example
 -------
@@ -14,14 +14,14 @@ import json
 import os
 import sys
 
-from speechbrain_moe.bench.report import (
+from benchmarks.report import (
     describe,
     format_table,
     markdown_table,
     plot_report,
 )
-from speechbrain_moe.bench.runner import run_suite, run_worker
-from speechbrain_moe.bench.suites import SUITES
+from benchmarks.runner import run_suite, run_worker
+from benchmarks.suites import SUITES
 
 
 def parse_args(argv=None):
@@ -37,7 +37,7 @@ def parse_args(argv=None):
     argparse.Namespace
     """
     parser = argparse.ArgumentParser(
-        prog="python -m speechbrain_moe.bench",
+        prog="python -m benchmarks",
         description="Step-time and memory benchmarks of the PETL methods.",
     )
     parser.add_argument("--suite", choices=SUITES, help="Which suite to run.")

@@ -2,10 +2,10 @@
 
 Command line::
 
-    python -m speechbrain_moe.bench --suite {table1,scaling,bridge} --json OUT.json \\
+    python -m benchmarks --suite {table1,scaling,bridge} --json OUT.json \\
         [--quick] [--device cpu|cuda] [--plot OUT.png] [--markdown]
 
-Suites (see :mod:`speechbrain_moe.bench.suites`):
+Suites (see :mod:`benchmarks.suites`):
 
 * ``table1``: every registered PETL method with the Soft-MoA paper's settings
   on an AST-base-shaped encoder (random weights), Speech Commands input shape
@@ -29,22 +29,22 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
-from speechbrain_moe.bench.core import (
+from benchmarks.core import (
     machine_info,
     measure_memory,
     memory_in_subprocess,
     peak_rss_mb,
     time_interleaved,
 )
-from speechbrain_moe.bench.report import (
+from benchmarks.report import (
     describe,
     format_table,
     markdown_table,
     plot_report,
     validate_report,
 )
-from speechbrain_moe.bench.runner import add_ratios, run_suite, run_worker
-from speechbrain_moe.bench.suites import SUITES
+from benchmarks.runner import add_ratios, run_suite, run_worker
+from benchmarks.suites import SUITES
 
 __all__ = [
     "SUITES",

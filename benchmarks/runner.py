@@ -8,13 +8,13 @@ import shutil
 
 import torch
 
-from speechbrain_moe.bench.core import (
+from benchmarks.core import (
     machine_info,
     measure_memory,
     memory_in_subprocess,
     time_interleaved,
 )
-from speechbrain_moe.bench.suites import (
+from benchmarks.suites import (
     CASE_LISTS,
     SUITES,
     build_step,
@@ -38,7 +38,7 @@ def run_worker(spec):
 
     Example
     -------
-    >>> from speechbrain_moe.bench.suites import bridge_cases
+    >>> from benchmarks.suites import bridge_cases
     >>> spec = dict(bridge_cases(quick=True)[1], device="cpu", warmup=1, repeats=1)
     >>> sorted(run_worker(spec))
     ['peak_mem_mb', 'step_mem_mb']

@@ -124,7 +124,7 @@ def format_table(report):
     Arguments
     ---------
     report : dict
-        A report of :func:`speechbrain_moe.bench.run_suite`.
+        A report of :func:`benchmarks.run_suite`.
 
     Returns
     -------
@@ -154,7 +154,7 @@ def markdown_table(report):
     Arguments
     ---------
     report : dict
-        A report of :func:`speechbrain_moe.bench.run_suite`.
+        A report of :func:`benchmarks.run_suite`.
 
     Returns
     -------
@@ -227,7 +227,7 @@ def plot_report(report, path):
     Arguments
     ---------
     report : dict
-        A report of :func:`speechbrain_moe.bench.run_suite`.
+        A report of :func:`benchmarks.run_suite`.
     path : str
         Output image file (``.png``, ``.pdf``, ...).
 

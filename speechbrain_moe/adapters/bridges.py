@@ -1,0 +1,243 @@
+"""Bridges: adapters that change width, from stacked audio frames to an LLM.
+
+* :class:`DenseProjector`: ``Linear -> activation -> Linear``, the projector of
+  SpeechBrain's speech-LLM recipe, with a free hidden size (so that it can be
+  matched in size to the MoE-Adapter);
+* :class:`MoEAdapterBridge`: the MoE-Adapter (fuse ``Linear`` -> sparse top-k
+  :class:`~speechbrain_moe.adapters.SparseMoE` with shared experts ->
+  aggregation -> ``LayerNorm``);
+* :class:`SoftMoABridge`: the same frame with a residual Soft-MoA.
+
+Each takes ``(input_size, output_size, **settings)``; the packaged YAML files
+``speechbrain_moe/hparams/bridges/<name>.yaml`` hold their settings.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch.nn as nn
+
+from speechbrain_moe.adapters.moe import SparseMoE
+from speechbrain_moe.adapters.soft_moa import SoftMoA
+
+
+class DenseProjector(nn.Module):
+    """The dense baseline bridge: ``Linear -> activation -> Linear``.
+
+    This is the projector of SpeechBrain's speech-LLM recipe (a two-block
+    ``VanillaNN`` of the LLM width over stacked frames) with a free hidden
+    size, so that it can be matched in size to the MoE-Adapter.
+
+    Arguments
+    ---------
+    input_size : int
+        Size of the stacked encoder frames.
+    output_size : int
+        LLM embedding width.
+    hidden_size : int, optional
+        Hidden width (default ``output_size``).
+    activation : type
+        Activation class.
+
+    Example
+    -------
+    >>> proj = DenseProjector(20, 8, hidden_size=16)
+    >>> proj(torch.randn(2, 3, 20)).shape
+    torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, input_size, output_size, hidden_size=None, activation=nn.ReLU):
+        super().__init__()
+        hidden_size = output_size if hidden_size is None else hidden_size
+        self.net = nn.Sequential(
+            nn.Linear(input_size, hidden_size),
+            activation(),
+            nn.Linear(hidden_size, output_size),
+        )
+
+    def forward(self, x, mask=None):
+        """Projects every frame.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]``.
+        mask : torch.Tensor, optional
+            Unused (frame-wise module).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]``.
+        """
+        del mask
+        return self.net(x)
+
+
+class MoEAdapterBridge(nn.Module):
+    """The paper's MoE-Adapter bridge.
+
+    ``fuse`` (Linear to ``fused_size``) -> :class:`SparseMoE` (LayerNorm input,
+    ``num_experts`` SiLU experts ``fused -> expert_hidden -> output_size``,
+    ``top_k`` per token, optional shared experts, balance and z losses in
+    ``aux_loss``) -> aggregation (``Linear -> SiLU -> Linear`` of width
+    ``aggregation_hidden``, or one Linear when it is None) -> LayerNorm.
+
+    Arguments
+    ---------
+    input_size : int
+        Size of the stacked encoder frames.
+    output_size : int
+        LLM embedding width.
+    fused_size : int
+        Width after the fuse layer.
+    num_experts : int
+        Routed experts.
+    top_k : int
+        Experts per token.
+    expert_hidden : int
+        Hidden size of each expert.
+    num_shared_experts : int
+        Always-on experts.
+    aggregation_hidden : int, optional
+        Hidden size of the aggregation MLP (None: a single Linear).
+    balance_loss_weight : float
+        Weight of the Switch balance loss.
+    z_loss_weight : float
+        Weight of the router z-loss.
+    routing : str
+        Routing of :class:`SparseMoE`.
+    bias_balancing : bool
+        Auxiliary-loss-free bias balancing.
+
+    Example
+    -------
+    >>> bridge = MoEAdapterBridge(20, 8, fused_size=12, num_experts=4, top_k=2,
+    ...                           expert_hidden=6, aggregation_hidden=16)
+    >>> y = bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool))
+    >>> y.shape, bridge.moe.aux_loss.shape
+    (torch.Size([2, 3, 8]), torch.Size([]))
+    """
+
+    def __init__(
+        self,
+        input_size,
+        output_size,
+        fused_size=2560,
+        num_experts=8,
+        top_k=4,
+        expert_hidden=1280,
+        num_shared_experts=0,
+        aggregation_hidden=None,
+        balance_loss_weight=0.01,
+        z_loss_weight=0.001,
+        routing="topk_softmax",
+        bias_balancing=False,
+    ):
+        super().__init__()
+        self.fuse = nn.Linear(input_size, fused_size)
+        self.moe = SparseMoE(
+            fused_size,
+            num_experts=num_experts,
+            top_k=top_k,
+            hidden_size=expert_hidden,
+            output_size=output_size,
+            num_shared_experts=num_shared_experts,
+            routing=routing,
+            balance_loss_weight=balance_loss_weight,
+            z_loss_weight=z_loss_weight,
+            bias_balancing=bias_balancing,
+            zero_init_output=False,
+        )
+        if aggregation_hidden:
+            self.aggregate = nn.Sequential(
+                nn.Linear(output_size, aggregation_hidden),
+                nn.SiLU(),
+                nn.Linear(aggregation_hidden, output_size),
+            )
+        else:
+            self.aggregate = nn.Linear(output_size, output_size)
+        self.norm = nn.LayerNorm(output_size)
+
+    def forward(self, x, mask=None):
+        """Routes the stacked frames and projects them to the LLM width.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]``.
+        mask : torch.Tensor, optional
+            ``[batch, time]``, True for real frames (padding is not routed).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]``.
+        """
+        return self.norm(self.aggregate(self.moe(self.fuse(x), mask)))
+
+
+class SoftMoABridge(nn.Module):
+    """Soft-MoA bridge: fuse Linear -> residual Soft-MoA -> Linear -> LayerNorm.
+
+    Arguments
+    ---------
+    input_size : int
+        Size of the stacked encoder frames.
+    output_size : int
+        LLM embedding width.
+    fused_size : int, optional
+        Width of the mixture (default ``output_size``).
+    num_experts : int
+        Number of experts.
+    bottleneck : int
+        Hidden size of each expert.
+    slots_per_expert : int
+        Slots per expert.
+
+    Example
+    -------
+    >>> bridge = SoftMoABridge(20, 8, num_experts=3, bottleneck=4)
+    >>> bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool)).shape
+    torch.Size([2, 3, 8])
+    """
+
+    def __init__(
+        self,
+        input_size,
+        output_size,
+        fused_size=None,
+        num_experts=8,
+        bottleneck=64,
+        slots_per_expert=1,
+    ):
+        super().__init__()
+        fused_size = output_size if fused_size is None else fused_size
+        self.fuse = nn.Linear(input_size, fused_size)
+        self.moa = SoftMoA(
+            fused_size,
+            num_experts=num_experts,
+            bottleneck=bottleneck,
+            slots_per_expert=slots_per_expert,
+            output_size=fused_size,
+        )
+        self.out_proj = nn.Linear(fused_size, output_size)
+        self.norm = nn.LayerNorm(output_size)
+
+    def forward(self, x, mask=None):
+        """Mixes the stacked frames through the soft slots.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]``.
+        mask : torch.Tensor, optional
+            ``[batch, time]``, True for real frames.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]``.
+        """
+        fused = self.fuse(x)
+        return self.norm(self.out_proj(fused + self.moa(fused, mask)))
