@@ -4,8 +4,8 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
-from speechbrain_moe.methods import apply_method, available_methods, register_method
+from speechbrain_moe.petl import apply_method, available_methods
 from speechbrain_moe.routing import collect_aux_loss
 
-__version__ = "0.1.0"
-__all__ = ["apply_method", "available_methods", "collect_aux_loss", "register_method"]
+__version__ = "0.2.0"
+__all__ = ["apply_method", "available_methods", "collect_aux_loss"]

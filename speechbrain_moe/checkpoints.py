@@ -1,55 +1,169 @@
-"""Crash-safe checkpoints and the random state a resumed run needs.
+"""A checkpointer whose checkpoints are complete or ignored, and DDP-safe.
 
-* :class:`Checkpointer` is SpeechBrain's checkpointer with atomic saves and
-  deletions: the meta file that makes a folder a checkpoint (``CKPT.yaml``)
-  is written *last*, through a rename, and removed *first* when a checkpoint
-  is deleted. A process killed (SIGKILL, pre-emption, out-of-memory) while
-  saving or deleting therefore never leaves a half-written folder that a
-  restart would try to load; such leftovers are removed at the next save or
-  recovery.
-* :class:`RandomState` is a recoverable holding the random number
-  generators (``random``, NumPy, torch CPU and CUDA), so that dropout and any
-  other random draw continue after a resume exactly as in an uninterrupted
-  run.
+SpeechBrain's :class:`~speechbrain.utils.checkpoints.Checkpointer` writes a
+checkpoint's meta file (``CKPT.yaml``) first and the recoverables' files
+after it, so a process killed while saving leaves a folder that looks like a
+checkpoint but holds half-written weights. :class:`Checkpointer` keeps
+SpeechBrain's behaviour and adds, through public methods only:
+
+* a ``MANIFEST.json`` written *last* (after every rank has written its files),
+  listing every file with its size and SHA-256: a folder without it is an
+  interrupted save, a file whose size or checksum differs is damaged;
+* :meth:`Checkpointer.list_checkpoints` lists complete checkpoints only, so
+  recovery and deletion never see anything else; and because the manifest is
+  written between two barriers, every DDP rank lists the same checkpoints
+  before any deletion (upstream deletes with a broadcast per checkpoint);
+* :meth:`Checkpointer.recover_if_possible` moves interrupted saves aside (into
+  ``set_aside/``, never deleting weights) and falls back from a damaged
+  checkpoint to the newest intact one, with a warning naming the damaged file;
+  with no intact one left it stops with an error naming it;
+* every DDP rank uses the main process's checkpoint folder (``--debug`` gives
+  each rank its own temporary folder otherwise), and a checkpoint of
+  non-finite weights is refused.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
+import hashlib
+import json
 import logging
 import os
 import pathlib
-import random
 import shutil
 
-import numpy as np
 import torch
+import yaml
 from speechbrain.utils import checkpoints
-from speechbrain.utils.distributed import (
-    ddp_barrier,
-    if_main_process,
-    main_process_only,
-)
+from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 
-PENDING_SUFFIX = ".pending"
+MANIFEST = "MANIFEST.json"
+SET_ASIDE = "set_aside"
 
 
-class Checkpointer(checkpoints.Checkpointer):
-    """:class:`speechbrain.utils.checkpoints.Checkpointer` with atomic saves.
+def _sha256(path):
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fin:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Same arguments and behaviour as SpeechBrain's; only the order of the
-    file operations differs (see the module docstring), so a checkpoint
-    folder is either complete or ignored.
+
+def write_manifest(folder):
+    """Writes ``MANIFEST.json`` (size and SHA-256 of every file) atomically.
 
     Arguments
     ---------
-    *args
-        As SpeechBrain's ``Checkpointer``.
-    **kwargs
-        As SpeechBrain's ``Checkpointer``.
+    folder : pathlib.Path
+        A checkpoint folder whose files are all written.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "CKPT.yaml").write_text("end-of-epoch: true\\n")
+    >>> write_manifest(folder)
+    >>> checkpoint_problem(folder) is None
+    True
+    """
+    files = {
+        path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    pending = folder / f"{MANIFEST}.pending"
+    with open(pending, "w", encoding="utf-8") as fout:
+        json.dump({"files": files}, fout, indent=1)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(pending, folder / MANIFEST)
+
+
+def checkpoint_problem(folder, verify_checksums=False):
+    """Why a checkpoint folder cannot be loaded, or None when it is intact.
+
+    Arguments
+    ---------
+    folder : pathlib.Path
+        A ``CKPT+...`` folder.
+    verify_checksums : bool
+        Also compare every file's SHA-256 (reads every file).
+
+    Returns
+    -------
+    str or None
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "CKPT.yaml").write_text("end-of-epoch: true\\n")
+    >>> checkpoint_problem(folder)
+    'interrupted while saving (no MANIFEST.json)'
+    >>> write_manifest(folder)
+    >>> _ = (folder / "CKPT.yaml").write_text("")
+    >>> checkpoint_problem(folder)
+    'CKPT.yaml has 0 bytes, 19 were written'
+    """
+    manifest = folder / MANIFEST
+    if not (folder / checkpoints.METAFNAME).is_file():
+        return "interrupted while saving or deleting (no CKPT.yaml)"
+    if not manifest.is_file():
+        return f"interrupted while saving (no {MANIFEST})"
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is damaged"
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != info["size"]:
+            return f"{name} has {size} bytes, {info['size']} were written"
+        if verify_checksums and _sha256(path) != info["sha256"]:
+            return f"{name} changed after it was written (checksum mismatch)"
+    return None
+
+
+def _interrupted(problem):
+    """Whether a problem is an interrupted save (never loadable, set aside)."""
+    return problem.startswith("interrupted")
+
+
+def check_finite(recoverables):
+    """Raises before a checkpoint of non-finite weights is written.
+
+    Arguments
+    ---------
+    recoverables : dict
+        Name -> object; the ``torch.nn.Module`` ones are checked.
+
+    Example
+    -------
+    >>> check_finite({"model": torch.nn.Linear(2, 2)})
+    """
+    for name, obj in recoverables.items():
+        if not isinstance(obj, torch.nn.Module):
+            continue
+        for pname, param in obj.named_parameters():
+            if param.requires_grad and not bool(torch.isfinite(param).all()):
+                raise ValueError(
+                    f"Parameter {pname} of {name} is NaN/inf: the checkpoint was "
+                    "NOT written (the previous ones are intact). Lower --lr or "
+                    "--max_grad_norm and resume from the last checkpoint."
+                )
+
+
+class Checkpointer(checkpoints.Checkpointer):
+    """SpeechBrain's checkpointer with complete-or-ignored checkpoints.
+
+    Same arguments as :class:`speechbrain.utils.checkpoints.Checkpointer`;
+    see the module docstring for what differs.
 
     Example
     -------
@@ -58,44 +172,29 @@ class Checkpointer(checkpoints.Checkpointer):
     >>> ckpt = Checkpointer(tempfile.mkdtemp(), recoverables={"model": model})
     >>> saved = ckpt.save_checkpoint()
     >>> sorted(p.name for p in saved.path.iterdir())
-    ['CKPT.yaml', 'model.ckpt']
-    >>> incomplete = ckpt.checkpoints_dir / "CKPT+killed-while-saving"
-    >>> incomplete.mkdir()
-    >>> ckpt.find_checkpoint().path == saved.path
+    ['CKPT.yaml', 'MANIFEST.json', 'model.ckpt']
+    >>> (ckpt.checkpoints_dir / "CKPT+killed-while-saving").mkdir()
+    >>> [c.path for c in ckpt.list_checkpoints()] == [saved.path]
     True
-    >>> ckpt.remove_incomplete()
-    1
+    >>> ckpt.recover_if_possible().path == saved.path
+    True
+    >>> sorted(p.name for p in (ckpt.checkpoints_dir / "set_aside").iterdir())
+    ['CKPT+killed-while-saving']
     """
 
-    def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
-        """Writes the meta file under a pending name (renamed once complete).
-
-        Arguments
-        ---------
-        fpath : pathlib.Path
-            Final meta file path.
-        meta_to_include : dict
-            Extra meta information.
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-
-        Returns
-        -------
-        dict
-            The meta information.
-        """
-        pending = pathlib.Path(str(fpath) + PENDING_SUFFIX)
-        return super()._save_checkpoint_metafile(pending, meta_to_include, end_of_epoch)
+    def share_folder(self):
+        """Makes every DDP rank use the main process's checkpoint folder."""
+        self.checkpoints_dir = pathlib.Path(ddp_broadcast(str(self.checkpoints_dir)))
 
     def save_checkpoint(
         self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
-        """Saves every recoverable, then makes the folder a checkpoint.
+        """Saves a checkpoint; it counts once its manifest is written.
 
         Arguments
         ---------
         meta : dict
-            Added to the meta file.
+            Added to the meta file (plain Python values).
         end_of_epoch : bool
             Whether the checkpoint is at the end of an epoch.
         name : str, optional
@@ -108,226 +207,105 @@ class Checkpointer(checkpoints.Checkpointer):
         speechbrain.utils.checkpoints.Checkpoint or None
             None on processes other than the main one.
         """
-        self.remove_incomplete()
+        self.share_folder()
+        check_finite(self.recoverables)
         saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
-        ddp_barrier()  # every process has written its files
-        if saved is not None and if_main_process():
-            final = saved.path / checkpoints.METAFNAME
-            pending = pathlib.Path(str(final) + PENDING_SUFFIX)
-            _fsync_folder_files(saved.path)
-            os.replace(pending, final)
-            _fsync(saved.path)
+        ddp_barrier()  # every rank has written its files
+        if saved is not None:
+            write_manifest(saved.path)
+        ddp_barrier()  # every rank sees the complete checkpoint from here on
         return saved
 
-    @staticmethod
-    @main_process_only
-    def _delete_checkpoint(checkpoint, verbosity=logging.INFO):
-        """Invalidates the checkpoint (meta file first), then removes it.
+    def list_checkpoints(self):
+        """The complete checkpoints (manifest present, sizes as written).
 
-        Arguments
-        ---------
-        checkpoint : speechbrain.utils.checkpoints.Checkpoint
-            The checkpoint.
-        verbosity : int
-            Logging level.
+        Returns
+        -------
+        list of speechbrain.utils.checkpoints.Checkpoint
         """
-        meta = pathlib.Path(checkpoint.path) / checkpoints.METAFNAME
-        if not meta.is_file():
-            raise RuntimeError("Checkpoint does not appear valid for deletion.")
-        meta.unlink()
-        shutil.rmtree(checkpoint.path)
-        logger.log(verbosity, f"Deleted checkpoint in {checkpoint.path}")
+        found = []
+        if not self.checkpoints_dir.is_dir():
+            return found
+        for folder in sorted(self.checkpoints_dir.iterdir()):
+            if not folder.name.startswith(checkpoints.CKPT_PREFIX):
+                continue
+            if not folder.is_dir() or checkpoint_problem(folder) is not None:
+                continue
+            with open(folder / checkpoints.METAFNAME, encoding="utf-8") as fin:
+                meta = yaml.safe_load(fin)
+            paramfiles = {
+                path.stem: path
+                for path in folder.iterdir()
+                if path.suffix == checkpoints.PARAMFILE_EXT
+            }
+            found.append(checkpoints.Checkpoint(folder, meta, paramfiles))
+        return found
 
-    def recover_if_possible(self, *args, **kwargs):
-        """Removes incomplete leftovers, then as SpeechBrain's.
+    def recover_if_possible(
+        self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
+    ):
+        """Sets unusable checkpoints aside, then recovers as SpeechBrain does.
 
         Arguments
         ---------
-        *args
-            As SpeechBrain's ``recover_if_possible``.
-        **kwargs
+        importance_key, max_key, min_key, ckpt_predicate
             As SpeechBrain's ``recover_if_possible``.
 
         Returns
         -------
         speechbrain.utils.checkpoints.Checkpoint or None
         """
-        self.remove_incomplete()
-        return super().recover_if_possible(*args, **kwargs)
+        self.share_folder()
+        problems = {}
+        if if_main_process() and self.checkpoints_dir.is_dir():
+            for folder in sorted(self.checkpoints_dir.iterdir()):
+                if folder.is_dir() and folder.name.startswith(checkpoints.CKPT_PREFIX):
+                    problem = checkpoint_problem(folder, verify_checksums=True)
+                    if problem:
+                        problems[str(folder)] = problem
+        problems = ddp_broadcast(problems)
+        damaged = {k: v for k, v in problems.items() if not _interrupted(v)}
+        keys = dict(importance_key=importance_key, max_key=max_key, min_key=min_key)
+        intact = [
+            c
+            for c in self.find_checkpoints(ckpt_predicate=ckpt_predicate, **keys)
+            if str(c.path) not in damaged
+        ]
+        if damaged and not intact:
+            lines = "\n".join(f"  {path}: {why}" for path, why in damaged.items())
+            raise RuntimeError(
+                f"No intact checkpoint to load; damaged:\n{lines}\nRestore the "
+                "named file, or move the checkpoint folder away to start over."
+            )
+        if if_main_process():
+            for path, why in problems.items():
+                self.set_aside(pathlib.Path(path), why)
+        ddp_barrier()
+        return super().recover_if_possible(
+            importance_key, max_key, min_key, ckpt_predicate
+        )
 
-    def remove_incomplete(self):
-        """Deletes checkpoint folders without a meta file (a killed save or
-        deletion left them); main process only.
-
-        Returns
-        -------
-        int
-            How many folders were removed.
-        """
-        if not if_main_process() or not self.checkpoints_dir.is_dir():
-            return 0
-        removed = 0
-        for path in self.checkpoints_dir.iterdir():
-            if (
-                path.is_dir()
-                and path.name.startswith(checkpoints.CKPT_PREFIX)
-                and not (path / checkpoints.METAFNAME).exists()
-            ):
-                logger.warning(
-                    "Removing the incomplete checkpoint %s (the process was "
-                    "interrupted while writing or deleting it).",
-                    path,
-                )
-                shutil.rmtree(path, ignore_errors=True)
-                removed += 1
-        return removed
-
-
-def _fsync(path):
-    """Flushes a file or folder entry to disk (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder_files(folder):
-    """Flushes every file of ``folder`` to disk (best effort)."""
-    for path in pathlib.Path(folder).iterdir():
-        if path.is_file():
-            _fsync(path)
-
-
-@checkpoints.register_checkpoint_hooks
-class RandomState:
-    """Recoverable state of the random number generators.
-
-    Saved with every checkpoint. On recovery from an end-of-epoch checkpoint
-    the state is restored at once; from an intra-epoch checkpoint it is
-    restored by :meth:`apply_pending` just before the next training batch, so
-    that the draws made when the data loader's iterator is created (which an
-    uninterrupted run made before the checkpoint) do not shift it.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> state = RandomState()
-    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
-    >>> _ = torch.manual_seed(0)
-    >>> state._save(path)
-    >>> first = torch.rand(2)
-    >>> state._recover(path, end_of_epoch=False)
-    >>> state.apply_pending()
-    True
-    >>> torch.equal(torch.rand(2), first)
-    True
-    """
-
-    def __init__(self):
-        self.pending = None
-
-    @staticmethod
-    def capture():
-        """The current state of every generator, as tensors and plain types.
-
-        Returns
-        -------
-        dict
-        """
-        np_state = np.random.get_state()
-        state = {
-            "python": _to_plain(random.getstate()),
-            "numpy": {
-                "name": np_state[0],
-                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    @staticmethod
-    def restore(state):
-        """Sets every generator to ``state`` (from :meth:`capture`).
+    def set_aside(self, folder, why):
+        """Moves an unusable checkpoint folder into ``set_aside/`` (main only).
 
         Arguments
         ---------
-        state : dict
-            A captured state.
+        folder : pathlib.Path
+            The checkpoint folder.
+        why : str
+            What is wrong with it (logged).
         """
-        random.setstate(_to_tuple(state["python"]))
-        np_state = state["numpy"]
-        np.random.set_state(
-            (
-                np_state["name"],
-                np_state["keys"].numpy().astype(np.uint32),
-                np_state["pos"],
-                np_state["has_gauss"],
-                np_state["cached_gaussian"],
-            )
+        target = self.checkpoints_dir / SET_ASIDE / folder.name
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = self.checkpoints_dir / SET_ASIDE / f"{folder.name}.{suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder), str(target))
+        logger.warning(
+            "Checkpoint %s is unusable (%s); moved to %s. Training continues "
+            "from the newest intact checkpoint, if any.",
+            folder,
+            why,
+            target,
         )
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            cuda = state["cuda"][: torch.cuda.device_count()]
-            torch.cuda.set_rng_state_all(cuda)
-
-    def apply_pending(self):
-        """Restores a state recovered from an intra-epoch checkpoint.
-
-        Returns
-        -------
-        bool
-            Whether a state was pending.
-        """
-        if self.pending is None:
-            return False
-        self.restore(self.pending)
-        self.pending = None
-        return True
-
-    @checkpoints.mark_as_saver
-    def _save(self, path):
-        """Saves the generators' state (each DDP process its own file)."""
-        torch.save(self.capture(), _rank_path(path))
-
-    @checkpoints.mark_as_loader
-    def _recover(self, path, end_of_epoch=True):
-        """Loads the generators' state (now, or at the next batch)."""
-        own = _rank_path(path)
-        path = own if os.path.isfile(own) else path
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if end_of_epoch:
-            self.pending = None
-            self.restore(state)
-        else:
-            self.pending = state
-
-
-def _rank_path(path):
-    """``path`` on the main process, ``<path>.rank<r>`` on DDP rank r > 0."""
-    rank = int(os.environ.get("RANK", 0))
-    return str(path) if rank == 0 else f"{path}.rank{rank}"
-
-
-def _to_plain(value):
-    """Nested tuples -> nested lists (for ``weights_only`` loading)."""
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _to_tuple(value):
-    """Nested lists -> nested tuples (inverse of :func:`_to_plain`)."""
-    if isinstance(value, list):
-        return tuple(_to_tuple(v) for v in value)
-    return value

@@ -14,11 +14,14 @@ Authors
 
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.logger import get_logger
 from torchaudio.compliance import kaldi
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, load_config
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
+
+logger = get_logger(__name__)
 
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
@@ -106,6 +109,10 @@ class AST(Backbone):
     sample_rate : int
         Sample rate of the input waveforms (must be 16000, as AST's).
 
+    Clips longer than ``max_duration`` (the audio that ``max_frames`` frames
+    cover) are cut, with a warning; clips shorter than one 25 ms window are
+    zero-padded to it; a clip without samples raises ``ValueError``.
+
     Example
     -------
     >>> from transformers import ASTConfig, ASTModel
@@ -134,8 +141,12 @@ class AST(Backbone):
                 f"AST expects 16 kHz audio, got sample_rate={sample_rate}. Resample "
                 "in the data pipeline (the recipes do) and set sample_rate: 16000."
             )
-        self.model = ASTModel.from_pretrained(source, cache_dir=save_path)
-        config = self.model.config
+        config = load_config(
+            source, save_path, ("audio-spectrogram-transformer",), "AST"
+        )
+        self.model = ASTModel.from_pretrained(
+            source, config=config, cache_dir=save_path
+        )
         self.num_mel_bins = config.num_mel_bins
         self.max_frames = max_frames
         self.patch_size = config.patch_size
@@ -161,6 +172,7 @@ class AST(Backbone):
             emb.position_embeddings = torch.nn.Parameter(resized)
             config.max_length = max_frames
         self.time_patches = new_time
+        self.max_duration = ((max_frames - 1) * 160 + 400) / 16000
         self.output_size = config.hidden_size
         layers = [f"layers.{i}" for i in range(config.num_hidden_layers)]
         self.petl_targets = PetlTargets(
@@ -194,14 +206,12 @@ class AST(Backbone):
         frames : torch.Tensor
             ``[batch]`` number of real (non-padded) frames.
         """
-        samples = wavs.shape[1]
-        if wav_lens is None:
-            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-        lengths = (wav_lens * samples).round().long().clamp(min=400, max=samples)
+        lengths = self.sample_lengths(wavs, wav_lens)
         feats, frames = [], []
         for wav, length in zip(wavs.float(), lengths.tolist()):
+            wav = F.pad(wav[:length], (0, max(0, 400 - length)))
             fbank = kaldi.fbank(
-                wav[:length].unsqueeze(0),
+                wav.unsqueeze(0),
                 sample_frequency=16000,
                 window_type="hanning",
                 num_mel_bins=self.num_mel_bins,
@@ -215,6 +225,44 @@ class AST(Backbone):
             feats.append(fbank)
         feats = (torch.stack(feats) - AUDIOSET_MEAN) / (2 * AUDIOSET_STD)
         return feats.to(wavs.device), torch.tensor(frames, device=wavs.device)
+
+    def sample_lengths(self, wavs, wav_lens=None):
+        """Valid samples of each clip, capped at ``max_duration`` (with a
+        warning naming the clips cut).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]``.
+        wav_lens : torch.Tensor, optional
+            Relative lengths in (0, 1].
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` long.
+        """
+        samples = wavs.shape[1]
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        lengths = (wav_lens.to(wavs.device) * samples).round().long()
+        empty = (lengths < 1).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"Clip(s) {empty} of the batch have no samples; remove empty audio "
+                "(the data preparation skips such files)."
+            )
+        cap = int(self.max_duration * 16000)
+        for index in (lengths > cap).nonzero().flatten().tolist():
+            logger.warning(
+                "AST: clip %d of the batch (%.2f s) is longer than max_duration "
+                "%.2f s (max_frames=%d) and was cut; raise max_frames to keep more.",
+                index,
+                float(lengths[index]) / 16000,
+                self.max_duration,
+                self.max_frames,
+            )
+        return lengths.clamp(max=min(cap, samples))
 
     def token_mask(self, frames):
         """Which of AST's tokens cover real audio.

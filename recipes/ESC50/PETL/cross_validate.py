@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Runs the ESC-50 recipe on all five folds and reports mean ± std accuracy.
+"""Runs the ESC-50 recipe on its five folds and reports mean ± std accuracy.
 
 ::
 
     python cross_validate.py hparams/ast.yaml --data_folder=/path/to/ESC-50 \\
-        --output_folder=results/ESC50/cv [--petl_method=soft_moa] [--nproc=2]
+        --output_folder=results/ESC50/cv [--folds=1,2] [--nproc=2] \\
+        [--petl_method=soft_moa ...]
 
-Fold ``k`` writes to ``<output_folder>/fold<k>``; the summary goes to
-``<output_folder>/cross_validation.json``. Other arguments are passed to
-``train.py``.
+The audio is checked once for all folds; fold ``k`` trains in
+``<output_folder>/fold<k>``; ``<output_folder>/cross_validation.json`` holds
+the finished folds, their mean and sample standard deviation. Other arguments
+go to ``train.py``.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -16,8 +18,10 @@ Authors
 
 import os
 
-from speechbrain_moe.recipe import cross_validation_main
+from esc50_prepare import NUM_FOLDS, prepare_folds
+
+from speechbrain_moe.crossval import cross_validation_main
 
 if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
-    cross_validation_main(os.path.join(here, "train.py"), default_folds=5)
+    cross_validation_main(os.path.join(here, "train.py"), NUM_FOLDS, prepare_folds)

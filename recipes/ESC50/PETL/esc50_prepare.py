@@ -6,9 +6,9 @@ splits: ``test_fold`` is the test set, ``valid_fold`` (default: the next
 fold) the validation set, the other three folds the training set.
 
 Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
-class_name, fold) are written once into ``save_folder`` and the preparation
-is skipped when they exist for the same options. Audio that cannot be read or
-is empty is reported by name and skipped.
+class_name, fold) are written once into ``save_folder``; the preparation is
+skipped when they exist for the same options. Audio that cannot be used
+(unreadable, empty, NaN/inf, silent) is reported by name and skipped.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -19,13 +19,14 @@ import os
 
 from speechbrain.utils.logger import get_logger
 
-from speechbrain_moe.recipe import (
-    check_audio,
+from speechbrain_moe.manifests import (
     check_data_folder,
-    report_skipped,
-    save_preparation_options,
+    fold_options,
+    fold_split,
+    scan_clips,
     skip_preparation,
-    write_manifest,
+    split_files,
+    write_manifests,
 )
 
 logger = get_logger(__name__)
@@ -33,8 +34,39 @@ NUM_FOLDS = 5
 URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 
 
+def esc50_clips(data_folder):
+    """Every clip of the metadata file, with its class and fold.
+
+    Arguments
+    ---------
+    data_folder : str
+        ESC-50 root (``meta/esc50.csv``, ``audio/``).
+
+    Returns
+    -------
+    list of dict
+        ``ID``, ``wav``, ``class_name``, ``fold``.
+    """
+    check_data_folder(
+        data_folder,
+        ["meta/esc50.csv", "audio"],
+        "ESC-50",
+        f"Download and unzip {URL} (the folder holding meta/ and audio/).",
+    )
+    with open(os.path.join(data_folder, "meta", "esc50.csv"), newline="") as fin:
+        return [
+            {
+                "ID": os.path.splitext(item["filename"])[0],
+                "wav": os.path.join(data_folder, "audio", item["filename"]),
+                "class_name": item["category"],
+                "fold": int(item["fold"]),
+            }
+            for item in csv.DictReader(fin)
+        ]
+
+
 def prepare_esc50(
-    data_folder, save_folder, test_fold=1, valid_fold=None, skip_prep=False
+    data_folder, save_folder, test_fold=1, valid_fold=None, skip_prep=False, clips=None
 ):
     """Writes the train/valid/test manifests of one cross-validation fold.
 
@@ -50,74 +82,38 @@ def prepare_esc50(
         Fold used for validation (default: ``test_fold % 5 + 1``).
     skip_prep : bool
         Do nothing.
+    clips : list of dict, optional
+        Already checked clips (see :func:`prepare_folds`).
 
     Returns
     -------
     dict
         Split -> manifest path.
     """
-    files = {
-        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
-    }
+    files = split_files(save_folder)
     if skip_prep:
         return files
-    if valid_fold is None:
-        valid_fold = test_fold % NUM_FOLDS + 1
-    for name, fold in (("test_fold", test_fold), ("valid_fold", valid_fold)):
-        if not 1 <= int(fold) <= NUM_FOLDS:
-            raise ValueError(f"{name} must be between 1 and {NUM_FOLDS}, got {fold}.")
-    if test_fold == valid_fold:
-        raise ValueError(f"valid_fold and test_fold must differ (both {test_fold}).")
-    options = {
-        "data_folder": os.path.abspath(data_folder),
-        "test_fold": int(test_fold),
-        "valid_fold": int(valid_fold),
-    }
+    options = fold_options(data_folder, test_fold, valid_fold, NUM_FOLDS)
     if skip_preparation(save_folder, list(files.values()), options):
         logger.info(
             "ESC-50 manifests already in %s, skipping preparation.", save_folder
         )
         return files
-    check_data_folder(
-        data_folder,
-        ["meta/esc50.csv", "audio"],
-        "ESC-50",
-        f"Download and unzip {URL} (the folder holding meta/ and audio/).",
-    )
-    rows = {split: [] for split in files}
-    skipped = []
-    with open(os.path.join(data_folder, "meta", "esc50.csv"), newline="") as fin:
-        for item in csv.DictReader(fin):
-            path = os.path.join(data_folder, "audio", item["filename"])
-            if not os.path.isfile(path):
-                skipped.append((path, "missing"))
-                continue
-            duration, problem = check_audio(path)
-            if problem:
-                skipped.append((path, problem))
-                continue
-            fold = int(item["fold"])
-            split = (
-                "test"
-                if fold == test_fold
-                else "valid"
-                if fold == valid_fold
-                else "train"
-            )
-            rows[split].append(
-                {
-                    "ID": os.path.splitext(item["filename"])[0],
-                    "wav": os.path.abspath(path),
-                    "duration": round(duration, 3),
-                    "class_name": item["category"],
-                    "fold": fold,
-                }
-            )
-    report_skipped(skipped, "ESC-50")
-    for split, path in files.items():
-        if not rows[split]:
-            raise RuntimeError(f"ESC-50 preparation found no usable audio for {split}.")
-        write_manifest(path, rows[split])
-        logger.info("Wrote %s (%d clips)", path, len(rows[split]))
-    save_preparation_options(save_folder, options)
-    return files
+    if clips is None:
+        clips = scan_clips(esc50_clips(data_folder), "ESC-50")
+    return write_manifests(clips, save_folder, options, "ESC-50", fold_split(options))
+
+
+def prepare_folds(data_folder, folders):
+    """Prepares several folds, checking the audio once (``cross_validate.py``).
+
+    Arguments
+    ---------
+    data_folder : str
+        ESC-50 root.
+    folders : dict
+        Test fold -> its output folder.
+    """
+    clips = scan_clips(esc50_clips(data_folder), "ESC-50")
+    for fold, folder in folders.items():
+        prepare_esc50(data_folder, folder, test_fold=fold, clips=clips)

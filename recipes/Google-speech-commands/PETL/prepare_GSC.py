@@ -18,13 +18,12 @@ import os
 
 from speechbrain.utils.logger import get_logger
 
-from speechbrain_moe.recipe import (
-    check_audio,
+from speechbrain_moe.manifests import (
     check_data_folder,
-    report_skipped,
-    save_preparation_options,
+    scan_clips,
     skip_preparation,
-    write_manifest,
+    split_files,
+    write_manifests,
 )
 
 logger = get_logger(__name__)
@@ -35,6 +34,54 @@ def _read_list(path):
     """Relative paths listed in a split file, with forward slashes."""
     with open(path) as fin:
         return {line.strip().replace("\\", "/") for line in fin if line.strip()}
+
+
+def gsc_clips(data_folder):
+    """Every clip of every word folder, with its official split.
+
+    Arguments
+    ---------
+    data_folder : str
+        Speech Commands v2 root.
+
+    Returns
+    -------
+    list of dict
+        ``ID``, ``wav``, ``class_name``, ``speaker``, ``split``.
+    """
+    check_data_folder(
+        data_folder,
+        ["validation_list.txt", "testing_list.txt"],
+        "Speech Commands v2",
+        f"Download {URL} and extract it into one folder.",
+    )
+    valid = _read_list(os.path.join(data_folder, "validation_list.txt"))
+    test = _read_list(os.path.join(data_folder, "testing_list.txt"))
+    words = sorted(
+        d
+        for d in os.listdir(data_folder)
+        if os.path.isdir(os.path.join(data_folder, d)) and not d.startswith("_")
+    )
+    clips = []
+    for word in words:
+        for name in sorted(os.listdir(os.path.join(data_folder, word))):
+            if not name.endswith(".wav"):
+                continue
+            rel = f"{word}/{name}"
+            clips.append(
+                {
+                    "ID": f"{word}_{os.path.splitext(name)[0]}",
+                    "wav": os.path.join(data_folder, word, name),
+                    "class_name": word,
+                    "speaker": name.split("_nohash_")[0],
+                    "split": "valid"
+                    if rel in valid
+                    else "test"
+                    if rel in test
+                    else "train",
+                }
+            )
+    return clips
 
 
 def prepare_GSC(data_folder, save_folder, skip_prep=False):
@@ -54,57 +101,14 @@ def prepare_GSC(data_folder, save_folder, skip_prep=False):
     dict
         Split -> manifest path.
     """
-    files = {
-        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
-    }
+    files = split_files(save_folder)
     if skip_prep:
         return files
     options = {"data_folder": os.path.abspath(data_folder), "words": "all"}
     if skip_preparation(save_folder, list(files.values()), options):
         logger.info("Speech Commands manifests already in %s, skipping.", save_folder)
         return files
-    check_data_folder(
-        data_folder,
-        ["validation_list.txt", "testing_list.txt"],
-        "Speech Commands v2",
-        f"Download {URL} and extract it into one folder.",
+    clips = scan_clips(gsc_clips(data_folder), "Speech Commands")
+    return write_manifests(
+        clips, save_folder, options, "Speech Commands", lambda c: c.pop("split")
     )
-    valid = _read_list(os.path.join(data_folder, "validation_list.txt"))
-    test = _read_list(os.path.join(data_folder, "testing_list.txt"))
-    rows = {split: [] for split in files}
-    skipped = []
-    words = sorted(
-        d
-        for d in os.listdir(data_folder)
-        if os.path.isdir(os.path.join(data_folder, d)) and not d.startswith("_")
-    )
-    for word in words:
-        for name in sorted(os.listdir(os.path.join(data_folder, word))):
-            if not name.endswith(".wav"):
-                continue
-            rel = f"{word}/{name}"
-            path = os.path.join(data_folder, word, name)
-            duration, problem = check_audio(path)
-            if problem:
-                skipped.append((path, problem))
-                continue
-            split = "valid" if rel in valid else "test" if rel in test else "train"
-            rows[split].append(
-                {
-                    "ID": f"{word}_{os.path.splitext(name)[0]}",
-                    "wav": os.path.abspath(path),
-                    "duration": round(duration, 3),
-                    "class_name": word,
-                    "speaker": name.split("_nohash_")[0],
-                }
-            )
-    report_skipped(skipped, "Speech Commands")
-    for split, path in files.items():
-        if not rows[split]:
-            raise RuntimeError(
-                f"Speech Commands preparation found no usable audio for {split}."
-            )
-        write_manifest(path, rows[split])
-        logger.info("Wrote %s (%d clips, %d words)", path, len(rows[split]), len(words))
-    save_preparation_options(save_folder, options)
-    return files

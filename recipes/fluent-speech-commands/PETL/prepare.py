@@ -20,13 +20,12 @@ import os
 
 from speechbrain.utils.logger import get_logger
 
-from speechbrain_moe.recipe import (
-    check_audio,
+from speechbrain_moe.manifests import (
     check_data_folder,
-    report_skipped,
-    save_preparation_options,
+    scan_clips,
     skip_preparation,
-    write_manifest,
+    split_files,
+    write_manifests,
 )
 
 logger = get_logger(__name__)
@@ -51,6 +50,51 @@ def intent_label(action, obj, location):
     return "_".join(s.strip().replace(" ", "-") for s in (action, obj, location))
 
 
+def fsc_clips(data_folder):
+    """Every utterance of the official split files, with its intent.
+
+    Arguments
+    ---------
+    data_folder : str
+        Fluent Speech Commands root (``data/``, ``wavs/``).
+
+    Returns
+    -------
+    list of dict
+        ``ID``, ``wav``, ``class_name``, ``speaker``, ``transcript``,
+        ``split``.
+    """
+    check_data_folder(
+        data_folder,
+        [f"data/{split}_data.csv" for split in ("train", "valid", "test")],
+        "Fluent Speech Commands",
+        "Get it from https://fluent.ai/fluent-speech-commands-a-dataset-for-spoken-"
+        "language-understanding-research/ (free for academic research) and extract "
+        "it (the folder holding data/ and wavs/).",
+    )
+    clips = []
+    for split in ("train", "valid", "test"):
+        with open(
+            os.path.join(data_folder, "data", f"{split}_data.csv"), newline=""
+        ) as fin:
+            for item in csv.DictReader(fin):
+                path = os.path.join(data_folder, item["path"])
+                name = os.path.splitext(os.path.basename(path))[0]
+                clips.append(
+                    {
+                        "ID": f"{item['speakerId']}_{name}",
+                        "wav": path,
+                        "class_name": intent_label(
+                            item["action"], item["object"], item["location"]
+                        ),
+                        "speaker": item["speakerId"],
+                        "transcript": item["transcription"],
+                        "split": split,
+                    }
+                )
+    return clips
+
+
 def prepare_FSC(data_folder, save_folder, skip_prep=False):
     """Writes the train/valid/test manifests of the official split.
 
@@ -68,9 +112,7 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
     dict
         Split -> manifest path.
     """
-    files = {
-        s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
-    }
+    files = split_files(save_folder)
     if skip_prep:
         return files
     options = {"data_folder": os.path.abspath(data_folder)}
@@ -79,47 +121,7 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
             "Fluent Speech Commands manifests already in %s, skipping.", save_folder
         )
         return files
-    check_data_folder(
-        data_folder,
-        [f"data/{split}_data.csv" for split in files],
-        "Fluent Speech Commands",
-        "Get it from https://fluent.ai/fluent-speech-commands-a-dataset-for-spoken-"
-        "language-understanding-research/ (free for academic research) and extract "
-        "it (the folder holding data/ and wavs/).",
+    clips = scan_clips(fsc_clips(data_folder), "Fluent Speech Commands")
+    return write_manifests(
+        clips, save_folder, options, "Fluent Speech Commands", lambda c: c.pop("split")
     )
-    skipped = []
-    for split, out in files.items():
-        rows = []
-        with open(
-            os.path.join(data_folder, "data", f"{split}_data.csv"), newline=""
-        ) as fin:
-            for item in csv.DictReader(fin):
-                path = os.path.join(data_folder, item["path"])
-                if not os.path.isfile(path):
-                    skipped.append((path, "missing"))
-                    continue
-                duration, problem = check_audio(path)
-                if problem:
-                    skipped.append((path, problem))
-                    continue
-                rows.append(
-                    {
-                        "ID": f"{item['speakerId']}_{os.path.splitext(os.path.basename(path))[0]}",
-                        "wav": os.path.abspath(path),
-                        "duration": round(duration, 3),
-                        "class_name": intent_label(
-                            item["action"], item["object"], item["location"]
-                        ),
-                        "speaker": item["speakerId"],
-                        "transcript": item["transcription"],
-                    }
-                )
-        if not rows:
-            raise RuntimeError(
-                f"Fluent Speech Commands preparation found no usable audio for {split}."
-            )
-        write_manifest(out, rows)
-        logger.info("Wrote %s (%d utterances)", out, len(rows))
-    report_skipped(skipped, "Fluent Speech Commands")
-    save_preparation_options(save_folder, options)
-    return files

@@ -1,26 +1,29 @@
 #!/usr/bin/env python3
 """Recipe: parameter-efficient fine-tuning of an audio encoder on Fluent Speech Commands (31 intents).
 
-The backbone (AST, Whisper encoder or WavLM, see ``hparams/``) is adapted with
-the method named by ``petl_method`` (Soft-MoA, Dense-MoA, a bottleneck
-adapter, LoRA, ...; settings in the repository's ``hparams/petl/``); a
-LayerNorm + linear head classifies the pooled embedding.
+The backbone (AST, Whisper encoder or WavLM: ``hparams/<backbone>.yaml``) is
+adapted by the PETL method named by ``petl_method`` (Soft-MoA, Dense-MoA, the
+sparse MoE-Adapter, a bottleneck adapter, LoRA, ...: a YAML file shipped in
+``speechbrain_moe/hparams/petl/`` or the path of your own); a LayerNorm +
+linear head classifies the pooled embedding.
 
 To run::
 
     python train.py hparams/ast.yaml --data_folder=/path/to/fluent_speech_commands_dataset \\
-        [--petl_method=soft_moa]
+        [--petl_method=soft_moa] [--petl_overrides="{num_experts: 8}"]
 
 Multi-GPU (or CPU) DDP::
 
     torchrun --standalone --nproc_per_node=2 train.py hparams/ast.yaml \\
         --data_folder=... [--device=cpu --distributed_backend=gloo]
 
+The output folder is also the inference folder (``inference.yaml``, see
+``speechbrain_moe.inference.PETLAudioClassifier``).
+
 Authors
  * speechbrain-moe contributors 2026
 """
 
-import os
 import sys
 
 import speechbrain as sb
@@ -29,8 +32,8 @@ from prepare import prepare_FSC
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_moe.brain import PETLClassifierBrain
+from speechbrain_moe.dataio import classification_datasets
 from speechbrain_moe.inference import export_inference_hparams
-from speechbrain_moe.recipe import classification_datasets, setup_backbone
 
 
 def dataio_prep(hparams):
@@ -43,26 +46,27 @@ def dataio_prep(hparams):
 
     Returns
     -------
-    datasets : dict
+    dict
         ``{"train", "valid", "test"}`` -> ``DynamicItemDataset``.
-    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
-        Class name <-> index.
     """
-    datasets, label_encoder = classification_datasets(
+    datasets = classification_datasets(
         {
             "train": hparams["train_csv"],
             "valid": hparams["valid_csv"],
             "test": hparams["test_csv"],
         },
-        label_encoder_file=hparams["label_encoder_file"],
+        hparams["label_encoder"],
+        hparams["label_encoder_file"],
         sample_rate=hparams["sample_rate"],
+        max_seconds=hparams["backbone"].max_duration,
     )
-    if len(label_encoder) > hparams["n_classes"]:
+    classes = len(hparams["label_encoder"])
+    if classes > hparams["n_classes"]:
         raise ValueError(
-            f"The training data has {len(label_encoder)} classes but the head has "
-            f"n_classes={hparams['n_classes']}; pass --n_classes={len(label_encoder)}."
+            f"The training data has {classes} classes but the head has "
+            f"n_classes={hparams['n_classes']}; pass --n_classes={classes}."
         )
-    return datasets, label_encoder
+    return datasets
 
 
 if __name__ == "__main__":
@@ -84,17 +88,13 @@ if __name__ == "__main__":
             "skip_prep": hparams["skip_prep"],
         },
     )
-    datasets, label_encoder = dataio_prep(hparams)
-    setup_backbone(
-        hparams, method=hparams["petl_method"], overrides=hparams["petl_overrides"]
-    )
-    # <output_folder>/inference.yaml: loads the trained model for inference
-    # (speechbrain_moe.inference.PETLAudioClassifier, see README.md)
+    datasets = dataio_prep(hparams)
     export_inference_hparams(
-        os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "hparams", "inference.yaml"
-        ),
-        hparams,
+        hparams_file,
+        overrides,
+        hparams["output_folder"],
+        keys=["sample_rate", "backbone", "classifier", "label_encoder"],
+        loadables=["backbone", "classifier", "label_encoder"],
     )
 
     brain = PETLClassifierBrain(
@@ -103,8 +103,6 @@ if __name__ == "__main__":
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
-        train_logger=hparams["train_logger"],
-        lr_schedule=hparams["lr_schedule"],
     )
     brain.fit(
         brain.hparams.epoch_counter,

@@ -8,11 +8,9 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
-from speechbrain_moe.methods import register_method
 from speechbrain_moe.targets import petl_root
 
 
-@register_method("linear")
 def linear_probe(backbone):
     """Freezes the whole backbone: only the head trains.
 
@@ -37,7 +35,6 @@ def linear_probe(backbone):
     return backbone.requires_grad_(False)
 
 
-@register_method("full_ft")
 def full_fine_tuning(backbone):
     """Trains every backbone parameter.
 
@@ -61,7 +58,6 @@ def full_fine_tuning(backbone):
     return backbone.requires_grad_(True)
 
 
-@register_method("bitfit")
 def bitfit(backbone):
     """Trains only the bias terms of the adaptable root (Ben Zaken et al., 2022).
 

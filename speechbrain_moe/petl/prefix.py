@@ -12,14 +12,13 @@ Authors
 
 import torch
 import torch.nn as nn
-from speechbrain.nnet.adapters import AdaptedModel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from speechbrain_moe.checks import check_positive
-from speechbrain_moe.methods import register_method
-from speechbrain_moe.methods.prompt import extend_attention_mask
-from speechbrain_moe.targets import petl_root, set_petl_root
+from speechbrain_moe.petl.prompt import extend_attention_mask
+from speechbrain_moe.petl.wrap import wrap_modules
+from speechbrain_moe.targets import petl_root
 
 ATTENTION_NAME = "speechbrain_moe_prefix"
 
@@ -98,7 +97,6 @@ class PrefixAttention(nn.Module):
             inner.__dict__.pop("_petl_prefix", None)
 
 
-@register_method("prefix")
 def prefix_tuning(backbone, num_prefix=10):
     """Adds ``num_prefix`` learnable key/value vectors to every attention block.
 
@@ -115,7 +113,7 @@ def prefix_tuning(backbone, num_prefix=10):
         The backbone.
     """
     check_positive("prefix", num_prefix=num_prefix)
-    name, root, targets = petl_root(backbone)
+    _, root, targets = petl_root(backbone)
     if not targets.attention_interface:
         raise ValueError(
             f"prefix tuning needs attention computed through Hugging Face's "
@@ -128,16 +126,11 @@ def prefix_tuning(backbone, num_prefix=10):
     )
     if not num_heads:
         raise ValueError("prefix tuning: cannot read the number of attention heads.")
-    adapted = AdaptedModel(
-        root,
-        PrefixAttention,
-        target_layers=list(targets.attention),
-        adapter_kwargs={
-            "num_prefix": num_prefix,
-            "num_heads": num_heads,
-            "head_dim": targets.hidden_size // num_heads,
-        },
-    )
+    kwargs = {
+        "num_prefix": num_prefix,
+        "num_heads": num_heads,
+        "head_dim": targets.hidden_size // num_heads,
+    }
+    wrap_modules(backbone, PrefixAttention, "attention", kwargs)
     root.set_attn_implementation(ATTENTION_NAME)
-    set_petl_root(backbone, name, adapted)
     return backbone

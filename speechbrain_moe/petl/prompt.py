@@ -9,11 +9,10 @@ Authors
 
 import torch
 import torch.nn as nn
-from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.checks import check_positive
-from speechbrain_moe.methods import register_method
-from speechbrain_moe.targets import petl_root, set_petl_root
+from speechbrain_moe.petl.wrap import wrap_modules
+from speechbrain_moe.targets import petl_root
 
 
 def extend_attention_mask(mask, extra):
@@ -91,7 +90,6 @@ class DeepPromptLayer(nn.Module):
         return type(out)([out[0][:, self.num_prompts :], *out[1:]])
 
 
-@register_method("prompt")
 def deep_prompt(backbone, num_prompts=10):
     """Adds ``num_prompts`` learnable prompt tokens in front of every layer.
 
@@ -108,12 +106,6 @@ def deep_prompt(backbone, num_prompts=10):
         The backbone.
     """
     check_positive("prompt", num_prompts=num_prompts)
-    name, root, targets = petl_root(backbone)
-    adapted = AdaptedModel(
-        root,
-        DeepPromptLayer,
-        target_layers=list(targets.layers),
-        adapter_kwargs={"num_prompts": num_prompts, "hidden_size": targets.hidden_size},
-    )
-    set_petl_root(backbone, name, adapted)
-    return backbone
+    _, _, targets = petl_root(backbone)
+    kwargs = {"num_prompts": num_prompts, "hidden_size": targets.hidden_size}
+    return wrap_modules(backbone, DeepPromptLayer, "layers", kwargs)

@@ -1,0 +1,199 @@
+"""Reading clips and building the classification recipes' datasets.
+
+* :func:`read_clip`: one audio file as a mono waveform at the model's rate
+  (SpeechBrain's audio I/O, mixed down, resampled), cut to the backbone's
+  maximum duration with a warning naming the file, and errors that say which
+  file is wrong and what to do;
+* :func:`classification_datasets`: SpeechBrain ``DynamicItemDataset``s of
+  a recipe's manifests yielding ``sig`` and ``label_encoded``.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import csv
+import functools
+import os
+
+import speechbrain as sb
+import torch
+import torchaudio
+from speechbrain.dataio import audio_io
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+TRAINING_HINT = (
+    "The manifest is out of date or the data moved: delete the manifests and "
+    "re-run the data preparation (it reports and skips unusable files), or "
+    "restore the file."
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig, new):
+    """A cached resampler (its filter kernel is built once per rate pair)."""
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
+    """Reads an audio file as a mono float waveform at ``sample_rate``.
+
+    Arguments
+    ---------
+    path : str
+        Audio file (any format SpeechBrain's ``audio_io`` reads).
+    sample_rate : int
+        Rate of the result (the file is resampled when it differs).
+    max_seconds : float, optional
+        Longer clips are cut to this duration, with a warning naming them.
+    hint : str
+        What to do when the file is missing or unreadable (in the message).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[samples]``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> import soundfile as sf
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> sf.write(path, torch.zeros(44100, 2).numpy(), 44100)
+    >>> read_clip(path).shape
+    torch.Size([16000])
+    >>> read_clip(path, max_seconds=0.5).shape
+    torch.Size([8000])
+    >>> read_clip("/nonexistent.wav", hint="Fix the path.")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Audio file /nonexistent.wav does not exist. Fix the path.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Audio file {path} does not exist. {hint}")
+    try:
+        audio, rate = audio_io.load(path)  # [channels, samples]
+    except Exception as err:  # the audio backends raise several types
+        raise RuntimeError(
+            f"Cannot read the audio file {path} ({type(err).__name__}: {err}). {hint}"
+        ) from err
+    sig = audio.float().mean(dim=0)
+    if rate != sample_rate:
+        with torch.no_grad():
+            sig = _resampler(rate, sample_rate)(sig)
+    if max_seconds is not None and sig.shape[0] > max_seconds * sample_rate:
+        logger.warning(
+            "%s (%.2f s) is longer than the backbone's maximum of %.2f s; cut.",
+            path,
+            sig.shape[0] / sample_rate,
+            max_seconds,
+        )
+        sig = sig[: int(max_seconds * sample_rate)]
+    return sig
+
+
+def check_manifest(csv_path, column="wav", max_listed=5):
+    """Raises a clear error for an empty manifest or missing audio files.
+
+    Arguments
+    ---------
+    csv_path : str
+        A SpeechBrain CSV manifest.
+    column : str
+        Column holding the audio paths.
+    max_listed : int
+        How many missing files the message lists.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "train.csv")
+    >>> _ = open(out, "w").write("ID,wav,duration,class_name\\n")
+    >>> check_manifest(out)
+    Traceback (most recent call last):
+    ...
+    ValueError: The manifest .../train.csv has no rows. ...
+    """
+    with open(csv_path, newline="", encoding="utf-8") as fin:
+        rows = list(csv.DictReader(fin))
+    if not rows:
+        raise ValueError(
+            f"The manifest {csv_path} has no rows. {TRAINING_HINT.split(': ')[1]}"
+        )
+    if column not in rows[0]:
+        raise KeyError(f"{csv_path} has no {column!r} column (audio paths).")
+    missing = [r[column] for r in rows if not os.path.isfile(r[column])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(rows)} audio files listed in {csv_path} "
+            f"are missing, e.g. {missing[:max_listed]}. {TRAINING_HINT}"
+        )
+
+
+def classification_datasets(
+    csv_files,
+    label_encoder,
+    label_encoder_file,
+    sample_rate=16000,
+    max_seconds=None,
+    label_column="class_name",
+):
+    """Datasets yielding ``id``, ``sig`` (mono, ``sample_rate``) and
+    ``label_encoded``.
+
+    Arguments
+    ---------
+    csv_files : dict
+        Split -> manifest (columns ``ID``, ``wav``, ``duration`` and
+        ``label_column``); the ``train`` split defines the classes.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        An empty encoder, filled from ``label_encoder_file`` (written from the
+        training set on the main process if it does not exist yet).
+    label_encoder_file : str
+        Where the classes are saved.
+    sample_rate : int
+        Rate the audio is resampled to.
+    max_seconds : float, optional
+        Clips are cut to this duration (the backbone's maximum).
+    label_column : str
+        Manifest column holding the class name.
+
+    Returns
+    -------
+    dict
+        Split -> ``DynamicItemDataset``.
+    """
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        """Reads, mixes down, resamples and cuts one file."""
+        return read_clip(wav, sample_rate, max_seconds)
+
+    @sb.utils.data_pipeline.takes(label_column)
+    @sb.utils.data_pipeline.provides("label", "label_encoded")
+    def label_pipeline(label):
+        """Class name and its index."""
+        yield label
+        yield label_encoder.encode_label_torch(label)
+
+    datasets = {}
+    for split, path in csv_files.items():
+        check_manifest(path)
+        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(path)
+        datasets[split].add_dynamic_item(audio_pipeline)
+        datasets[split].add_dynamic_item(label_pipeline)
+        datasets[split].set_output_keys(["id", "sig", "label", "label_encoded"])
+
+    def write_classes():
+        """Saves the training set's classes (main process, first run)."""
+        if not os.path.isfile(label_encoder_file):
+            encoder = sb.dataio.encoder.CategoricalEncoder()
+            encoder.update_from_didataset(datasets["train"], output_key="label")
+            encoder.save(label_encoder_file)
+
+    sb.utils.distributed.run_on_main(write_classes)
+    label_encoder.load(label_encoder_file)
+    label_encoder.expect_len(len(label_encoder))
+    return datasets

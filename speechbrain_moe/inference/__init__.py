@@ -1,0 +1,31 @@
+"""Inference with trained recipes, in the style of ``speechbrain.inference``.
+
+* :class:`PETLAudioClassifier` (``recipes/*/PETL``): ``classify_file`` /
+  ``classify_batch``, as SpeechBrain's ``EncoderClassifier``;
+* :class:`SpeechLLMTranscriber` (``recipes/LibriSpeech/LLM_bridge``):
+  ``transcribe_file`` / ``transcribe_batch``.
+
+Both load with ``from_hparams(source=..., hparams_file="inference.yaml")``
+where ``source`` is a recipe's output folder (its best checkpoint is packaged
+into ``<source>/inference_model`` first, see
+:func:`~speechbrain_moe.inference.export.package_experiment`) or such a
+packaged folder. Only trained tensors are stored; the pretrained models come
+from their sources again. Every file is loaded with ``weights_only=True``.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+from speechbrain_moe.inference.classifier import PETLAudioClassifier
+from speechbrain_moe.inference.export import (
+    export_inference_hparams,
+    package_experiment,
+)
+from speechbrain_moe.inference.transcriber import SpeechLLMTranscriber
+
+__all__ = [
+    "PETLAudioClassifier",
+    "SpeechLLMTranscriber",
+    "export_inference_hparams",
+    "package_experiment",
+]

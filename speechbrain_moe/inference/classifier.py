@@ -1,0 +1,120 @@
+"""Audio classification with a model trained by a ``recipes/*/PETL`` recipe.
+
+Example (a recipe's output folder or its packaged ``inference_model``)::
+
+    from speechbrain_moe.inference import PETLAudioClassifier
+    model = PETLAudioClassifier.from_hparams(
+        source="results/ESC50/ast/soft_moa/1986/fold1", hparams_file="inference.yaml"
+    )
+    log_probs, score, index, label = model.classify_file("dog.wav")
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import torch
+
+from speechbrain_moe.inference.interfaces import ExperimentInterface
+
+
+class PETLAudioClassifier(ExperimentInterface):
+    """Classifies audio, as SpeechBrain's ``EncoderClassifier`` does.
+
+    ``modules``: ``backbone`` (a PETL-adapted lobe) and ``classifier`` (a head
+    giving logits); ``hparams``: ``label_encoder`` and ``sample_rate``.
+
+    Arguments
+    ---------
+    *args
+        As :class:`speechbrain.inference.interfaces.Pretrained`.
+    **kwargs
+        As :class:`speechbrain.inference.interfaces.Pretrained`.
+
+    Example
+    -------
+    >>> class Backbone(torch.nn.Module):
+    ...     def forward(self, wavs, wav_lens=None):
+    ...         return wavs[:, :2]
+    >>> from speechbrain.dataio.encoder import CategoricalEncoder
+    >>> encoder = CategoricalEncoder()
+    >>> encoder.update_from_iterable(["dog", "rain"])
+    >>> model = PETLAudioClassifier(
+    ...     modules={"backbone": Backbone(), "classifier": torch.nn.Identity()},
+    ...     hparams={"label_encoder": encoder, "sample_rate": 16000})
+    >>> log_probs, score, index, label = model.classify_batch(torch.tensor([0.0, 5.0]))
+    >>> index, label
+    (tensor([1]), ['rain'])
+    """
+
+    MODULES_NEEDED = ["backbone", "classifier"]
+    HPARAMS_NEEDED = ["label_encoder", "sample_rate"]
+    LOADABLES = ("backbone", "classifier", "label_encoder")
+    MAX_KEY = "accuracy"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        encoder = self.hparams.label_encoder
+        encoder.expect_len(len(encoder))
+
+    def classify_batch(self, wavs, wav_lens=None):
+        """Classifies a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` at ``sample_rate`` (or one clip ``[samples]``).
+        wav_lens : torch.Tensor, optional
+            Relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        out_prob : torch.Tensor
+            ``[batch, classes]`` log-posteriors (``.exp()`` gives
+            probabilities).
+        score : torch.Tensor
+            ``[batch]`` log-posterior of the best class.
+        index : torch.Tensor
+            ``[batch]`` index of the best class.
+        text_lab : list of str
+            Its label.
+        """
+        wavs, wav_lens = self.check_batch(wavs, wav_lens)
+        with torch.no_grad():
+            embeddings = self.mods.backbone(wavs, wav_lens)
+            out_prob = torch.log_softmax(self.mods.classifier(embeddings), dim=-1)
+        score, index = torch.max(out_prob, dim=-1)
+        text_lab = self.hparams.label_encoder.decode_torch(index)
+        return out_prob, score, index, text_lab
+
+    def classify_file(self, path):
+        """Classifies one audio file (any rate; resampled, mixed down, cut to
+        the backbone's maximum duration with a warning).
+
+        Arguments
+        ---------
+        path : str
+            Audio file.
+
+        Returns
+        -------
+        tuple
+            As :meth:`classify_batch`, for a batch of one.
+        """
+        max_seconds = getattr(self.mods.backbone, "max_duration", None)
+        return self.classify_batch(self.read_file(path, max_seconds))
+
+    def forward(self, wavs, wav_lens=None):
+        """Same as :meth:`classify_batch`.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]``.
+        wav_lens : torch.Tensor, optional
+            Relative lengths.
+
+        Returns
+        -------
+        tuple
+        """
+        return self.classify_batch(wavs, wav_lens)

@@ -1,0 +1,92 @@
+"""Parameter-efficient fine-tuning methods, each defined by one YAML file.
+
+A method is a HyperPyYAML file: its top-level plain keys are its settings and
+its ``petl`` key is a function of the backbone (built with ``!name:``) that
+adapts the backbone in place. The package ships one file per method in
+``speechbrain_moe/hparams/petl/``; a user's own method is the path of their own
+file. :func:`apply_method` is all a recipe needs::
+
+    backbone: !apply:speechbrain_moe.petl.apply_method
+        backbone: !new:speechbrain_moe.lobes.ast.AST
+            source: MIT/ast-finetuned-audioset-10-10-0.4593
+        method: soft_moa          # or path/to/my_method.yaml
+        overrides: {num_experts: 8}
+
+Example
+-------
+>>> "soft_moa" in available_methods()
+True
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+from speechbrain_moe.hparams_files import load_hparams, packaged_names
+from speechbrain_moe.petl.wrap import insert_adapters, wrap_modules
+
+__all__ = ["apply_method", "available_methods", "insert_adapters", "wrap_modules"]
+
+
+def available_methods():
+    """Names of the methods shipped with the package.
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> available_methods()[:3]
+    ['adapter', 'bitfit', 'convpass']
+    """
+    return packaged_names("petl")
+
+
+def apply_method(backbone, method, overrides=None):
+    """Adapts ``backbone`` in place with a PETL method.
+
+    Arguments
+    ---------
+    backbone : speechbrain_moe.lobes.base.Backbone
+        A backbone lobe (any module with ``petl_targets``, see
+        :mod:`speechbrain_moe.targets`), not yet adapted.
+    method : str
+        A packaged method name (:func:`available_methods`) or the path of a
+        method YAML file.
+    overrides : dict, optional
+        New values for some of the method's settings.
+
+    Returns
+    -------
+    torch.nn.Module
+        The backbone, with ``petl_method`` and ``petl_settings`` recorded on
+        it (adapter checkpoints store them, to check what they are loaded
+        onto).
+
+    Example
+    -------
+    >>> import torch
+    >>> from speechbrain_moe.targets import PetlTargets
+    >>> model = torch.nn.Linear(2, 2)
+    >>> model.petl_targets = PetlTargets(hidden_size=2)
+    >>> model = apply_method(model, "linear")
+    >>> any(p.requires_grad for p in model.parameters()), model.petl_method
+    (False, 'linear')
+    >>> apply_method(model, "bitfit")
+    Traceback (most recent call last):
+    ...
+    ValueError: This Linear is already adapted with petl_method 'linear'; ...
+    """
+    previous = getattr(backbone, "petl_method", None)
+    if previous is not None:
+        raise ValueError(
+            f"This {type(backbone).__name__} is already adapted with petl_method "
+            f"{previous!r}; a backbone takes one method. Build a fresh backbone "
+            "for another method."
+        )
+    hparams, settings = load_hparams("petl", method, overrides)
+    adapted = hparams["petl"](backbone)
+    adapted = backbone if adapted is None else adapted
+    adapted.petl_method = method
+    adapted.petl_settings = settings
+    return adapted

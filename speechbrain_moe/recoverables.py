@@ -1,0 +1,285 @@
+"""What our modules and runs put into checkpoints.
+
+* :class:`TrainableState` is the checkpoint behaviour of every model of this
+  package (backbone lobes, the speech-LLM): a checkpoint holds only what
+  trains (and the buffers of modules that train, e.g. a router's selection
+  bias), with a description of the model it came from; loading checks names
+  and shapes and says what differs. The pretrained weights come from their
+  source again.
+* :class:`RandomState` holds the random number generators (``random``, NumPy,
+  torch CPU and CUDA), so that a resumed run draws exactly what an
+  uninterrupted one would.
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+from speechbrain.utils import checkpoints
+
+# Entry of a checkpoint holding TrainableState.describe().
+DESCRIPTION_KEY = "__description__"
+
+
+def _load_file(path):
+    """``torch.load`` (weights only) with an error that names a damaged file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        raise RuntimeError(
+            f"Cannot load {path} ({type(err).__name__}: {err}). The file is "
+            "damaged or not a checkpoint: restore it, or move its checkpoint "
+            "folder away (training then resumes from an older checkpoint)."
+        ) from err
+
+
+@checkpoints.register_checkpoint_hooks
+class TrainableState:
+    """Mixin of ``torch.nn.Module`` classes: checkpoints of the trained part.
+
+    Put it first among the base classes (``class Lobe(TrainableState,
+    nn.Module)``) so that SpeechBrain's checkpointer finds its hooks.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> class Model(TrainableState, torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    ...         self.head = torch.nn.Linear(2, 1)
+    >>> model, path = Model(), os.path.join(tempfile.mkdtemp(), "m.ckpt")
+    >>> model.save_trainable(path)
+    >>> sorted(k for k in torch.load(path) if k != DESCRIPTION_KEY)
+    ['head.bias', 'head.weight']
+    >>> Model().load_trainable(path)
+    """
+
+    def trainable_state_dict(self):
+        """Trainable parameters plus the buffers of modules that train.
+
+        Returns
+        -------
+        dict
+            Name -> tensor (detached copies).
+        """
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        for prefix, module in self.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                for name, _ in module.named_buffers(recurse=False):
+                    keep.add(f"{prefix}.{name}" if prefix else name)
+        state = self.state_dict(keep_vars=True)
+        return {name: state[name].detach().clone() for name in state if name in keep}
+
+    def describe(self):
+        """What a checkpoint must match, as plain values (saved with it).
+
+        Returns
+        -------
+        dict
+        """
+        return {"model": type(self).__name__}
+
+    @checkpoints.mark_as_saver
+    def save_trainable(self, path):
+        """Saves the trained tensors and :meth:`describe`.
+
+        Arguments
+        ---------
+        path : str
+            Destination.
+        """
+        saved = self.trainable_state_dict()
+        saved[DESCRIPTION_KEY] = self.describe()
+        torch.save(saved, path)
+
+    @checkpoints.mark_as_loader
+    def load_trainable(self, path, end_of_epoch=False):
+        """Loads what :meth:`save_trainable` wrote, checking names and shapes.
+
+        Arguments
+        ---------
+        path : str
+            A file written by :meth:`save_trainable`.
+        end_of_epoch : bool
+            Unused.
+        """
+        del end_of_epoch
+        saved = dict(_load_file(path))
+        description = saved.pop(DESCRIPTION_KEY, None)
+        current = self.state_dict()
+        missing = sorted(set(self.trainable_state_dict()) - set(saved))
+        unknown = sorted(set(saved) - set(current))
+        shapes = [
+            f"{k}: {tuple(v.shape)} vs {tuple(current[k].shape)}"
+            for k, v in saved.items()
+            if k in current and v.shape != current[k].shape
+        ]
+        if missing or unknown or shapes:
+            raise RuntimeError(
+                f"{path} was trained as {description}, but this model is "
+                f"{self.describe()}: the file lacks {missing[:5]} "
+                f"(+{max(len(missing) - 5, 0)} more), has unknown {unknown[:5]}, "
+                f"shapes differ for {shapes[:5]}. Load it onto the model (source, "
+                "method and settings) it was trained with."
+            )
+        self.load_state_dict(saved, strict=False)
+
+    @checkpoints.mark_as_transfer
+    def transfer_trainable(self, path):
+        """Loads the trained tensors for a ``Pretrainer`` (inference).
+
+        Arguments
+        ---------
+        path : str
+            A file written by :meth:`save_trainable`.
+        """
+        self.load_trainable(path)
+
+
+def _to_plain(value):
+    """Nested tuples -> nested lists (for ``weights_only`` loading)."""
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _to_tuple(value):
+    """Nested lists -> nested tuples (inverse of :func:`_to_plain`)."""
+    if isinstance(value, list):
+        return tuple(_to_tuple(v) for v in value)
+    return value
+
+
+def _rank_path(path):
+    """``path`` on the main process, ``<path>.rank<r>`` on DDP rank r > 0."""
+    rank = int(os.environ.get("RANK", 0))
+    return str(path) if rank == 0 else f"{path}.rank{rank}"
+
+
+class RandomState:
+    """Recoverable state of the random number generators (every DDP rank its
+    own file).
+
+    On recovery from an end-of-epoch checkpoint the state is restored at once;
+    from an intra-epoch checkpoint it is restored by :meth:`apply_pending`
+    just before the next training batch, so that the draws made when the data
+    loader's iterator is created (which an uninterrupted run made before the
+    checkpoint) do not shift it.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> state = RandomState()
+    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
+    >>> _ = torch.manual_seed(0)
+    >>> state.save(path)
+    >>> first = torch.rand(2)
+    >>> state.recover(path, end_of_epoch=False)
+    >>> state.apply_pending()
+    True
+    >>> torch.equal(torch.rand(2), first)
+    True
+    """
+
+    def __init__(self):
+        self.pending = None
+
+    @staticmethod
+    def capture():
+        """The current state of every generator, as tensors and plain types.
+
+        Returns
+        -------
+        dict
+        """
+        np_state = np.random.get_state()
+        state = {
+            "python": _to_plain(random.getstate()),
+            "numpy": {
+                "name": np_state[0],
+                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "cached_gaussian": float(np_state[4]),
+            },
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def restore(state):
+        """Sets every generator to ``state`` (from :meth:`capture`).
+
+        Arguments
+        ---------
+        state : dict
+            A captured state.
+        """
+        random.setstate(_to_tuple(state["python"]))
+        np_state = state["numpy"]
+        np.random.set_state(
+            (
+                np_state["name"],
+                np_state["keys"].numpy().astype(np.uint32),
+                np_state["pos"],
+                np_state["has_gauss"],
+                np_state["cached_gaussian"],
+            )
+        )
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+    def apply_pending(self):
+        """Restores a state recovered from an intra-epoch checkpoint.
+
+        Returns
+        -------
+        bool
+            Whether a state was pending.
+        """
+        if self.pending is None:
+            return False
+        self.restore(self.pending)
+        self.pending = None
+        return True
+
+    @checkpoints.mark_as_saver
+    def save(self, path):
+        """Saves this rank's generator state.
+
+        Arguments
+        ---------
+        path : str
+            Destination (rank r > 0 writes ``<path>.rank<r>``).
+        """
+        torch.save(self.capture(), _rank_path(path))
+
+    @checkpoints.mark_as_loader
+    def recover(self, path, end_of_epoch=True):
+        """Loads this rank's generator state (now, or at the next batch).
+
+        Arguments
+        ---------
+        path : str
+            The file :meth:`save` wrote on the main process.
+        end_of_epoch : bool
+            Whether the checkpoint is at the end of an epoch.
+        """
+        own = _rank_path(path)
+        state = _load_file(own if os.path.isfile(own) else path)
+        if end_of_epoch:
+            self.pending = None
+            self.restore(state)
+        else:
+            self.pending = state
+
+
+checkpoints.register_checkpoint_hooks(RandomState, save_on_main_only=False)
