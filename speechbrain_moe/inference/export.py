@@ -30,7 +30,13 @@ PRETRAINER = "!new:speechbrain.utils.parameter_transfer.Pretrainer"
 
 
 def _absolute_paths(node, prefixes):
-    """Makes relative paths (existing ones, or under ``prefixes``) absolute."""
+    """Makes relative paths (existing ones, or under ``prefixes``) absolute;
+    drops the comments of the run's YAML (they would land out of place)."""
+    comments = getattr(node, "ca", None)
+    if comments is not None:
+        comments.items.clear()
+        comments.comment = None
+        comments.end = []
     if isinstance(node, dict):
         for key in node:
             node[key] = _absolute_paths(node[key], prefixes)

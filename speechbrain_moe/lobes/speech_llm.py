@@ -6,12 +6,14 @@ The speech-LLM of the MoE-Adapter paper, as a SpeechBrain lobe:
   Whisper by default in the recipe); only its valid frames are used;
 * SpeechBrain's :class:`speechbrain.lobes.downsampling.ConcatDownsampler`
   stacks ``k`` consecutive frames (``[B, T, d] -> [B, T/k, k d]``);
-* a bridge chosen by name (:data:`BRIDGES`): ``dense`` (the MLP projector of
-  SpeechBrain's own speech-LLM recipe), ``moe_adapter`` (fuse linear -> sparse
-  top-k :class:`~speechbrain_moe.adapters.SparseMoE` -> aggregation/output
-  projection + LayerNorm) or ``soft_moa``;
-* a frozen causal LM (transformers ``AutoModelForCausalLM``, optionally with
-  SpeechBrain LoRA on its linears) reading
+* a bridge (:mod:`speechbrain_moe.adapters.bridges`), picked by name with
+  :func:`load_bridge` from the YAML files shipped in
+  ``speechbrain_moe/hparams/bridges/`` (``dense``: the MLP projector of
+  SpeechBrain's own speech-LLM recipe; ``moe_adapter``: fuse linear -> sparse
+  top-k mixture with shared experts -> aggregation + LayerNorm; ``soft_moa``)
+  or by the path of a user's own bridge YAML;
+* a frozen causal LM (built in the recipe's YAML, with SpeechBrain's
+  ``AdaptedModel`` + ``LoRA`` when some of its layers should adapt) reading
   ``[<bos>] <audio start> audio <audio end> prompt`` and predicting
   ``target <eos>``. The audio start/end markers are trainable embeddings of the
   LLM width, so the frozen vocabulary is never resized.
@@ -29,17 +31,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from speechbrain.lobes.downsampling import ConcatDownsampler
-from speechbrain.utils import checkpoints
+from speechbrain.nnet.adapters import AdaptedModel
 
-from speechbrain_moe.adapters.bridges import (
-    DenseProjector,
-    MoEAdapterBridge,
-    SoftMoABridge,
-)
+from speechbrain_moe.hparams_files import load_hparams
 from speechbrain_moe.lobes.base import lengths_to_mask
+from speechbrain_moe.recoverables import TrainableState
 from speechbrain_moe.routing import collect_aux_loss
-
-BRIDGES = ("dense", "moe_adapter", "soft_moa")
 
 
 def relative_to_mask(lens, max_len):
@@ -66,120 +63,41 @@ def relative_to_mask(lens, max_len):
     return lengths_to_mask(torch.round(lens * max_len).long(), max_len)
 
 
-def build_bridge(bridge, input_size, output_size, **options):
-    """Builds the bridge named ``bridge``.
+def load_bridge(bridge, overrides=None):
+    """The bridge builder of a bridge YAML file, for :class:`SpeechLLM`.
 
     Arguments
     ---------
     bridge : str
-        One of :data:`BRIDGES`.
-    input_size : int
-        Size of the stacked encoder frames.
-    output_size : int
-        LLM embedding width.
-    **options
-        Keyword arguments of the bridge class; options of other bridges are
-        ignored, so one YAML dict can hold the settings of all of them,
-        prefixed ``dense_``, ``moe_`` or ``soft_`` (e.g. ``moe_top_k``).
+        ``dense``, ``moe_adapter``, ``soft_moa`` (files shipped in the
+        package) or the path of a bridge YAML file (its ``bridge`` key builds
+        ``bridge(input_size, output_size)``).
+    overrides : dict, optional
+        New values for some of its settings, e.g. ``{"top_k": 2}``.
 
     Returns
     -------
-    torch.nn.Module
+    functools.partial
+        ``(input_size, output_size) -> torch.nn.Module``, with the name and
+        settings recorded as ``bridge_name`` and ``bridge_settings``.
 
     Example
     -------
-    >>> b = build_bridge("dense", 20, 8, dense_hidden_size=4, moe_top_k=2)
-    >>> b.net[0].out_features
-    4
+    >>> builder = load_bridge("moe_adapter", {"fused_size": 16, "expert_hidden": 8,
+    ...                                       "aggregation_hidden": 32})
+    >>> builder(20, 8)(torch.randn(1, 3, 20)).shape
+    torch.Size([1, 3, 8])
+    >>> builder.bridge_settings["top_k"], builder.bridge_settings["num_shared_experts"]
+    (4, 1)
     """
-    classes = {
-        "dense": (DenseProjector, "dense_"),
-        "moe_adapter": (MoEAdapterBridge, "moe_"),
-        "soft_moa": (SoftMoABridge, "soft_"),
-    }
-    if bridge not in classes:
-        raise ValueError(
-            f"Unknown bridge {bridge!r}; choose one of {BRIDGES} (YAML key `bridge`)."
-        )
-    cls, prefix = classes[bridge]
-    known = {p for p in ("dense_", "moe_", "soft_")}
-    kwargs = {}
-    for key, value in options.items():
-        if key.startswith(prefix):
-            kwargs[key[len(prefix) :]] = value
-        elif not any(key.startswith(p) for p in known):
-            kwargs[key] = value
-    return cls(input_size, output_size, **kwargs)
+    hparams, settings = load_hparams("bridges", bridge, overrides)
+    builder = hparams["bridge"]
+    builder.bridge_name = bridge
+    builder.bridge_settings = settings
+    return builder
 
 
-def load_causal_lm(source, save_path=None, dtype=None, attn_implementation="sdpa"):
-    """Loads a causal LM from a hub id or a local folder.
-
-    Arguments
-    ---------
-    source : str
-        Hub id or local folder (``save_pretrained`` layout).
-    save_path : str, optional
-        Cache folder for hub downloads.
-    dtype : torch.dtype, optional
-        Weight dtype (default: as stored).
-    attn_implementation : str
-        transformers attention implementation.
-
-    Returns
-    -------
-    transformers.PreTrainedModel
-
-    Example
-    -------
-    >>> import tempfile
-    >>> from speechbrain_moe.synthetic.llm import make_tiny_llm
-    >>> lm = load_causal_lm(make_tiny_llm(tempfile.mkdtemp()))
-    >>> type(lm).__name__
-    'LlamaForCausalLM'
-    """
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {"attn_implementation": attn_implementation}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if save_path is not None:
-        kwargs["cache_dir"] = save_path
-    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-
-
-def load_tokenizer(source, save_path=None):
-    """Loads the tokenizer of ``source`` (hub id or local folder).
-
-    Arguments
-    ---------
-    source : str
-        Hub id or local folder.
-    save_path : str, optional
-        Cache folder for hub downloads.
-
-    Returns
-    -------
-    transformers.PreTrainedTokenizerBase
-        With a pad token (the eos token when the tokenizer has none).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> from speechbrain_moe.synthetic.llm import make_tiny_llm
-    >>> load_tokenizer(make_tiny_llm(tempfile.mkdtemp())).pad_token
-    '<pad>'
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=save_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-@checkpoints.register_checkpoint_hooks
-class SpeechLLM(nn.Module):
+class SpeechLLM(TrainableState, nn.Module):
     """Frozen encoder -> ConcatDownsampler -> bridge -> frozen causal LM.
 
     Checkpoints hold only what trains (bridge, audio markers, LoRA) plus the
@@ -190,35 +108,37 @@ class SpeechLLM(nn.Module):
     encoder : Backbone
         Audio encoder lobe with ``encode(wavs, wav_lens) -> (hidden, mask)``
         and ``output_size``. Frozen and run without gradient.
-    llm : transformers.PreTrainedModel
-        Causal LM accepting ``inputs_embeds``. Frozen.
-    bridge : str
-        One of :data:`BRIDGES`.
+    llm : torch.nn.Module
+        Causal LM accepting ``inputs_embeds`` (transformers), frozen here; or
+        SpeechBrain's ``AdaptedModel`` around one (e.g. LoRA on some of its
+        layers), which decides itself what trains.
+    bridge : callable
+        ``bridge(input_size, output_size)`` builds the bridge, e.g.
+        ``load_bridge("moe_adapter")``.
     downsampling_factor : int
         Frames stacked by the ConcatDownsampler.
-    bridge_options : dict, optional
-        Options of :func:`build_bridge`.
     bos_index : int, optional
         Token put first in every sequence (None: none).
     eos_index : int, optional
         End-of-sequence token (default: the LLM config's).
     pad_index : int, optional
         Padding token of decoded outputs (default: the LLM config's or eos).
-    lora_rank : int
-        Rank of SpeechBrain LoRA on every linear of the LLM (0: no LoRA).
-    lora_alpha : float
-        LoRA scaling.
 
     Example
     -------
     >>> import tempfile
+    >>> from transformers import AutoModelForCausalLM
     >>> from speechbrain_moe.synthetic.llm import make_tiny_llm
-    >>> llm = load_causal_lm(make_tiny_llm(tempfile.mkdtemp()))
-    >>> model = SpeechLLM(FrameEncoder(output_size=16), llm, "moe_adapter",
-    ...     downsampling_factor=2, bridge_options=dict(moe_fused_size=32,
-    ...     moe_num_experts=4, moe_top_k=2, moe_expert_hidden=16), bos_index=1)
+    >>> class Frames(torch.nn.Module):  # stands in for an encoder lobe
+    ...     output_size = 8
+    ...     def encode(self, wavs, wav_lens=None):
+    ...         frames = wavs.unfold(1, 160, 160)[..., :8]
+    ...         return frames, torch.ones(frames.shape[:2], dtype=torch.bool)
+    >>> llm = AutoModelForCausalLM.from_pretrained(make_tiny_llm(tempfile.mkdtemp()))
+    >>> bridge = load_bridge("dense", {"hidden_size": 16})
+    >>> model = SpeechLLM(Frames(), llm, bridge, downsampling_factor=2, bos_index=1)
     >>> wavs = torch.randn(2, 1600)
-    >>> out = model(wavs, torch.tensor([1.0, 0.5]), torch.tensor([[5, 6, 7]]).repeat(2, 1),
+    >>> out = model(wavs, torch.ones(2), torch.tensor([[5, 6, 7]]).repeat(2, 1),
     ...             torch.ones(2), torch.tensor([[8, 9, 2]]).repeat(2, 1), torch.ones(2))
     >>> out["logits"].shape[:2], out["aux_loss"].shape
     (torch.Size([2, 3]), torch.Size([]))
@@ -232,30 +152,16 @@ class SpeechLLM(nn.Module):
         self,
         encoder,
         llm,
-        bridge="moe_adapter",
+        bridge,
         downsampling_factor=4,
-        bridge_options=None,
         bos_index=None,
         eos_index=None,
         pad_index=None,
-        lora_rank=0,
-        lora_alpha=1.0,
     ):
         super().__init__()
-        self.encoder = encoder
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        for p in llm.parameters():
-            p.requires_grad_(False)
-        if lora_rank:
-            from speechbrain.nnet.adapters import AdaptedModel, LoRA
-
-            llm = AdaptedModel(
-                llm,
-                adapter_class=LoRA,
-                all_linear=True,
-                adapter_kwargs={"rank": lora_rank, "alpha": lora_alpha},
-            )
+        self.encoder = encoder.requires_grad_(False)
+        if not isinstance(llm, AdaptedModel):
+            llm.requires_grad_(False)
         self.llm = llm
         config = self.causal_lm.config
         self.llm_size = config.hidden_size
@@ -268,16 +174,25 @@ class SpeechLLM(nn.Module):
         self.bos_index = bos_index
         self.downsampling_factor = downsampling_factor
         self.downsampler = ConcatDownsampler(downsampling_factor)
-        self.bridge_name = bridge
-        self.bridge = build_bridge(
-            bridge,
-            encoder.output_size * downsampling_factor,
-            self.llm_size,
-            **(bridge_options or {}),
-        )
+        self.bridge = bridge(encoder.output_size * downsampling_factor, self.llm_size)
+        self.bridge_name = getattr(bridge, "bridge_name", type(self.bridge).__name__)
+        self.bridge_settings = getattr(bridge, "bridge_settings", None)
         std = float(self.embed_tokens.weight.detach().float().std())
         self.audio_start = nn.Parameter(torch.randn(self.llm_size) * std)
         self.audio_end = nn.Parameter(torch.randn(self.llm_size) * std)
+
+    def describe(self):
+        """The bridge and its settings (what a checkpoint must match).
+
+        Returns
+        -------
+        dict
+        """
+        return {
+            "model": "SpeechLLM",
+            "bridge": self.bridge_name,
+            "bridge_settings": self.bridge_settings,
+        }
 
     @property
     def causal_lm(self):
@@ -528,43 +443,6 @@ class SpeechLLM(nn.Module):
         if self.eos_index in row:
             row = row[: row.index(self.eos_index)]
         return row
-
-    def trainable_state_dict(self):
-        """Trainable parameters plus the bridge's persistent buffers.
-
-        Returns
-        -------
-        dict
-        """
-        state = self.state_dict(keep_vars=True)
-        keep = {name for name, p in self.named_parameters() if p.requires_grad}
-        keep |= {name for name in state if name.startswith("bridge.")}
-        return {name: state[name].detach().clone() for name in state if name in keep}
-
-    @checkpoints.mark_as_saver
-    def _save(self, path):
-        """Saves the trainable part only."""
-        torch.save(self.trainable_state_dict(), path)
-
-    @checkpoints.mark_as_loader
-    def _load(self, path, end_of_epoch=False):
-        """Loads a checkpoint written by :meth:`_save`, checking its keys."""
-        del end_of_epoch
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        expected = set(self.trainable_state_dict())
-        if set(saved) != expected:
-            raise RuntimeError(
-                f"Checkpoint {path} does not fit this SpeechLLM (bridge="
-                f"{self.bridge_name!r}): missing {sorted(expected - set(saved))[:5]}, "
-                f"unexpected {sorted(set(saved) - expected)[:5]}. Use the bridge, "
-                "bridge options and lora_rank it was trained with."
-            )
-        self.load_state_dict(saved, strict=False)
-
-    @checkpoints.mark_as_transfer
-    def _transfer(self, path):
-        """Loads the trainable part for a pretrainer."""
-        self._load(path)
 
 
 def target_nll(logits, targets, target_mask):

@@ -14,7 +14,8 @@ accuracy), mixed with per-task sampling weights.
 To run::
 
     python train.py hparams/bridge.yaml --data_folder=/path/to/LibriSpeech \\
-        --llm_source=meta-llama/Llama-3.2-1B [--bridge=dense]
+        --llm_source=meta-llama/Llama-3.2-1B [--bridge=dense] \\
+        [--bridge_overrides="{top_k: 2}"]
 
 Multi-GPU / CPU DDP::
 
@@ -29,26 +30,22 @@ import csv
 import os
 import sys
 
-import soundfile as sf
 import speechbrain as sb
 import torch
-import torchaudio
 from hyperpyyaml import load_hyperpyyaml
+from librispeech_prepare import prepare_librispeech
 from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.adapters import update_selection_biases
+from speechbrain_moe.brain import unwrap
+from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
 
 logger = get_logger(__name__)
 ASR = "asr"
-
-
-def unwrap(module):
-    """The module inside a DDP wrapper (or the module itself)."""
-    return getattr(module, "module", module)
 
 
 class BridgeBrain(sb.Brain):
@@ -225,13 +222,8 @@ def dataio_prepare(hparams, tokenizer, csvs):
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
-        """Reads (and resamples, mixes down) one audio file."""
-        audio, sr = sf.read(wav, dtype="float32", always_2d=True)
-        sig = torch.from_numpy(audio).mean(dim=1)
-        if sr != sample_rate:
-            sig = torchaudio.functional.resample(sig, sr, sample_rate)
-        max_samples = int(hparams["max_audio_seconds"] * sample_rate)
-        return sig[:max_samples]
+        """Reads, mixes down, resamples and cuts one audio file."""
+        return read_clip(wav, sample_rate, hparams["max_audio_seconds"])
 
     @sb.utils.data_pipeline.takes("task", "text")
     @sb.utils.data_pipeline.provides("prompt_tokens", "target_tokens", "target_text")
@@ -304,9 +296,6 @@ if __name__ == "__main__":
         overrides=overrides,
     )
 
-    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-    from librispeech_prepare import prepare_librispeech  # noqa: E402
-
     splits = list(
         dict.fromkeys(
             hparams["train_splits"] + hparams["dev_splits"] + hparams["test_splits"]
@@ -329,10 +318,19 @@ if __name__ == "__main__":
     # <output_folder>/inference.yaml: loads the trained model for inference
     # (speechbrain_moe.inference.SpeechLLMTranscriber, see README.md)
     export_inference_hparams(
-        os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "hparams", "inference.yaml"
-        ),
-        hparams,
+        hparams_file,
+        overrides,
+        hparams["output_folder"],
+        keys=[
+            "sample_rate",
+            "max_audio_seconds",
+            "asr_prompt",
+            "max_new_tokens",
+            "num_beams",
+            "tokenizer",
+            "speech_llm",
+        ],
+        loadables=["speech_llm"],
     )
 
     tokenizer = hparams["tokenizer"]
