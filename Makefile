@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check speechbrain_moe recipes tests
 
 demo: $(STAMP)
-	$(PY) -m speechbrain_moe.demo
+	$(PY) tools/demo.py
 
 clean:
 	rm -rf $(VENV) demo_output

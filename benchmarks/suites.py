@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechbrain_moe.lobes.base import masked_mean
-from speechbrain_moe.methods import apply_method, available_methods
+from speechbrain_moe.petl import apply_method, available_methods
 from speechbrain_moe.routing import collect_aux_loss, token_mask
 from speechbrain_moe.summary import count_parameters
 
@@ -347,7 +347,7 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
         lobe = shared_copy(base)
     else:
         lobe = AST(checkpoint, max_frames=config["frames"])
-    apply_method(lobe, spec["method"], **spec["settings"])
+    apply_method(lobe, spec["method"], spec["settings"])
     head = nn.Linear(lobe.output_size, spec["num_classes"])
     modules = nn.ModuleDict({"backbone": lobe, "head": head}).to(device)
     modules.train()

@@ -1,40 +1,35 @@
 """Analyse a trained classification experiment: routing and gradient conflict.
 
-Usage (same YAML and overrides as the training run)::
+Usage (``EXP`` is a recipe's ``output_folder``)::
 
-    python -m speechbrain_moe.analyze ROUTING \\
-        --hparams recipes/ESC50/PETL/hparams/ast.yaml --out analysis/ \\
-        --data_folder=... --output_folder=... --petl_method=soft_moa
+    python -m speechbrain_moe.analyze ROUTING --experiment EXP --out analysis/
+    python -m speechbrain_moe.analyze GRADIENTS --experiment EXP --out analysis/ \\
+        --groups class_name
 
-    python -m speechbrain_moe.analyze GRADIENTS \\
-        --hparams recipes/ESC50/PETL/hparams/ast.yaml --out analysis/ \\
-        --groups class_name --data_folder=... --output_folder=...
-
-``ROUTING`` runs the test set with routing statistics on and writes
-``expert_contribution_per_layer.png``, ``expert_by_class.png``,
-``load_balance.png`` and ``routing.json``. ``GRADIENTS`` groups the samples by a
-manifest column (classes, data sets, tasks), averages the gradient of the loss
-w.r.t. the trainable parameters over ``--batches`` batches per group and writes
-``gradient_cosine.png`` and ``gradient_cosine.json``. It works for any method,
-so a dense adapter and a mixture can be compared on the same data.
-
-The experiment is rebuilt exactly as its ``train.py`` builds it (its
-``dataio_prep`` and :func:`speechbrain_moe.recipe.setup_backbone`) and its best
-checkpoint (by accuracy) is loaded.
+The experiment is rebuilt from its own folder: the model from its
+``inference.yaml`` and best checkpoint (as
+:class:`~speechbrain_moe.inference.PETLAudioClassifier` loads it), the data
+from its manifests (``<split>.csv``). ``ROUTING`` runs the split with routing
+statistics on and writes ``expert_contribution_per_layer.png``,
+``expert_by_class.png``, ``load_balance.png`` and ``routing.json``.
+``GRADIENTS`` groups the samples by a manifest column (classes, data sets,
+tasks), averages the gradient of the loss w.r.t. the trainable parameters over
+``--batches`` batches per group and writes ``gradient_cosine.png`` and
+``gradient_cosine.json``. It works for any method, so a dense adapter and a
+mixture can be compared on the same data.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
 import argparse
-import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.dataloader import make_dataloader
 
 from speechbrain_moe.analysis.gradients import cosine_matrix, mean_group_gradients
@@ -45,13 +40,13 @@ from speechbrain_moe.analysis.plots import (
     plot_gradient_cosine,
 )
 from speechbrain_moe.analysis.utilisation import UtilisationAccumulator
-from speechbrain_moe.brain import PETLClassifierBrain
-from speechbrain_moe.recipe import setup_backbone
+from speechbrain_moe.dataio import read_clip
+from speechbrain_moe.inference import PETLAudioClassifier
 from speechbrain_moe.routing import collect_aux_loss, record_routing, routed_modules
 
 
 def parse_args(argv):
-    """Splits the command line into analysis options and YAML overrides.
+    """The command line.
 
     Arguments
     ---------
@@ -60,22 +55,18 @@ def parse_args(argv):
 
     Returns
     -------
-    args : argparse.Namespace
-    overrides : dict
-        ``--key=value`` pairs for the recipe's YAML.
+    argparse.Namespace
 
     Example
     -------
-    >>> args, over = parse_args(["ROUTING", "--hparams", "a.yaml", "--out", "o",
-    ...                          "--data_folder=/d", "--petl_method=soft_moa"])
-    >>> args.mode, over
-    ('ROUTING', {'data_folder': '/d', 'petl_method': 'soft_moa'})
+    >>> parse_args(["ROUTING", "--experiment", "exp", "--out", "o"]).split
+    'test'
     """
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_moe.analyze", description=__doc__.split("\n")[0]
     )
     parser.add_argument("mode", choices=["ROUTING", "GRADIENTS"])
-    parser.add_argument("--hparams", required=True, help="the recipe YAML of the run")
+    parser.add_argument("--experiment", required=True, help="a recipe's output_folder")
     parser.add_argument("--out", required=True, help="folder for plots and JSON")
     parser.add_argument(
         "--groups", default="class_name", help="manifest column (GRADIENTS)"
@@ -86,90 +77,82 @@ def parse_args(argv):
     )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"Override {item!r} must look like --key=value.")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = value
-    return args, overrides
+    return parser.parse_args(argv)
 
 
-def _import_recipe(hparams_file):
-    """Imports the ``train.py`` next to the YAML's ``hparams/`` folder."""
-    recipe_dir = Path(hparams_file).resolve().parent.parent
-    script = recipe_dir / "train.py"
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"No train.py in {recipe_dir}; --hparams must be a recipe's "
-            "hparams/<backbone>.yaml."
-        )
-    sys.path.insert(0, str(recipe_dir))
-    spec = importlib.util.spec_from_file_location("recipe_train", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "dataio_prep"):
-        raise AttributeError(f"{script} defines no dataio_prep(hparams).")
-    return module
-
-
-def load_experiment(hparams_file, overrides, device="cpu"):
-    """Rebuilds a trained experiment and loads its best checkpoint.
+def load_experiment(folder, split="test", device="cpu"):
+    """The trained model and a split's data of an experiment folder.
 
     Arguments
     ---------
-    hparams_file : str
-        The recipe YAML used for training.
-    overrides : dict
-        The same overrides as the training run.
+    folder : str
+        A recipe's ``output_folder``.
+    split : str
+        Which manifest (``<folder>/<split>.csv``).
     device : str
         Where to run.
 
     Returns
     -------
-    brain : PETLClassifierBrain
-    datasets : dict
-    label_encoder : CategoricalEncoder
-    hparams : dict
+    model : PETLAudioClassifier
+        With the trained parameters trainable again (for GRADIENTS).
+    dataset : DynamicItemDataset
+        ``id``, ``sig``, ``label_encoded`` and every manifest column.
     """
-    recipe = _import_recipe(hparams_file)
-    yaml_overrides = "\n".join(f"{k}: {v}" for k, v in overrides.items())
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, yaml_overrides)
-    checkpointer = hparams["checkpointer"]
-    if checkpointer.find_checkpoint(max_key="accuracy") is None:
+    manifest = os.path.join(folder, f"{split}.csv")
+    if not os.path.isfile(manifest):
         raise FileNotFoundError(
-            f"No checkpoint in {checkpointer.checkpoints_dir}. Train first with the "
-            "same YAML and overrides (the analysis loads the best checkpoint)."
+            f"{manifest} does not exist: --experiment must be the output_folder of "
+            "a classification recipe run (it holds the manifests)."
         )
-    datasets, label_encoder = recipe.dataio_prep(hparams)
-    setup_backbone(
-        hparams, method=hparams["petl_method"], overrides=hparams["petl_overrides"]
+    model = PETLAudioClassifier.from_hparams(
+        source=folder, run_opts={"device": device}, freeze_params=False
     )
-    brain = PETLClassifierBrain(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts={"device": device},
-        checkpointer=checkpointer,
-    )
-    brain.on_evaluate_start(max_key="accuracy")
-    brain.on_stage_start(sb.Stage.TEST)
-    brain.modules.eval()
-    return brain, datasets, label_encoder, hparams
+    model.mods.eval()
+    encoder = model.hparams.label_encoder
+    dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(manifest)
+
+    @sb.utils.data_pipeline.takes("wav", "class_name")
+    @sb.utils.data_pipeline.provides("sig", "label_encoded")
+    def pipeline(wav, class_name):
+        """Audio at the model's rate and the class index."""
+        yield read_clip(wav, model.hparams.sample_rate)
+        yield encoder.encode_label_torch(class_name)
+
+    dataset.add_dynamic_item(pipeline)
+    dataset.set_output_keys(["id", "sig", "label_encoded"])
+    return model, dataset
 
 
-def routing_analysis(brain, dataset, label_encoder, out, batch_size=8, method=""):
+def log_probs_of(model, batch):
+    """Log-posteriors of a batch (with gradients when they are enabled).
+
+    Arguments
+    ---------
+    model : PETLAudioClassifier
+        The loaded model.
+    batch : PaddedBatch
+        With ``sig``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, classes]``.
+    """
+    wavs, lens = batch.sig
+    embeddings = model.mods.backbone(wavs.to(model.device), lens.to(model.device))
+    return torch.log_softmax(model.mods.classifier(embeddings), dim=-1)
+
+
+def routing_analysis(model, dataset, out, batch_size=8, method=""):
     """Runs ``dataset`` with routing recorded; writes plots and JSON.
 
     Arguments
     ---------
-    brain : PETLClassifierBrain
+    model : PETLAudioClassifier
         The loaded experiment.
     dataset : DynamicItemDataset
         Samples with ``sig`` and ``label_encoded``.
-    label_encoder : CategoricalEncoder
-        Decodes the class names.
     out : pathlib.Path
         Output folder.
     batch_size : int
@@ -182,19 +165,18 @@ def routing_analysis(brain, dataset, label_encoder, out, batch_size=8, method=""
     dict
         The summary written to ``routing.json``.
     """
-    if not list(routed_modules(brain.modules)):
+    if not list(routed_modules(model.mods)):
         raise ValueError(
             f"Method {method!r} has no router: ROUTING needs soft_moa, dense_moa or "
             "moe_adapter. Use GRADIENTS for other methods."
         )
+    decode = model.hparams.label_encoder.ind2lab
     acc = UtilisationAccumulator()
-    loader = make_dataloader(dataset, batch_size=batch_size)
-    with record_routing(brain.modules, acc), torch.no_grad():
-        for batch in loader:
-            labels = batch.label_encoded.data.view(-1).tolist()
-            acc.set_groups([label_encoder.ind2lab[i] for i in labels])
-            brain.compute_forward(batch, sb.Stage.TEST)
-            collect_aux_loss(brain.modules)
+    with record_routing(model.mods, acc), torch.no_grad():
+        for batch in make_dataloader(dataset, batch_size=batch_size):
+            acc.set_groups([decode[int(i)] for i in batch.label_encoded.data.view(-1)])
+            log_probs_of(model, batch)
+            collect_aux_loss(model.mods)
     summary = acc.summary()
     summary["method"] = method
     out.mkdir(parents=True, exist_ok=True)
@@ -207,13 +189,13 @@ def routing_analysis(brain, dataset, label_encoder, out, batch_size=8, method=""
     return summary
 
 
-def gradient_analysis(brain, dataset, column, out, batches=4, batch_size=8, method=""):
+def gradient_analysis(model, dataset, column, out, batches=4, batch_size=8, method=""):
     """Per-group mean gradients and their cosine matrix; writes plot and JSON.
 
     Arguments
     ---------
-    brain : PETLClassifierBrain
-        The loaded experiment.
+    model : PETLAudioClassifier
+        The loaded experiment (trained parameters trainable).
     dataset : DynamicItemDataset
         Samples; ``column`` must be a manifest column.
     column : str
@@ -232,13 +214,13 @@ def gradient_analysis(brain, dataset, column, out, batches=4, batch_size=8, meth
     dict
         ``groups``, ``cosine`` and ``num_parameters``.
     """
-    keys = ["id", column]
-    with dataset.output_keys_as(keys):
+    with dataset.output_keys_as(["id", column]):
         try:
             groups = sorted({item[column] for item in dataset})
         except KeyError as err:
             raise KeyError(
-                f"Column {column!r} is not in the manifest; pass --groups."
+                f"Column {column!r} is not in the manifest; pass --groups with one "
+                "of its columns (e.g. class_name)."
             ) from err
     loaders = {
         g: make_dataloader(
@@ -247,18 +229,16 @@ def gradient_analysis(brain, dataset, column, out, batches=4, batch_size=8, meth
         )
         for g in groups
     }
-    params = [p for p in brain.modules.parameters() if p.requires_grad]
-    head = {id(p) for p in brain.modules.classifier.parameters()}
+    params = [p for p in model.mods.parameters() if p.requires_grad]
+    head = {id(p) for p in model.mods.classifier.parameters()}
     body = [p for p in params if id(p) not in head] or params
 
     def loss_fn(batch):
         """NLL plus auxiliary losses of one batch, with gradients on."""
         with torch.enable_grad():
-            predictions = brain.compute_forward(batch, sb.Stage.TEST)
-            labels = batch.label_encoded.data.to(brain.device).view(-1)
-            return torch.nn.functional.nll_loss(predictions, labels) + collect_aux_loss(
-                brain.modules
-            )
+            labels = batch.label_encoded.data.to(model.device).view(-1)
+            nll = torch.nn.functional.nll_loss(log_probs_of(model, batch), labels)
+            return nll + collect_aux_loss(model.mods)
 
     grads = mean_group_gradients(body, loaders, loss_fn, max_batches=batches)
     names, matrix = cosine_matrix(grads)
@@ -274,6 +254,34 @@ def gradient_analysis(brain, dataset, column, out, batches=4, batch_size=8, meth
     return result
 
 
+def format_matrix(names, matrix):
+    """A cosine matrix as a table with its group names.
+
+    Arguments
+    ---------
+    names : list of str
+        Group names.
+    matrix : list of list of float
+        Pairwise cosines.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> print(format_matrix(["dog", "rain"], [[1.0, -0.5], [-0.5, 1.0]]))
+             dog   rain
+    dog    1.000 -0.500
+    rain  -0.500  1.000
+    """
+    width = max(6, *(len(n) for n in names)) + 1
+    lines = [" " * width + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     """Command-line entry point.
 
@@ -282,24 +290,19 @@ def main(argv=None):
     argv : list of str, optional
         Arguments (default ``sys.argv[1:]``).
     """
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    brain, datasets, label_encoder, hparams = load_experiment(
-        args.hparams, overrides, device=args.device
-    )
-    method = hparams["petl_method"]
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    model, dataset = load_experiment(args.experiment, args.split, args.device)
+    method = getattr(model.mods.backbone, "petl_method", "")
     out = Path(args.out)
-    dataset = datasets[args.split]
     if args.mode == "ROUTING":
-        summary = routing_analysis(
-            brain, dataset, label_encoder, out, args.batch_size, method
-        )
+        summary = routing_analysis(model, dataset, out, args.batch_size, method)
         for layer, entry in summary["layers"].items():
             print(f"{layer}: balance {entry['balance']}")
     else:
         result = gradient_analysis(
-            brain, dataset, args.groups, out, args.batches, args.batch_size, method
+            model, dataset, args.groups, out, args.batches, args.batch_size, method
         )
-        print(json.dumps(result["cosine"]))
+        print(format_matrix(result["groups"], result["cosine"]))
     print(f"Wrote {out.resolve()}")
 
 

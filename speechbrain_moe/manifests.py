@@ -270,14 +270,14 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
     >>> fold_options("/data", 6, None, 5)
     Traceback (most recent call last):
     ...
-    ValueError: test_fold must be a fold from 1 to 5, got 6; set --fold ...
+    ValueError: test_fold must be between 1 and 5, got 6; set --fold ...
     """
     if valid_fold is None:
         valid_fold = int(test_fold) % num_folds + 1
     for name, fold in (("test_fold", test_fold), ("valid_fold", valid_fold)):
         if not 1 <= int(fold) <= num_folds:
             raise ValueError(
-                f"{name} must be a fold from 1 to {num_folds}, got {fold}; set "
+                f"{name} must be between 1 and {num_folds}, got {fold}; set "
                 "--fold (and --valid_fold) accordingly."
             )
     if int(test_fold) == int(valid_fold):

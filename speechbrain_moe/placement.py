@@ -4,7 +4,7 @@
 computes ``t + adapter(t)`` with ``t = target(x)``. Both work around any
 sub-module, including Hugging Face blocks that return tuples (only the first
 element is adapted). Which sub-modules are wrapped (Pfeiffer: attention or
-FFN; Houlsby: both) is decided by :mod:`speechbrain_moe.methods` from the
+FFN; Houlsby: both) is decided by :func:`speechbrain_moe.petl.insert_adapters` from the
 backbone's :class:`~speechbrain_moe.targets.PetlTargets`.
 
 Example

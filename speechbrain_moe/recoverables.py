@@ -75,6 +75,8 @@ class TrainableState:
         state = self.state_dict(keep_vars=True)
         return {name: state[name].detach().clone() for name in state if name in keep}
 
+    load_hint = "Load it onto the model (and settings) it was trained with."
+
     def describe(self):
         """What a checkpoint must match, as plain values (saved with it).
 
@@ -83,6 +85,23 @@ class TrainableState:
         dict
         """
         return {"model": type(self).__name__}
+
+    @staticmethod
+    def format_description(description):
+        """One line of text for :meth:`describe` (in messages).
+
+        Arguments
+        ---------
+        description : dict or None
+            A description.
+
+        Returns
+        -------
+        str
+        """
+        if not description:
+            return "an unknown model (file without description)"
+        return ", ".join(f"{k} {v!r}" for k, v in description.items())
 
     @checkpoints.mark_as_saver
     def save_trainable(self, path):
@@ -121,11 +140,11 @@ class TrainableState:
         ]
         if missing or unknown or shapes:
             raise RuntimeError(
-                f"{path} was trained as {description}, but this model is "
-                f"{self.describe()}: the file lacks {missing[:5]} "
-                f"(+{max(len(missing) - 5, 0)} more), has unknown {unknown[:5]}, "
-                f"shapes differ for {shapes[:5]}. Load it onto the model (source, "
-                "method and settings) it was trained with."
+                f"{path} was trained on {self.format_description(description)}, but "
+                f"this model is {self.format_description(self.describe())}: the "
+                f"file lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), has "
+                f"unknown {unknown[:5]}, shape mismatches {shapes[:5]}. "
+                f"{self.load_hint}"
             )
         self.load_state_dict(saved, strict=False)
 

@@ -6,18 +6,13 @@ import pytest
 import torch
 
 from speechbrain_moe.lobes.ast import AST
-from speechbrain_moe.lobes.base import DESCRIPTION_KEY
-from speechbrain_moe.recipe import setup_backbone
+from speechbrain_moe.petl import apply_method
+from speechbrain_moe.recoverables import DESCRIPTION_KEY
 
 
 def adapted(folder, method="soft_moa", **overrides):
     """A tiny AST adapted with ``method`` as the recipes do it."""
-    hparams = {
-        "backbone": AST(folder, max_frames=100),
-        "petl_method": method,
-        "petl_overrides": overrides,
-    }
-    return setup_backbone(hparams)
+    return apply_method(AST(folder, max_frames=100), method, overrides)
 
 
 @pytest.fixture
@@ -31,7 +26,7 @@ def trained(tiny_ast_folder, tmp_path):
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     path = tmp_path / "backbone.ckpt"
-    model._save(path)
+    model.save_trainable(path)
     return model.eval(), path
 
 
@@ -48,7 +43,7 @@ def test_saved_file_holds_only_trainable_tensors(
 ):
     model = adapted(tiny_ast_folder, method, **overrides)
     path = tmp_path / "b.ckpt"
-    model._save(path)
+    model.save_trainable(path)
     saved = torch.load(path, weights_only=True)
     description = saved.pop(DESCRIPTION_KEY)
     assert description["petl_method"] == method
@@ -72,7 +67,7 @@ def test_reload_reproduces_outputs_exactly(trained, tiny_ast_folder):
     fresh = adapted(tiny_ast_folder, num_experts=4).eval()
     with torch.no_grad():
         assert not torch.equal(fresh(wavs, lens), expected)
-    fresh._load(path)
+    fresh.load_trainable(path)
     with torch.no_grad():
         assert torch.equal(fresh(wavs, lens), expected)
 
@@ -81,7 +76,7 @@ def test_other_method_fails_naming_both(trained, tiny_ast_folder):
     _, path = trained
     other = adapted(tiny_ast_folder, "adapter", bottleneck=4)
     with pytest.raises(RuntimeError) as info:
-        other._load(path)
+        other.load_trainable(path)
     message = str(info.value)
     assert "petl_method 'soft_moa'" in message and "'num_experts': 4" in message
     assert "petl_method 'adapter'" in message and "'bottleneck': 4" in message
@@ -92,7 +87,7 @@ def test_other_settings_fail_naming_both(trained, tiny_ast_folder):
     _, path = trained
     other = adapted(tiny_ast_folder, num_experts=6)
     with pytest.raises(RuntimeError, match="shape mismatches") as info:
-        other._load(path)
+        other.load_trainable(path)
     assert "'num_experts': 4" in str(info.value)
     assert "'num_experts': 6" in str(info.value)
 
@@ -112,7 +107,7 @@ def test_other_backbone_shape_fails_naming_both(trained, tmp_path):
     ASTModel(config).save_pretrained(folder)
     other = adapted(str(folder), num_experts=4)
     with pytest.raises(RuntimeError) as info:
-        other._load(path)
+        other.load_trainable(path)
     message = str(info.value)
     assert "AST (hidden_size 32, 2 layers)" in message
     assert "AST (hidden_size 48, 2 layers)" in message
@@ -123,6 +118,6 @@ def test_checkpoint_without_description_still_loads(trained, tiny_ast_folder, tm
     legacy = tmp_path / "legacy.ckpt"
     torch.save(model.trainable_state_dict(), legacy)
     fresh = adapted(tiny_ast_folder, num_experts=4)
-    fresh._load(legacy)
+    fresh.load_trainable(legacy)
     for k, v in model.trainable_state_dict().items():
         assert torch.equal(v, fresh.trainable_state_dict()[k])

@@ -13,7 +13,7 @@ from speechbrain_moe.adapters import (
 )
 from speechbrain_moe.experts import ExpertBank
 from speechbrain_moe.lobes.ast import AST
-from speechbrain_moe.methods import apply_method, available_methods, get_method
+from speechbrain_moe.petl import apply_method, available_methods
 
 
 @pytest.mark.parametrize(
@@ -52,9 +52,10 @@ def test_convpass_rejects_a_sequence_that_is_not_a_grid():
         conv(torch.randn(1, 2 + 7, 8))
 
 
-def test_unknown_method_lists_valid_names():
+def test_unknown_method_lists_valid_names(tiny_ast_folder):
+    backbone = AST(tiny_ast_folder, max_frames=100)
     with pytest.raises(ValueError, match="Unknown PETL method 'soft_moe'") as info:
-        get_method("soft_moe")
+        apply_method(backbone, "soft_moe")
     for name in available_methods():
         assert name in str(info.value)
     assert len(available_methods()) >= 11
@@ -77,8 +78,8 @@ def tiny_ast(tiny_ast_folder):
     ],
 )
 def test_unknown_setting_lists_valid_settings(tiny_ast, method, settings, valid):
-    with pytest.raises(ValueError, match="unknown setting") as info:
-        apply_method(tiny_ast, method, **settings)
+    with pytest.raises(ValueError, match="has no setting") as info:
+        apply_method(tiny_ast, method, settings)
     assert valid in str(info.value)
     assert list(settings)[0] in str(info.value)
     # Nothing was changed: the backbone is still fully trainable and unwrapped.
@@ -94,9 +95,9 @@ def test_unknown_setting_lists_valid_settings(tiny_ast, method, settings, valid)
         ({"num_experts": 0}, "num_experts"),
     ],
 )
-def test_bad_adapter_settings_through_the_registry(tiny_ast, settings, match):
+def test_bad_adapter_settings_through_the_method_file(tiny_ast, settings, match):
     with pytest.raises(ValueError, match=match):
-        apply_method(tiny_ast, "soft_moa", **settings)
+        apply_method(tiny_ast, "soft_moa", settings)
     # The error comes before anything is frozen or wrapped.
     assert all(p.requires_grad for p in tiny_ast.parameters())
     assert type(tiny_ast.model).__name__ == "ASTModel"
@@ -105,5 +106,5 @@ def test_bad_adapter_settings_through_the_registry(tiny_ast, settings, match):
 def test_targets_naming_missing_modules_are_reported(tiny_ast):
     tiny_ast.petl_targets.attention = ["layers.0.attn", "layers.1.attn"]
     with pytest.raises(ValueError, match="layers.0.attn"):
-        apply_method(tiny_ast, "adapter", bottleneck=2)
+        apply_method(tiny_ast, "adapter", {"bottleneck": 2})
     assert type(tiny_ast.model).__name__ == "ASTModel"

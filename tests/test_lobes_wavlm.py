@@ -6,7 +6,7 @@ import torch
 
 from speechbrain_moe.lobes.base import masked_mean
 from speechbrain_moe.lobes.wavlm import SSLEncoder, WavLM
-from speechbrain_moe.methods import apply_method
+from speechbrain_moe.petl import apply_method
 from speechbrain_moe.synthetic.models import TINY_WAVLM, make_tiny_wavlm
 
 
@@ -104,7 +104,7 @@ def test_pre_ln_targets(tmp_path):
 )
 def test_methods_get_gradient(folder, method, settings):
     torch.manual_seed(0)
-    lobe = apply_method(WavLM(folder), method, **settings)
+    lobe = apply_method(WavLM(folder), method, settings)
     lobe(torch.randn(2, 8000), torch.tensor([1.0, 0.5])).pow(2).sum().backward()
     trainable = {n: p for n, p in lobe.named_parameters() if p.requires_grad}
     assert trainable and all(p.grad is not None for p in trainable.values())
@@ -115,14 +115,14 @@ def test_lora_starts_from_pretrained_output(folder):
     torch.manual_seed(0)
     wavs = torch.randn(1, 8000)
     plain = WavLM(folder).eval()
-    adapted = apply_method(WavLM(folder), "lora", rank=2).eval()
+    adapted = apply_method(WavLM(folder), "lora", {"rank": 2}).eval()
     with torch.no_grad():
         torch.testing.assert_close(adapted(wavs), plain(wavs), atol=1e-5, rtol=1e-5)
 
 
 def test_prefix_refused(folder):
     with pytest.raises(ValueError, match="attention interface"):
-        apply_method(WavLM(folder), "prefix", num_prefix=2)
+        apply_method(WavLM(folder), "prefix", {"num_prefix": 2})
 
 
 def test_hubert_through_automodel(tmp_path):
@@ -137,7 +137,7 @@ def test_hubert_through_automodel(tmp_path):
     lobe = SSLEncoder(str(tmp_path))
     assert lobe.petl_targets.attention_interface
     assert type(lobe.model).__name__ == "HubertModel"
-    apply_method(lobe, "prefix", num_prefix=2)
+    apply_method(lobe, "prefix", {"num_prefix": 2})
     assert lobe(torch.randn(2, 8000), torch.tensor([1.0, 0.5])).shape == (2, 32)
 
 

@@ -7,7 +7,7 @@ import torch
 from benchmarks.whisper_speedup import measure_speedup
 from speechbrain_moe.lobes.base import masked_mean
 from speechbrain_moe.lobes.whisper import Whisper
-from speechbrain_moe.methods import apply_method
+from speechbrain_moe.petl import apply_method
 from speechbrain_moe.synthetic.models import make_tiny_whisper
 
 
@@ -70,7 +70,7 @@ def test_pooling_ignores_padding(folder, trim):
 def test_adapters_inside_get_gradient(folder, trim):
     torch.manual_seed(0)
     lobe = Whisper(folder, trim_to_valid=trim)
-    apply_method(lobe, "soft_moa", num_experts=4, bottleneck=1)
+    apply_method(lobe, "soft_moa", {"num_experts": 4, "bottleneck": 1})
     wavs = torch.randn(2, 8000) * 0.1
     lobe(wavs, torch.tensor([1.0, 0.5])).pow(2).sum().backward()
     trainable = {n: p for n, p in lobe.named_parameters() if p.requires_grad}
@@ -83,8 +83,8 @@ def test_adapters_inside_get_gradient(folder, trim):
 def test_ffn_placement_refused_and_lora(folder):
     lobe = Whisper(folder)
     with pytest.raises(ValueError, match="pfeiffer_attention"):
-        apply_method(lobe, "adapter", placement="houlsby", bottleneck=2)
-    lobe = apply_method(Whisper(folder), "lora", rank=2)
+        apply_method(lobe, "adapter", {"placement": "houlsby", "bottleneck": 2})
+    lobe = apply_method(Whisper(folder), "lora", {"rank": 2})
     assert lobe(torch.randn(1, 4000)).shape == (1, 32)
 
 

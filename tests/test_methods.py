@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from speechbrain_moe.lobes.ast import AST
-from speechbrain_moe.methods import apply_method, available_methods
+from speechbrain_moe.petl import apply_method, available_methods
 from speechbrain_moe.routing import collect_aux_loss
 
 HIDDEN = 32
@@ -59,7 +59,7 @@ def build(folder, method, **extras):
     torch.manual_seed(0)
     frozen = AST(folder, max_frames=100)
     backbone = copy.deepcopy(frozen)
-    apply_method(backbone, method, **SETTINGS[method], **extras)
+    apply_method(backbone, method, {**SETTINGS[method], **extras})
     head = torch.nn.Linear(HIDDEN, NUM_CLASSES)
     return frozen, backbone, head
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from speechbrain_moe.lobes.ast import AST
-from speechbrain_moe.methods import apply_method
+from speechbrain_moe.petl import apply_method
 from speechbrain_moe.summary import count_parameters, format_parameters
 
 
@@ -55,7 +55,7 @@ def load(folder):
 )
 def test_table1_trainable_parameters(ast_base_folder, method, settings, paper):
     backbone = load(ast_base_folder)
-    apply_method(backbone, method, **settings)
+    apply_method(backbone, method, settings)
     classifier = torch.nn.Linear(768, 50)
     counts = count_parameters({"backbone": backbone, "classifier": classifier})
     assert counts["trainable_no_head"] == pytest.approx(paper, rel=0.01)
@@ -71,8 +71,10 @@ def test_table1_trainable_parameters(ast_base_folder, method, settings, paper):
 def test_dense_moa_costs_what_an_adapter_of_bottleneck_14_costs(ast_base_folder):
     """N experts of bottleneck 1 hold about the weights of one r = N adapter."""
     dense, single = load(ast_base_folder), load(ast_base_folder)
-    apply_method(dense, "dense_moa", num_experts=14, bottleneck=1, train_norms=False)
-    apply_method(single, "adapter", bottleneck=14, train_norms=False)
+    apply_method(
+        dense, "dense_moa", {"num_experts": 14, "bottleneck": 1, "train_norms": False}
+    )
+    apply_method(single, "adapter", {"bottleneck": 14, "train_norms": False})
     n_dense = count_parameters(dense)["trainable"]
     n_single = count_parameters(single)["trainable"]
     # Extra: the router (d*N + N) and one output bias per expert instead of one.

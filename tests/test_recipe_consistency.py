@@ -150,7 +150,7 @@ def test_train_script_conventions(recipe):
 
 def test_method_settings_are_shared():
     """Each method's settings live once, in hparams/petl, not in a recipe."""
-    from speechbrain_moe.methods import available_methods
+    from speechbrain_moe.petl import available_methods
 
     for method in available_methods():
         assert os.path.isfile(os.path.join(REPO, "hparams", "petl", f"{method}.yaml"))

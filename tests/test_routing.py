@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from speechbrain_moe.lobes.ast import AST
-from speechbrain_moe.methods import apply_method
+from speechbrain_moe.petl import apply_method
 from speechbrain_moe.routing import (
     collect_aux_loss,
     pop_load_stats,
@@ -19,7 +19,7 @@ def adapted_ast(folder, method, **settings):
     """The tiny AST adapted with ``method``."""
     torch.manual_seed(0)
     backbone = AST(folder, max_frames=100)
-    return apply_method(backbone, method, **settings)
+    return apply_method(backbone, method, settings)
 
 
 def clips():

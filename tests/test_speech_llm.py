@@ -174,8 +174,7 @@ def test_decoding_cache_and_padding(llm_folder, bridge):
     prompt_mask = relative_to_mask(prompt_lens, prompt.shape[1])
     inputs = model.build_inputs(audio, audio_mask, prompt, prompt_mask)
     uncached = [
-        model._strip(row)
-        for row in greedy_without_cache(model, inputs, 6).tolist()
+        model._strip(row) for row in greedy_without_cache(model, inputs, 6).tolist()
     ]
     assert cached == uncached
     assert all(len(h) > 0 for h in cached)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from speechbrain_moe.synthetic import available_generators, generate
+from speechbrain_moe.synthetic import GENERATORS, generate
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ from speechbrain_moe.synthetic import available_generators, generate
 )
 def test_generated_models_load_offline(tmp_path, monkeypatch, kind, lobe_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert kind in available_generators()
+    assert kind in sorted(GENERATORS)
     folder = generate(kind, str(tmp_path / kind))
     names = os.listdir(folder)
     assert "config.json" in names and "preprocessor_config.json" in names

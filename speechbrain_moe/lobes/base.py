@@ -143,6 +143,10 @@ class Backbone(TrainableState, nn.Module):
     petl_targets = None
     output_size = None
     max_duration = None
+    load_hint = (
+        "Load it onto the backbone_source and petl_method (with the same "
+        "settings) it was trained with."
+    )
 
     def __init__(self, pooling="mean"):
         super().__init__()
@@ -212,3 +216,35 @@ class Backbone(TrainableState, nn.Module):
             "petl_method": getattr(self, "petl_method", None),
             "petl_settings": dict(settings) if settings is not None else None,
         }
+
+    @staticmethod
+    def format_description(description):
+        """One line of text for :meth:`describe` (in messages).
+
+        Arguments
+        ---------
+        description : dict or None
+            A description.
+
+        Returns
+        -------
+        str
+
+        Example
+        -------
+        >>> Backbone.format_description({"model": "AST", "hidden_size": 32,
+        ...     "num_layers": 2, "petl_method": "adapter",
+        ...     "petl_settings": {"bottleneck": 4}})
+        "AST (hidden_size 32, 2 layers) with petl_method 'adapter' {'bottleneck': 4}"
+        """
+        if not description:
+            return "an unknown backbone/method (checkpoint without description)"
+        shape = f"hidden_size {description.get('hidden_size')}"
+        if description.get("num_layers"):
+            shape += f", {description['num_layers']} layers"
+        text = f"{description.get('model')} ({shape})"
+        if description.get("petl_method"):
+            text += f" with petl_method {description['petl_method']!r}"
+            if description.get("petl_settings"):
+                text += f" {description['petl_settings']}"
+        return text

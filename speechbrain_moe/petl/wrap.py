@@ -12,6 +12,7 @@ Authors
 import fnmatch
 import inspect
 
+import torch
 from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.placement import PLACEMENT_MODES
@@ -124,6 +125,8 @@ def insert_adapters(
         for key in ("num_prefix_tokens", "grid_height")
         if key in accepted
     }
+    with torch.device("meta"):  # a bad setting raises before anything is wrapped
+        adapter(targets.hidden_size, **extra)
     return wrap_modules(
         backbone,
         PLACEMENT_MODES[mode],

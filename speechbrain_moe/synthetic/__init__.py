@@ -6,8 +6,8 @@ Command line::
 
     python -m speechbrain_moe.synthetic KIND OUT_DIR
 
-Each module of this package registers its generators in :data:`GENERATORS`
-(kind -> ``fn(out_dir, **options)``).
+The kinds and the functions that write them are listed in
+:data:`GENERATORS`.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -15,59 +15,18 @@ Authors
 
 import importlib
 
-GENERATORS = {}
-_MODULES = (
-    "speechbrain_moe.synthetic.datasets",
-    "speechbrain_moe.synthetic.models",
-    "speechbrain_moe.synthetic.librispeech",
-    "speechbrain_moe.synthetic.llm",
-)
-
-
-def register_generator(kind):
-    """Registers a generator ``fn(out_dir, **options)`` under ``kind``.
-
-    Arguments
-    ---------
-    kind : str
-        Name used on the command line.
-
-    Returns
-    -------
-    callable
-        Decorator.
-
-    Example
-    -------
-    >>> @register_generator("doc-example")
-    ... def make(out_dir):
-    ...     return out_dir
-    >>> GENERATORS["doc-example"]("x")
-    'x'
-    """
-
-    def decorate(fn):
-        """Registers ``fn``."""
-        GENERATORS[kind] = fn
-        return fn
-
-    return decorate
-
-
-def available_generators():
-    """Sorted kinds that :func:`generate` accepts.
-
-    Returns
-    -------
-    list of str
-    """
-    for module in _MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-    return sorted(k for k in GENERATORS if k != "doc-example")
+#: kind -> "module:function" writing it (``fn(out_dir, **options)``).
+GENERATORS = {
+    "esc50": "speechbrain_moe.synthetic.datasets:make_esc50",
+    "us8k": "speechbrain_moe.synthetic.datasets:make_us8k",
+    "gsc": "speechbrain_moe.synthetic.datasets:make_gsc",
+    "fsc": "speechbrain_moe.synthetic.datasets:make_fsc",
+    "librispeech": "speechbrain_moe.synthetic.librispeech:make_librispeech",
+    "tiny-llm": "speechbrain_moe.synthetic.llm:make_tiny_llm",
+    "tiny-ast": "speechbrain_moe.synthetic.models:tiny_ast",
+    "tiny-whisper": "speechbrain_moe.synthetic.models:tiny_whisper",
+    "tiny-wavlm": "speechbrain_moe.synthetic.models:tiny_wavlm",
+}
 
 
 def generate(kind, out_dir, **options):
@@ -76,7 +35,7 @@ def generate(kind, out_dir, **options):
     Arguments
     ---------
     kind : str
-        One of :func:`available_generators`.
+        One of :data:`GENERATORS`.
     out_dir : str
         Target folder (created).
     **options
@@ -86,8 +45,17 @@ def generate(kind, out_dir, **options):
     -------
     str
         The folder written.
+
+    Example
+    -------
+    >>> generate("esc5O", "out")
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown synthetic kind 'esc5O'; choose one of ['esc50', ...
     """
-    kinds = available_generators()
     if kind not in GENERATORS:
-        raise ValueError(f"Unknown synthetic kind {kind!r}; choose one of {kinds}.")
-    return GENERATORS[kind](out_dir, **options)
+        raise ValueError(
+            f"Unknown synthetic kind {kind!r}; choose one of {sorted(GENERATORS)}."
+        )
+    module, name = GENERATORS[kind].split(":")
+    return getattr(importlib.import_module(module), name)(out_dir, **options)

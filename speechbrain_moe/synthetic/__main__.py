@@ -7,7 +7,7 @@ Authors
 
 import argparse
 
-from speechbrain_moe.synthetic import available_generators, generate
+from speechbrain_moe.synthetic import GENERATORS, generate
 
 
 def main(argv=None):
@@ -19,7 +19,7 @@ def main(argv=None):
         Command-line arguments (default: ``sys.argv``).
     """
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=available_generators())
+    parser.add_argument("kind", choices=sorted(GENERATORS))
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -17,8 +17,6 @@ import uuid
 import numpy as np
 import soundfile as sf
 
-from speechbrain_moe.synthetic import register_generator
-
 ESC50_CLASSES = ["dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects"]
 US8K_CLASSES = [
     "air_conditioner",
@@ -84,7 +82,6 @@ def _check_classes(num_classes, available, kind):
         )
 
 
-@register_generator("esc50")
 def make_esc50(
     out_dir,
     seed=0,
@@ -156,7 +153,6 @@ def make_esc50(
     return out_dir
 
 
-@register_generator("us8k")
 def make_us8k(out_dir, seed=0, num_classes=4, clips_per_class_per_fold=1, seconds=1.0):
     """Mini UrbanSound8K: ``metadata/UrbanSound8K.csv`` + ``audio/fold1..10``.
 
@@ -235,7 +231,6 @@ def make_us8k(out_dir, seed=0, num_classes=4, clips_per_class_per_fold=1, second
     return out_dir
 
 
-@register_generator("gsc")
 def make_gsc(out_dir, seed=0, num_classes=4, clips_per_word=8, seconds=1.0):
     """Mini Speech Commands v2: one folder per word, ``validation_list.txt``,
     ``testing_list.txt`` (1/4 of each word's clips each) and a
@@ -297,7 +292,6 @@ def make_gsc(out_dir, seed=0, num_classes=4, clips_per_word=8, seconds=1.0):
     return out_dir
 
 
-@register_generator("fsc")
 def make_fsc(out_dir, seed=0, num_classes=4, clips_per_intent=(6, 2, 2), seconds=1.0):
     """Mini Fluent Speech Commands: ``data/{train,valid,test}_data.csv`` and
     ``wavs/speakers/<speaker>/<uuid>.wav`` (16 kHz).

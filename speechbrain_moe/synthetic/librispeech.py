@@ -14,8 +14,6 @@ import os
 import numpy as np
 import soundfile as sf
 
-from speechbrain_moe.synthetic import register_generator
-
 WORDS = ("RED", "BLUE", "GREEN", "CAT", "DOG", "SUN", "MOON", "TREE")
 SAMPLE_RATE = 16000
 WORD_SECONDS = 0.24
@@ -92,7 +90,6 @@ def utterance(words, rng=None, sample_rate=SAMPLE_RATE):
     return np.concatenate(pieces)
 
 
-@register_generator("librispeech")
 def make_librispeech(
     out_dir, seed=0, splits=None, speakers=2, min_words=2, max_words=3
 ):

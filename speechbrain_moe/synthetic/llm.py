@@ -14,7 +14,6 @@ Authors
 import os
 import string
 
-from speechbrain_moe.synthetic import register_generator
 from speechbrain_moe.synthetic.librispeech import WORDS
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -74,7 +73,6 @@ def build_tokenizer(vocab_size=256):
     )
 
 
-@register_generator("tiny-llm")
 def make_tiny_llm(out_dir, seed=0, hidden_size=64, num_layers=2, initializer_range=0.2):
     """Writes a tiny random ``LlamaForCausalLM`` and its tokenizer.
 

@@ -19,8 +19,6 @@ import os
 
 import torch
 
-from speechbrain_moe.synthetic import register_generator
-
 TINY_AST = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -194,7 +192,6 @@ def make_tiny_wavlm(folder, seed=0, **cfg):
     return folder
 
 
-@register_generator("tiny-ast")
 def tiny_ast(out_dir, seed=0):
     """Generator ``tiny-ast``: see :func:`make_tiny_ast`.
 
@@ -213,7 +210,6 @@ def tiny_ast(out_dir, seed=0):
     return make_tiny_ast(out_dir, seed=seed)
 
 
-@register_generator("tiny-whisper")
 def tiny_whisper(out_dir, seed=0):
     """Generator ``tiny-whisper``: see :func:`make_tiny_whisper`.
 
@@ -232,7 +228,6 @@ def tiny_whisper(out_dir, seed=0):
     return make_tiny_whisper(out_dir, seed=seed)
 
 
-@register_generator("tiny-wavlm")
 def tiny_wavlm(out_dir, seed=0):
     """Generator ``tiny-wavlm``: see :func:`make_tiny_wavlm`.
 

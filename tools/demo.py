@@ -5,9 +5,9 @@ tones) and a tiny random AST into ``demo_output/``, trains the ESC-50 recipe
 (``recipes/ESC50/PETL/train.py``) with ``--petl_method=soft_moa`` for a few
 epochs, and prints the test accuracy and where the training log is.
 
-Run::
+Run (from the repository root; ``make demo`` does)::
 
-    python -m speechbrain_moe.demo [--output_folder demo_output] [--epochs 8]
+    python tools/demo.py [--output_folder demo_output] [--epochs 8]
 
 Authors
  * speechbrain-moe contributors 2026
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from speechbrain_moe.recipe import read_test_accuracy
+from speechbrain_moe.crossval import read_test_accuracy
 from speechbrain_moe.synthetic.models import make_tiny_ast
 
 REPO = Path(__file__).resolve().parents[1]
