@@ -75,6 +75,14 @@ class FrameEncoder(Backbone):
         self.hop = int(sample_rate * hop_length / 1000)
         self.win = int(sample_rate * 25 / 1000)
         self.proj = nn.Linear(n_mels, output_size)
+        # Deterministic weights: the same encoder is rebuilt at inference.
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.proj.weight.copy_(
+                torch.randn(output_size, n_mels, generator=generator)
+            )
+            self.proj.weight.mul_(n_mels**-0.5)
+            self.proj.bias.zero_()
         self.act = nn.GELU()
         self.output_size = output_size
 

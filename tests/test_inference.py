@@ -99,11 +99,11 @@ def test_classifier_from_experiment_and_package(esc50_experiment, tmp_path):
     card = PETLAudioClassifier.from_hparams(
         source=str(moved), hparams_file="inference.yaml", savedir=str(tmp_path / "b")
     )
-    from speechbrain_moe.recipe import load_audio
+    from speechbrain_moe.dataio import read_clip
 
     for wav in wavs[:3]:
         assert torch.equal(card.classify_file(wav)[0], model.classify_file(wav)[0])
-    batch = torch.stack([load_audio(w) for w in wavs[:3]])
+    batch = torch.stack([read_clip(w) for w in wavs[:3]])
     one = torch.cat([model.classify_file(w)[0] for w in wavs[:3]])
     assert torch.allclose(card.classify_batch(batch)[0], one, atol=1e-5)
 
@@ -112,9 +112,9 @@ def test_package_without_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "save").mkdir()
     (tmp_path / "inference.yaml").write_text("{}\n")
     with pytest.raises(FileNotFoundError, match="train the model"):
-        package_experiment(str(tmp_path), files=("backbone.ckpt",), max_key="accuracy")
+        package_experiment(str(tmp_path), ["backbone"], max_key="accuracy")
     with pytest.raises(FileNotFoundError, match="inference.yaml"):
-        package_experiment(str(tmp_path / "save"), max_key="accuracy")
+        package_experiment(str(tmp_path / "save"), ["backbone"], max_key="accuracy")
 
 
 def wer_hypotheses(path):
@@ -133,9 +133,11 @@ def wer_hypotheses(path):
 def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
     from speechbrain_moe.synthetic.librispeech import make_librispeech
     from speechbrain_moe.synthetic.llm import make_tiny_llm
+    from speechbrain_moe.synthetic.models import make_tiny_whisper
 
     libri = make_librispeech(str(tmp_path / "LibriSpeech"))
     llm = make_tiny_llm(str(tmp_path / "llm"))
+    whisper = make_tiny_whisper(str(tmp_path / "whisper"))
     out = tmp_path / "exp"
     recipe = os.path.join(REPO, "recipes", "LibriSpeech", "LLM_bridge")
     run(
@@ -146,13 +148,10 @@ def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
             f"--output_folder={out}",
             f"--data_folder={libri}",
             f"--llm_source={llm}",
-            "--encoder_type=frame",
+            f"--backbone_source={whisper}",
             "--bridge=moe_adapter",
-            "--fused_size=64",
-            "--expert_hidden=32",
-            "--aggregation_hidden=128",
-            "--num_experts=4",
-            "--top_k=2",
+            "--bridge_overrides={fused_size: 64, expert_hidden: 32, "
+            "aggregation_hidden: 128, num_experts: 4, top_k: 2}",
             "--max_new_tokens=8",
             "--number_of_epochs=1",
             "--select_n_sentences=4",
@@ -175,3 +174,49 @@ def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
         text = asr.transcribe_file(row["wav"])
         assert isinstance(text, str)
         assert text.upper().split() == hyps[f"asr/{row['ID']}"], row["ID"]
+
+
+BACKBONES = ("ast", "whisper", "wavlm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, data", [("ESC50", "esc50"), ("Google-speech-commands", "gsc")]
+)
+def test_every_backbone_trains_then_classifies(
+    recipe, data, tmp_path, synthetic_dataset
+):
+    """One epoch per backbone, then ``from_hparams`` on the output folder
+    classifies a file (the inference YAML is the run's own backbone node)."""
+    from speechbrain_moe.synthetic import generate
+
+    folder = os.path.join(REPO, "recipes", recipe, "PETL")
+    for backbone in BACKBONES:
+        source = generate(f"tiny-{backbone}", str(tmp_path / backbone))
+        out = tmp_path / f"exp_{backbone}"
+        run(
+            [
+                PYTHON,
+                "train.py",
+                f"hparams/{backbone}.yaml",
+                f"--data_folder={synthetic_dataset(data)}",
+                f"--backbone_source={source}",
+                f"--output_folder={out}",
+                "--petl_overrides={num_experts: 2}",
+                "--n_classes=6",
+                "--number_of_epochs=1",
+                "--batch_size=4",
+                "--device=cpu",
+                "--noprogressbar",
+                *(["--max_frames=100"] if backbone == "ast" else []),
+            ],
+            folder,
+        )
+        model = PETLAudioClassifier.from_hparams(source=str(out))
+        with open(out / "test.csv", newline="") as fin:
+            row = next(csv.DictReader(fin))
+        log_probs, _, _, label = model.classify_file(row["wav"])
+        assert (
+            log_probs.shape[0] == 1 and label[0] in model.hparams.label_encoder.lab2ind
+        )
+        assert type(model.mods.backbone).__name__ in ("AST", "Whisper", "SSLEncoder")

@@ -1,7 +1,6 @@
 """End-to-end runs of recipes/LibriSpeech/LLM_bridge on synthetic data."""
 
 import csv
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,23 +15,28 @@ from speechbrain_moe.synthetic.librispeech import (
     utterance,
 )
 from speechbrain_moe.synthetic.llm import make_tiny_llm
+from speechbrain_moe.synthetic.models import make_tiny_whisper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "LLM_bridge")
 PYTHON = sys.executable
-SMALL = [
-    "--encoder_type=frame",
-    "--fused_size=64",
-    "--expert_hidden=32",
-    "--aggregation_hidden=128",
-    "--num_experts=4",
-    "--top_k=2",
-    "--dense_hidden=64",
-    "--soft_num_experts=4",
-    "--soft_bottleneck=8",
-    "--max_new_tokens=8",
-    "--device=cpu",
-]
+SMALL = ["--max_new_tokens=8", "--device=cpu", "--noprogressbar"]
+BRIDGE_SETTINGS = {
+    "dense": "{hidden_size: 64}",
+    "moe_adapter": "{fused_size: 64, expert_hidden: 32, aggregation_hidden: 128, "
+    "num_experts: 4, top_k: 2}",
+    "soft_moa": "{num_experts: 4, bottleneck: 8}",
+}
+LORA = ['--llm_lora_layers=["*_proj"]']
+# A frame-wise fbank encoder (tests/speech_llm_helpers.py) in place of the
+# YAML's Whisper: a random tiny Whisper carries too little of the audio to
+# overfit six utterances quickly.
+FRAMES = ["--encoder=!new:speech_llm_helpers.FrameEncoder [32]"]
+
+
+def bridge_args(bridge):
+    """Selects a bridge, shrunk to the tiny LLM."""
+    return [f"--bridge={bridge}", f"--bridge_overrides={BRIDGE_SETTINGS[bridge]}"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,7 @@ def bridge_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm_bridge")
     libri = make_librispeech(str(root / "LibriSpeech"))
     llm = make_tiny_llm(str(root / "llm"))
+    whisper = make_tiny_whisper(str(root / "whisper"))
     # a classification manifest as the ESC-50 recipe writes it
     cls_csv = root / "sounds.csv"
     os.makedirs(root / "sounds")
@@ -51,7 +56,13 @@ def bridge_data(tmp_path_factory):
             audio = utterance([word])
             sf.write(wav, audio, SAMPLE_RATE)
             writer.writerow([f"s{i}", wav, len(audio) / SAMPLE_RATE, word.lower()])
-    return {"libri": libri, "llm": llm, "cls_csv": str(cls_csv), "root": root}
+    return {
+        "libri": libri,
+        "llm": llm,
+        "whisper": whisper,
+        "cls_csv": str(cls_csv),
+        "root": root,
+    }
 
 
 def run_recipe(args, out, launcher=None, timeout=300):
@@ -60,8 +71,9 @@ def run_recipe(args, out, launcher=None, timeout=300):
         "hparams/bridge.yaml",
         f"--output_folder={out}",
     ]
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"))
     result = subprocess.run(
-        cmd + args, cwd=RECIPE, capture_output=True, text=True, timeout=timeout
+        cmd + args, cwd=RECIPE, capture_output=True, text=True, timeout=timeout, env=env
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     with open(os.path.join(out, "train_log.txt")) as f:
@@ -69,7 +81,11 @@ def run_recipe(args, out, launcher=None, timeout=300):
 
 
 def base_args(data):
-    return [f"--data_folder={data['libri']}", f"--llm_source={data['llm']}"] + SMALL
+    return [
+        f"--data_folder={data['libri']}",
+        f"--llm_source={data['llm']}",
+        f"--backbone_source={data['whisper']}",
+    ] + SMALL
 
 
 @pytest.mark.slow
@@ -84,7 +100,7 @@ def test_debug_run_each_bridge(bridge_data, tmp_path, bridge):
             f"--cls_test_csv={csv_path}",
         ]
     log = run_recipe(
-        base_args(bridge_data) + [f"--bridge={bridge}", "--debug"] + extra,
+        base_args(bridge_data) + bridge_args(bridge) + ["--debug"] + extra,
         str(tmp_path),
     )
     assert "test WER" in log
@@ -101,8 +117,8 @@ def test_short_run_overfits_and_decodes_exactly(bridge_data, tmp_path):
     The tiny LLM is random, so it has none of the copying skill of a
     pretrained LLM: rank-8 LoRA on its linears lets it learn that quickly.
     """
-    args = base_args(bridge_data) + [
-        "--bridge=moe_adapter",
+    args = base_args(bridge_data) + bridge_args("moe_adapter") + LORA + FRAMES
+    args += [
         "--select_n_sentences=6",
         "--dev_splits=[train-clean-100]",
         "--test_splits=[train-clean-100]",
@@ -110,7 +126,6 @@ def test_short_run_overfits_and_decodes_exactly(bridge_data, tmp_path):
         "--number_of_epochs=40",
         "--lr=0.003",
         "--batch_size=3",
-        "--lora_rank=8",
     ]
     log = run_recipe(args, str(tmp_path))
     losses = [float(x) for x in re.findall(r"train loss: ([0-9.e+-]+)", log)]
@@ -129,34 +144,13 @@ def test_ddp_two_processes_moe_adapter(bridge_data, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
     ]
-    args = base_args(bridge_data) + [
-        "--bridge=moe_adapter",
+    args = base_args(bridge_data) + bridge_args("moe_adapter") + LORA
+    args += [
+        "--lora_rank=2",
         "--distributed_backend=gloo",
         "--number_of_epochs=1",
         "--select_n_sentences=4",
         "--batch_size=2",
-        "--lora_rank=2",
     ]
     log = run_recipe(args, str(tmp_path), launcher=launcher)
     assert log.count("epoch: 1") == 1 and "test WER" in log
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("speechbrain_moe.lobes.whisper") is None,
-    reason="Whisper lobe not available",
-)
-def test_debug_run_with_tiny_whisper(bridge_data, tmp_path):
-    from speechbrain_moe.synthetic import GENERATORS
-
-    if "tiny-whisper" not in GENERATORS:
-        pytest.skip("tiny-whisper generator not available")
-    whisper = GENERATORS["tiny-whisper"](str(bridge_data["root"] / "whisper"))
-    args = [a for a in base_args(bridge_data) if not a.startswith("--encoder_type")]
-    args += [
-        "--encoder_type=whisper",
-        f"--backbone_source={whisper}",
-        "--bridge=moe_adapter",
-        "--debug",
-    ]
-    assert "test WER" in run_recipe(args, str(tmp_path))

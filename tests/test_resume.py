@@ -4,7 +4,7 @@ run that was never interrupted (CPU, fixed seed, intra-epoch checkpoints).
 
 Also, in-process: the random state (dropout) and the data loader position
 are restored from an intra-epoch checkpoint; a checkpoint folder left
-half-written by a killed save is ignored and removed.
+half-written by a killed save is ignored and set aside (never deleted).
 """
 
 import os
@@ -199,7 +199,12 @@ def toy_run(folder, crash_at=None, epochs=2):
     brain = Brain(
         {"backbone": backbone, "classifier": classifier},
         lambda p: torch.optim.AdamW(p, lr=0.05),
-        hparams={"epoch_counter": counter},
+        hparams={
+            "epoch_counter": counter,
+            "train_logger": sb.utils.train_logger.FileTrainLogger(
+                os.path.join(folder, "train_log.txt")
+            ),
+        },
         run_opts={"device": "cpu", "noprogressbar": True},
         checkpointer=checkpointer,
     )
@@ -226,14 +231,19 @@ def test_resume_restores_dropout_state_and_loader_position(tmp_path, crash_at):
     assert resumed_order == order[crash_at:]
 
 
-def test_half_written_checkpoint_is_ignored_and_removed(tmp_path):
+def test_half_written_checkpoint_is_ignored_and_set_aside(tmp_path):
     model = torch.nn.Linear(2, 2)
     ckpt = Checkpointer(tmp_path, recoverables={"model": model})
     good = ckpt.save_checkpoint()
-    # a save killed before its meta file was renamed into place
+    # a save killed after SpeechBrain wrote the meta file, before the manifest
     broken = tmp_path / "CKPT+zzz-killed"
     broken.mkdir()
     (broken / "model.ckpt").write_bytes(b"truncated")
-    (broken / "CKPT.yaml.pending").write_text("end-of-epoch: true\n")
+    (broken / "CKPT.yaml").write_text("end-of-epoch: true\n")
+    assert [c.path for c in ckpt.list_checkpoints()] == [good.path]
     assert ckpt.recover_if_possible().path == good.path
+    # never deleted: moved aside with its files
     assert not broken.exists()
+    assert (tmp_path / "set_aside" / broken.name / "model.ckpt").read_bytes() == (
+        b"truncated"
+    )

@@ -4,26 +4,30 @@ import pytest
 import torch
 from speech_llm_helpers import FrameEncoder, greedy_without_cache, sequence_nll
 
+from speechbrain.nnet.adapters import AdaptedModel, LoRA
+from transformers import AutoModelForCausalLM
+
 from speechbrain_moe.lobes.speech_llm import (
-    BRIDGES,
     SpeechLLM,
-    load_causal_lm,
+    load_bridge,
     relative_to_mask,
     target_nll,
 )
 from speechbrain_moe.synthetic.llm import make_tiny_llm
 
-SMALL = dict(
-    dense_hidden_size=32,
-    moe_fused_size=32,
-    moe_num_experts=4,
-    moe_top_k=2,
-    moe_expert_hidden=16,
-    moe_num_shared_experts=1,
-    moe_aggregation_hidden=48,
-    soft_num_experts=3,
-    soft_bottleneck=8,
-)
+BRIDGES = ("dense", "moe_adapter", "soft_moa")
+SMALL = {
+    "dense": {"hidden_size": 32},
+    "moe_adapter": {
+        "fused_size": 32,
+        "num_experts": 4,
+        "top_k": 2,
+        "expert_hidden": 16,
+        "num_shared_experts": 1,
+        "aggregation_hidden": 48,
+    },
+    "soft_moa": {"num_experts": 3, "bottleneck": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +35,19 @@ def llm_folder(tmp_path_factory):
     return make_tiny_llm(str(tmp_path_factory.mktemp("tiny_llm")))
 
 
-def make_model(llm_folder, bridge="moe_adapter", seed=0, **kwargs):
+def make_model(llm_folder, bridge="moe_adapter", seed=0, lora_rank=0):
     torch.manual_seed(seed)
-    llm = load_causal_lm(llm_folder)
+    llm = AutoModelForCausalLM.from_pretrained(llm_folder)
+    if lora_rank:
+        llm = AdaptedModel(
+            llm, LoRA, target_layers=["*_proj"], adapter_kwargs={"rank": lora_rank}
+        )
     model = SpeechLLM(
         FrameEncoder(output_size=16),
         llm,
-        bridge,
+        load_bridge(bridge, SMALL[bridge]),
         downsampling_factor=2,
-        bridge_options=SMALL,
         bos_index=1,
-        **kwargs,
     )
     return model.eval()
 
@@ -207,12 +213,12 @@ def test_decoding_cache_and_padding(llm_folder, bridge):
 def test_checkpoint_roundtrip(llm_folder, tmp_path):
     model = make_model(llm_folder, "moe_adapter")
     path = tmp_path / "speech_llm.ckpt"
-    model._save(path)
+    model.save_trainable(path)
     saved = torch.load(path, weights_only=True)
     assert not any(k.startswith(("llm.", "encoder.")) for k in saved)
     other = make_model(llm_folder, "moe_adapter", seed=1)
-    other._load(path)
+    other.load_trainable(path)
     for k, v in model.trainable_state_dict().items():
         assert torch.equal(v, other.trainable_state_dict()[k])
     with pytest.raises(RuntimeError, match="bridge"):
-        make_model(llm_folder, "dense")._load(path)
+        make_model(llm_folder, "dense").load_trainable(path)
