@@ -127,7 +127,7 @@ class MaskedGroupNorm(nn.GroupNorm):
 
     Example
     -------
-    >>> norm = nn.GroupNorm(4, 4)
+    >>> norm = nn.GroupNorm(2, 4)
     >>> x = torch.randn(2, 4, 9)
     >>> alone = norm(x[:1, :, :5])
     >>> norm.__class__ = MaskedGroupNorm
@@ -139,20 +139,29 @@ class MaskedGroupNorm(nn.GroupNorm):
     valid_frames = None
 
     def forward(self, x):
-        """Normalises ``x`` (``[batch, channels, time]``)."""
+        """Normalises ``x`` (``[batch, channels, time]``); padded frames
+        come out as the bias."""
         if self.valid_frames is None:
             return super().forward(x)
         batch, channels, time = x.shape
-        groups = x.float().reshape(batch, self.num_groups, -1, time)
-        mask = lengths_to_mask(self.valid_frames, time)[:, None, None].float()
-        count = mask.sum(-1, keepdim=True) * groups.shape[2]
-        mean = (groups * mask).sum((2, 3), keepdim=True) / count
-        centred = groups - mean
-        var = (centred.square() * mask).sum((2, 3), keepdim=True) / count
-        y = (centred * torch.rsqrt(var + self.eps)).reshape(batch, channels, time)
-        if self.affine:
-            y = y * self.weight[:, None] + self.bias[:, None]
-        return y.to(x.dtype)
+        size = channels // self.num_groups
+        x = x.float()
+        valid = lengths_to_mask(self.valid_frames, time)
+        count = valid.sum(1).view(batch, 1, 1).float() * size
+
+        def group_mean(sums):
+            """``[batch, channels, 1]`` sums -> means over each group."""
+            sums = sums.view(batch, self.num_groups, size).sum(-1, keepdim=True)
+            return sums.repeat_interleave(size, 1) / count
+
+        mean = group_mean(torch.bmm(x, valid.float().unsqueeze(-1)))
+        centred = (x - mean).masked_fill_(~valid.unsqueeze(1), 0.0)
+        rows = centred.reshape(batch * channels, 1, time)
+        squares = torch.bmm(rows, rows.transpose(1, 2)).view(batch, channels, 1)
+        scale = torch.rsqrt(group_mean(squares) + self.eps)
+        if not self.affine:
+            return centred * scale
+        return torch.addcmul(self.bias[:, None], centred, scale * self.weight[:, None])
 
 
 @contextmanager
