@@ -16,6 +16,8 @@ def folder(tmp_path_factory):
 
 
 def test_matches_hugging_face_pipeline(folder):
+    """Each batched clip is encoded as Hugging Face encodes it alone, unpadded
+    (group norm: padding would enter the first convolution's statistics)."""
     from transformers import Wav2Vec2FeatureExtractor, WavLMModel
 
     torch.manual_seed(0)
@@ -34,12 +36,106 @@ def test_matches_hugging_face_pipeline(folder):
     torch.testing.assert_close(prepared, inputs.input_values, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         hidden, mask = lobe.encode(wavs, lens)
-        expected = ref(inputs.input_values, attention_mask=inputs.attention_mask)
+        alone = [
+            ref(inputs.input_values[i : i + 1, :n]).last_hidden_state[0]
+            for i, n in enumerate([16000, 9600])
+        ]
     lengths = ref._get_feat_extract_output_lengths(torch.tensor([16000, 9600]))
     assert mask.sum(1).tolist() == lengths.tolist() == [49, 29]
-    torch.testing.assert_close(
-        hidden[mask], expected.last_hidden_state[mask], atol=1e-5, rtol=1e-5
+    for i, expected in enumerate(alone):
+        torch.testing.assert_close(
+            hidden[i, : len(expected)], expected, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_layer_norm_model_matches_hugging_face_batch(tmp_path):
+    from transformers import WavLMModel
+
+    folder = make_tiny_wavlm(
+        str(tmp_path), do_stable_layer_norm=True, feat_extract_norm="layer"
     )
+    torch.manual_seed(0)
+    lobe = WavLM(folder).eval()
+    ref = WavLMModel.from_pretrained(folder).eval()
+    wavs, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.6])
+    prepared, lengths = lobe.prepare(wavs, lens)
+    with torch.no_grad():
+        hidden, mask = lobe.encode(wavs, lens)
+        attention_mask = (torch.arange(16000) < lengths[:, None]).long()
+        expected = ref(prepared, attention_mask=attention_mask).last_hidden_state
+    torch.testing.assert_close(hidden[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_unmasked_pipeline_on_request(folder):
+    """use_attention_mask=False: Hugging Face's pipeline for base checkpoints
+    (no mask, plain group norm over the padded batch)."""
+    from transformers import WavLMModel
+
+    torch.manual_seed(0)
+    lobe = WavLM(folder, use_attention_mask=False).eval()
+    ref = WavLMModel.from_pretrained(folder).eval()
+    wavs, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.6])
+    prepared, _ = lobe.prepare(wavs, lens)
+    with torch.no_grad():
+        hidden, _ = lobe.encode(wavs, lens)
+        expected = ref(prepared).last_hidden_state
+    torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bounds(folder):
+    lobe = WavLM(folder)
+    assert lobe.max_duration == 30.0 and lobe.min_samples == 400
+    assert WavLM(folder, max_duration=None).max_samples is None
+    with pytest.raises(ValueError, match="max_duration=0.01 s is shorter"):
+        WavLM(folder, max_duration=0.01)
+
+
+def test_long_clip_cut_with_warning(folder, caplog):
+    torch.manual_seed(0)
+    lobe = WavLM(folder, max_duration=1.0).eval()
+    wavs = torch.randn(2, 40000)  # 2.5 s and 0.5 s
+    lens = torch.tensor([1.0, 0.2])
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        hidden, mask = lobe.encode(wavs, lens)
+        cut, _ = lobe.encode(wavs[:1, :16000])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "Clip 0 of the batch lasts 2.50 s" in messages[0]
+    assert "at most 1.00 s" in messages[0] and "max_duration" in messages[0]
+    # The batch is cut to the longest clip encoded (1 s: 49 frames).
+    assert hidden.shape[1] == 49 and mask.sum(1).tolist() == [49, 24]
+    torch.testing.assert_close(hidden[0], cut[0], atol=1e-5, rtol=1e-5)
+    uncapped = WavLM(folder, max_duration=None).eval()
+    caplog.clear()
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        assert uncapped.encode(wavs, lens)[1].sum(1).tolist() == [124, 24]
+    assert not caplog.records
+
+
+def test_short_clip_zero_padded(folder):
+    torch.manual_seed(0)
+    lobe = WavLM(folder).eval()
+    short = torch.randn(1, 80)
+    padded = torch.nn.functional.pad(short, (0, 320))
+    batch = torch.randn(2, 8000)
+    batch[1, :80] = short[0]
+    with torch.no_grad():
+        hidden, mask = lobe.encode(short)
+        reference, _ = lobe.encode(padded)
+        batched, batch_mask = lobe.encode(batch, torch.tensor([1.0, 0.01]))
+    assert hidden.shape[1] == 1 and mask.tolist() == [[True]]
+    torch.testing.assert_close(hidden, reference)
+    assert batch_mask[1].sum() == 1
+    torch.testing.assert_close(batched[1, :1], hidden[0], atol=1e-5, rtol=1e-5)
+
+
+def test_empty_clip_raises(folder):
+    lobe = WavLM(folder)
+    with pytest.raises(ValueError, match="Clip 1 of the batch is empty.*Remove empty"):
+        lobe(torch.randn(2, 8000), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="Clip 0 of the batch is empty"):
+        lobe(torch.randn(1, 0))
+    with pytest.raises(ValueError, match=r"\[batch, samples\]"):
+        lobe(torch.randn(8000))
 
 
 def test_pooling_ignores_padding(folder):

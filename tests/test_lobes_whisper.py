@@ -93,6 +93,52 @@ def test_cls_pooling_refused(folder):
         Whisper(folder, pooling="cls")
 
 
+def test_bounds_are_documented(folder):
+    lobe = Whisper(folder)
+    assert lobe.max_duration == 30.0 and lobe.min_samples == 400
+
+
+def test_long_clip_cut_with_warning(folder, caplog):
+    torch.manual_seed(0)
+    lobe = Whisper(folder).eval()
+    wavs = torch.randn(2, 31 * 16000) * 0.1
+    lens = torch.tensor([0.1, 1.0])
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        hidden, mask = lobe.encode(wavs, lens)
+        cut, _ = lobe.encode(wavs[1:, : 30 * 16000])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "Clip 1 of the batch lasts 31.00 s" in messages[0]
+    assert "at most 30.00 s" in messages[0] and "Split longer" in messages[0]
+    assert hidden.shape[1] == 1500 and mask.sum(1).tolist() == [155, 1500]
+    torch.testing.assert_close(hidden[1], cut[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("samples", [1, 80, 399])
+def test_short_clip_zero_padded(folder, samples):
+    torch.manual_seed(0)
+    lobe = Whisper(folder).eval()
+    short = torch.randn(1, samples) * 0.1
+    batch = torch.randn(2, 8000)
+    batch[1, :samples] = short[0]
+    with torch.no_grad():
+        hidden, mask = lobe.encode(short)
+        padded, _ = lobe.encode(torch.nn.functional.pad(short, (0, 400 - samples)))
+        batched, batch_mask = lobe.encode(batch, torch.tensor([1.0, samples / 8000]))
+    # One STFT window (400 samples): 3 mel frames, 2 encoder frames.
+    assert mask.tolist() == [[True, True]] and batch_mask[1].sum() == 2
+    torch.testing.assert_close(hidden, padded)
+    torch.testing.assert_close(batched[1, :2], hidden[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_empty_clip_raises(folder, trim):
+    lobe = Whisper(folder, trim_to_valid=trim)
+    with pytest.raises(ValueError, match="Clip 1 of the batch is empty.*Remove empty"):
+        lobe(torch.randn(2, 8000), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="Clip 0 of the batch is empty"):
+        lobe(torch.randn(1, 0))
+
+
 def test_speedup_is_reported():
     result = measure_speedup(batch=2, seconds=1.0, repeats=2)
     print(f"Whisper tiny, 1 s clips: speed-up x{result['speedup']:.1f}")

@@ -1,13 +1,23 @@
 """wav2vec2-family encoders (WavLM, HuBERT, wav2vec 2.0) as a SpeechBrain lobe.
 
 The lobe loads any Hugging Face model of the family through ``AutoModel``
-(``WavLMModel``, ``HubertModel``, ``Wav2Vec2Model``; a ``...ForCTC`` checkpoint
-gives its base model), normalises the waveforms as the checkpoint's
-``Wav2Vec2FeatureExtractor`` does (zero mean, unit variance over each clip's
-valid samples, when its config says ``do_normalize``), passes the sample-level
-attention mask when the feature-extractor config asks for it
-(``return_attention_mask``), and masks the frames past each clip's length
-(``_get_feat_extract_output_lengths``) for pooling and routing.
+(a ``...ForCTC`` checkpoint gives its base model), normalises the waveforms
+as the checkpoint's ``Wav2Vec2FeatureExtractor`` does (over each clip's valid
+samples, when its config says ``do_normalize``), and masks the frames past
+each clip's length for pooling and routing.
+
+Each clip's encoding is independent of its batch (``use_attention_mask``, on
+by default): the first convolution's group norm of "base" models
+(``feat_extract_norm="group"``) takes its statistics over each clip's valid
+frames only (:class:`MaskedGroupNorm`), and the model gets the attention mask
+(it zeroes padded frames before the positional convolution and masks them as
+keys). A batched clip is encoded as it is alone and unpadded, as base models
+were pre-trained (``docs/fidelity.md``).
+
+Bounds: clips longer than ``max_duration`` (30 s by default) are cut, with a
+warning naming them; clips shorter than the convolutional receptive field
+(``min_samples``, 400 samples at 16 kHz) are zero-padded to it; a clip
+without samples raises a ``ValueError`` naming it.
 
 Which LayerNorm feeds which block differs between the two layer layouts:
 
@@ -20,25 +30,24 @@ Which LayerNorm feeds which block differs between the two layer layouts:
 * pre-LN (``do_stable_layer_norm=True``: the *large* models):
   ``h = x + attention(layer_norm(x))``; ``y = h + feed_forward(final_LN(h))``.
 
-WavLM's gated relative-position attention does not compute attention through
-Hugging Face's attention interface (prefix tuning refuses it), and it reads
-``q_proj.weight`` etc. directly through ``F.multi_head_attention_forward``,
-which would bypass (or break on) LoRA wrappers; the lobe therefore switches
-each WavLM attention block to :class:`ModularWavLMAttention`, the same
-computation calling its projections as modules.
+WavLM's attention blocks become :class:`ModularWavLMAttention` (the same
+computation, with LoRA-wrappable projections); it does not go through
+Hugging Face's attention interface, so prefix tuning refuses WavLM.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
 import logging
+from contextlib import contextmanager
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
 from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
-from speechbrain_moe.lobes.whisper import unwrap
+from speechbrain_moe.lobes.whisper import checked_lengths, unwrap
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -48,12 +57,11 @@ logger = logging.getLogger(__name__)
 class ModularWavLMAttention(WavLMAttention):
     """``WavLMAttention`` whose projections are called as modules.
 
-    Hugging Face's version hands ``q_proj.weight`` (and the k, v, out
-    weights) to ``F.multi_head_attention_forward``; wrapping a projection
-    (LoRA) then fails. This one computes the same attention (gated relative
-    position bias, key padding mask, attention dropout) with the projections
-    called as modules and ``F.scaled_dot_product_attention``. The lobe swaps
-    the class of existing blocks, so the pretrained weights stay in place.
+    Hugging Face's version hands ``q_proj.weight`` etc. to
+    ``F.multi_head_attention_forward``, which bypasses or breaks on LoRA
+    wrappers. This one computes the same attention (gated relative position
+    bias, key padding mask, dropout) calling the projections as modules. The
+    lobe swaps the class of existing blocks (the weights stay in place).
 
     Example
     -------
@@ -110,6 +118,130 @@ class ModularWavLMAttention(WavLMAttention):
         return self.out_proj(out), None
 
 
+class MaskedGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` over ``[batch, channels, time]`` whose statistics
+    cover each clip's first ``valid_frames`` frames only (set for one forward
+    pass by :func:`masked_front_end`; None: ``nn.GroupNorm``), so padding
+    does not enter them. The lobe swaps the class of the first convolution's
+    norm of "base" models: the pretrained weights stay in place.
+
+    Example
+    -------
+    >>> norm = nn.GroupNorm(2, 4)
+    >>> x = torch.randn(2, 4, 9)
+    >>> alone = norm(x[:1, :, :5])
+    >>> norm.__class__ = MaskedGroupNorm
+    >>> norm.valid_frames = torch.tensor([5, 9])
+    >>> torch.allclose(norm(x)[:1, :, :5], alone, atol=1e-5)
+    True
+    """
+
+    valid_frames = None
+
+    def forward(self, x):
+        """Normalises ``x`` (``[batch, channels, time]``); padded frames
+        come out as the bias."""
+        if self.valid_frames is None:
+            return super().forward(x)
+        batch, channels, time = x.shape
+        size = channels // self.num_groups
+        x = x.float()
+        valid = lengths_to_mask(self.valid_frames, time)
+        count = valid.sum(1).view(batch, 1, 1).float() * size
+
+        def group_mean(sums):
+            """``[batch, channels, 1]`` sums -> means over each group."""
+            sums = sums.view(batch, self.num_groups, size).sum(-1, keepdim=True)
+            return sums.repeat_interleave(size, 1) / count
+
+        mean = group_mean(torch.bmm(x, valid.float().unsqueeze(-1)))
+        centred = (x - mean).masked_fill_(~valid.unsqueeze(1), 0.0)
+        rows = centred.reshape(batch * channels, 1, time)
+        squares = torch.bmm(rows, rows.transpose(1, 2)).view(batch, channels, 1)
+        scale = torch.rsqrt(group_mean(squares) + self.eps)
+        if not self.affine:
+            return centred * scale
+        return torch.addcmul(self.bias[:, None], centred, scale * self.weight[:, None])
+
+
+@contextmanager
+def masked_front_end(model, valid_frames):
+    """Sets the valid frames of every :class:`MaskedGroupNorm` in ``model``.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The (possibly adapted) model.
+    valid_frames : torch.Tensor or None
+        ``[batch]`` valid output frames of the first convolution.
+
+    Yields
+    ------
+    None
+
+    Example
+    -------
+    >>> norm = nn.GroupNorm(2, 2)
+    >>> norm.__class__ = MaskedGroupNorm
+    >>> with masked_front_end(norm, torch.tensor([3])):
+    ...     norm.valid_frames.tolist()
+    [3]
+    """
+    norms = [m for m in model.modules() if isinstance(m, MaskedGroupNorm)]
+    for norm in norms:
+        norm.valid_frames = valid_frames
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.valid_frames = None
+
+
+def ssl_targets(config, num_layers, attention_interface):
+    """The :class:`PetlTargets` of a wav2vec2-family model.
+
+    Arguments
+    ---------
+    config : transformers.PretrainedConfig
+        The model's config (``do_stable_layer_norm``: pre-LN layers).
+    num_layers : int
+        Transformer layers.
+    attention_interface : bool
+        Whether attention uses Hugging Face's attention interface.
+
+    Returns
+    -------
+    PetlTargets
+
+    Example
+    -------
+    >>> from transformers import WavLMConfig
+    >>> ssl_targets(WavLMConfig(), 2, False).attention_norm
+    ['encoder.layer_norm', 'encoder.layers.0.final_layer_norm']
+    """
+    layers = [f"encoder.layers.{i}" for i in range(num_layers)]
+    if getattr(config, "do_stable_layer_norm", False):
+        attention_norm = [f"{name}.layer_norm" for name in layers]
+        ffn_norm = [f"{name}.final_layer_norm" for name in layers]
+    else:
+        attention_norm = ["encoder.layer_norm"] + [
+            f"{name}.final_layer_norm" for name in layers[:-1]
+        ]
+        ffn_norm = [f"{name}.layer_norm" for name in layers]
+    return PetlTargets(
+        hidden_size=config.hidden_size,
+        layers=layers,
+        attention=[f"{name}.attention" for name in layers],
+        attention_norm=attention_norm,
+        ffn=[f"{name}.feed_forward" for name in layers],
+        ffn_norm=ffn_norm,
+        lora=[f"{name}.attention.{p}" for name in layers for p in ("q_proj", "v_proj")],
+        num_prefix_tokens=0,
+        grid_height=1,
+        attention_interface=attention_interface,
+    )
+
+
 class SSLEncoder(Backbone):
     """A wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0) behind waveforms
     + relative lengths.
@@ -117,9 +249,8 @@ class SSLEncoder(Backbone):
     Arguments
     ---------
     source : str
-        Hub id or local folder of the checkpoint (loaded with ``AutoModel``);
-        its ``preprocessor_config.json`` says whether to normalise the
-        waveform and whether to pass an attention mask.
+        Hub id or local folder of the checkpoint (loaded with ``AutoModel``,
+        with its ``preprocessor_config.json`` when it has one).
     save_path : str, optional
         Cache folder for hub downloads.
     pooling : str
@@ -128,20 +259,20 @@ class SSLEncoder(Backbone):
         Zero-mean/unit-variance normalisation of each clip (default: the
         feature-extractor config's ``do_normalize``; True without one).
     use_attention_mask : bool, optional
-        Pass the sample-level attention mask to the model (default: the
-        feature-extractor config's ``return_attention_mask``; without one,
-        True for models with ``feat_extract_norm="layer"``, as Hugging Face
-        advises).
+        Encode each clip independently of its batch (default True). False
+        runs Hugging Face's unmasked pipeline (what it advises for base
+        checkpoints): outputs then depend on the padding.
     apply_spec_augment : bool
-        Keep the model's own time/feature masking in training mode (off by
-        default; its unused mask embedding is then dropped, so that every
-        parameter of a fully fine-tuned model gets a gradient under DDP).
+        Keep the model's own time/feature masking in training (off by
+        default; its mask embedding is then dropped: unused under DDP).
     layerdrop : float
-        LayerDrop probability in training (0 by default: a dropped layer
-        leaves its adapters without gradient, which DDP without
-        ``find_unused_parameters`` rejects).
+        LayerDrop probability in training (0 by default: a dropped layer's
+        adapters get no gradient, which DDP rejects).
     sample_rate : int
         Sample rate of the input waveforms (must match the checkpoint's).
+    max_duration : float or None
+        Longest clip encoded, in seconds (default 30; None: no cap): longer
+        clips are cut, with a warning, so none pads a whole batch.
 
     Example
     -------
@@ -154,8 +285,8 @@ class SSLEncoder(Backbone):
     (torch.Size([2, 49, 32]), [49, 24])
     >>> encoder(wavs).shape
     torch.Size([2, 32])
-    >>> encoder.petl_targets.attention_norm
-    ['encoder.layer_norm', 'encoder.layers.0.final_layer_norm']
+    >>> encoder.max_duration, encoder.min_samples
+    (30.0, 400)
     """
 
     def __init__(
@@ -168,6 +299,7 @@ class SSLEncoder(Backbone):
         apply_spec_augment=False,
         layerdrop=0.0,
         sample_rate=16000,
+        max_duration=30.0,
     ):
         super().__init__(pooling=pooling)
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
@@ -194,20 +326,8 @@ class SSLEncoder(Backbone):
                 source, cache_dir=save_path
             )
         except (OSError, ValueError):
-            logger.warning(
-                "No feature-extractor config found for %s; normalising the "
-                "waveform and guessing the attention mask from the model config.",
-                source,
-            )
+            logger.warning("No feature-extractor config in %s; normalising.", source)
             extractor = None
-        if normalize is None:
-            normalize = getattr(extractor, "do_normalize", True)
-        if use_attention_mask is None:
-            use_attention_mask = getattr(
-                extractor,
-                "return_attention_mask",
-                getattr(config, "feat_extract_norm", "group") == "layer",
-            )
         expected_rate = getattr(extractor, "sampling_rate", 16000)
         if sample_rate != expected_rate:
             raise ValueError(
@@ -215,37 +335,42 @@ class SSLEncoder(Backbone):
                 f"sample_rate={sample_rate}. Resample in the data pipeline (the "
                 f"recipes do) and set sample_rate: {expected_rate}."
             )
-        self.normalize = bool(normalize)
-        self.use_attention_mask = bool(use_attention_mask)
+        self.sample_rate = sample_rate
+        self.normalize = bool(
+            getattr(extractor, "do_normalize", True) if normalize is None else normalize
+        )
+        self.use_attention_mask = use_attention_mask is None or bool(use_attention_mask)
+        self.first_conv = (config.conv_kernel[0], config.conv_stride[0])
+        # Shortest clip: the receptive field of the front end (400 samples).
+        self.min_samples, jump = 1, 1
+        for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+            self.min_samples, jump = (
+                self.min_samples + (kernel - 1) * jump,
+                jump * stride,
+            )
+        self.max_duration = max_duration
+        self.max_samples = (
+            None if max_duration is None else round(max_duration * sample_rate)
+        )
+        if self.max_samples is not None and self.max_samples < self.min_samples:
+            raise ValueError(
+                f"max_duration={max_duration} s is shorter than one frame "
+                f"({self.min_samples} samples); set it to the longest clip to "
+                "encode (e.g. 30), or None for no cap."
+            )
         for module in self.model.modules():
             if type(module) is WavLMAttention:
                 module.__class__ = ModularWavLMAttention
+        first = getattr(self.model, "feature_extractor", None)
+        first = first.conv_layers[0] if hasattr(first, "conv_layers") else None
+        if type(getattr(first, "layer_norm", None)) is nn.GroupNorm:
+            first.layer_norm.__class__ = MaskedGroupNorm
         attention_interface = not any(
             isinstance(m, WavLMAttention) for m in self.model.modules()
         )
         self.output_size = config.hidden_size
-        layers = [f"encoder.layers.{i}" for i in range(len(encoder.layers))]
-        if getattr(config, "do_stable_layer_norm", False):
-            attention_norm = [f"{name}.layer_norm" for name in layers]
-            ffn_norm = [f"{name}.final_layer_norm" for name in layers]
-        else:
-            attention_norm = ["encoder.layer_norm"] + [
-                f"{name}.final_layer_norm" for name in layers[:-1]
-            ]
-            ffn_norm = [f"{name}.layer_norm" for name in layers]
-        self.petl_targets = PetlTargets(
-            hidden_size=config.hidden_size,
-            layers=layers,
-            attention=[f"{name}.attention" for name in layers],
-            attention_norm=attention_norm,
-            ffn=[f"{name}.feed_forward" for name in layers],
-            ffn_norm=ffn_norm,
-            lora=[
-                f"{name}.attention.{p}" for name in layers for p in ("q_proj", "v_proj")
-            ],
-            num_prefix_tokens=0,
-            grid_height=1,
-            attention_interface=attention_interface,
+        self.petl_targets = ssl_targets(
+            config, len(encoder.layers), attention_interface
         )
 
     def prepare(self, wavs, wav_lens=None):
@@ -261,20 +386,23 @@ class SSLEncoder(Backbone):
         Returns
         -------
         wavs : torch.Tensor
-            ``[batch, samples]``, zero past each clip's length, normalised
-            over the valid samples when ``normalize`` is on.
+            ``[batch, samples]`` cut to the longest valid length, zero past
+            each clip, normalised over its valid samples (``normalize``).
         lengths : torch.Tensor
-            ``[batch]`` valid samples.
+            ``[batch]`` valid samples, in [min_samples, max_samples] (shorter
+            clips are zero-padded).
         """
-        samples = wavs.shape[1]
-        if wav_lens is None:
-            lengths = torch.full((wavs.shape[0],), samples, device=wavs.device)
-        else:
-            lengths = (wav_lens.to(wavs.device) * samples).round().long()
-        lengths = lengths.clamp(min=1, max=samples)
-        valid = lengths_to_mask(lengths, samples)
-        wavs = wavs.float() * valid
+        advice = "Raise max_duration (None: no cap) or split long recordings."
+        name = type(unwrap(self.model)).__name__
+        lengths = checked_lengths(
+            wavs, wav_lens, self.max_samples, self.sample_rate, name, advice
+        )
+        width = max(int(lengths.max()), self.min_samples)
+        wavs = wavs[:, :width].float()
+        wavs = F.pad(wavs, (0, width - wavs.shape[1])) * lengths_to_mask(lengths, width)
+        lengths = lengths.clamp(min=self.min_samples)
         if self.normalize:
+            valid = lengths_to_mask(lengths, width)
             count = lengths.unsqueeze(1).float()
             mean = wavs.sum(1, keepdim=True) / count
             var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / count
@@ -303,10 +431,12 @@ class SSLEncoder(Backbone):
         frames = int(model._get_feat_extract_output_lengths(wavs.shape[1]))
         valid = model._get_feat_extract_output_lengths(lengths).long()
         mask = lengths_to_mask(valid.clamp(min=1, max=frames), frames)
-        kwargs = {}
+        kwargs, first_frames = {}, None
         if self.use_attention_mask:
             kwargs["attention_mask"] = lengths_to_mask(lengths, wavs.shape[1]).long()
-        with token_mask(self.model, mask):
+            kernel, stride = self.first_conv
+            first_frames = (lengths - kernel) // stride + 1
+        with token_mask(self.model, mask), masked_front_end(self.model, first_frames):
             hidden = self.model(input_values=wavs, **kwargs).last_hidden_state
         return hidden, mask
 
