@@ -276,7 +276,7 @@ def format_matrix(names, matrix):
     rain  -0.500  1.000
     """
     width = max(6, *(len(n) for n in names)) + 1
-    lines = [" " * width + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
+    lines = [" " * width + "".join(f"{n[: width - 1]:>{width}}" for n in names)]
     for name, row in zip(names, matrix):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}.3f}" for v in row))
     return "\n".join(lines)

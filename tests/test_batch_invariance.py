@@ -15,7 +15,7 @@ from speechbrain_moe.adapters import SoftMoA
 from speechbrain_moe.lobes.ast import AST
 from speechbrain_moe.lobes.wavlm import SSLEncoder, WavLM
 from speechbrain_moe.lobes.whisper import Whisper
-from speechbrain_moe.methods import apply_method
+from speechbrain_moe.petl import apply_method
 from speechbrain_moe.placement import ParallelAdapter
 from speechbrain_moe.synthetic.models import (
     TINY_WAVLM,
@@ -94,9 +94,9 @@ def soft_moa_inside(lobe):
 ADAPTERS = {
     None: lambda lobe: lobe,
     "soft_moa": soft_moa_inside,
-    "lora": lambda lobe: apply_method(lobe, "lora", rank=2),
-    "prompt": lambda lobe: apply_method(lobe, "prompt", num_prompts=3),
-    "prefix": lambda lobe: apply_method(lobe, "prefix", num_prefix=3),
+    "lora": lambda lobe: apply_method(lobe, "lora", {"rank": 2}),
+    "prompt": lambda lobe: apply_method(lobe, "prompt", {"num_prompts": 3}),
+    "prefix": lambda lobe: apply_method(lobe, "prefix", {"num_prefix": 3}),
 }
 
 
@@ -166,28 +166,8 @@ CASES = [
 ]
 
 
-def prefix_masks_padding():
-    """Whether Hugging Face builds padding masks for the prefix attention
-    function (it drops them for attention functions without a registered
-    mask function)."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
-    from speechbrain_moe.methods.prefix import ATTENTION_NAME
-
-    return ATTENTION_NAME in ALL_MASK_ATTENTION_FUNCTIONS
-
-
 @pytest.mark.parametrize("name, adapter", CASES, ids=lambda v: str(v))
 def test_clip_alone_equals_clip_in_batch(name, adapter, tmp_path):
-    if (
-        adapter == "prefix"
-        and not name.startswith(("whisper", "ast"))
-        and not prefix_masks_padding()
-    ):
-        pytest.xfail(
-            "methods/prefix.py registers its attention function without a mask "
-            "function, so Hugging Face's wav2vec2/HuBERT drop the padding mask"
-        )
     lobe = build(name, adapter, str(tmp_path))
     frames, pooled = batch_differences(lobe)
     assert frames <= TOLERANCE and pooled <= TOLERANCE, (frames, pooled)

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from speech_llm_helpers import FrameEncoder, greedy_without_cache, sequence_nll
-
 from speechbrain.nnet.adapters import AdaptedModel, LoRA
 from transformers import AutoModelForCausalLM
 

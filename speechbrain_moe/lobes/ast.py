@@ -17,7 +17,12 @@ import torch.nn.functional as F
 from speechbrain.utils.logger import get_logger
 from torchaudio.compliance import kaldi
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, load_config
+from speechbrain_moe.lobes.base import (
+    Backbone,
+    checked_lengths,
+    lengths_to_mask,
+    load_config,
+)
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -206,7 +211,14 @@ class AST(Backbone):
         frames : torch.Tensor
             ``[batch]`` number of real (non-padded) frames.
         """
-        lengths = self.sample_lengths(wavs, wav_lens)
+        lengths = checked_lengths(
+            wavs,
+            wav_lens,
+            int(self.max_duration * 16000),
+            16000,
+            "AST",
+            f"Raise max_frames (now {self.max_frames}) to keep more audio.",
+        )
         feats, frames = [], []
         for wav, length in zip(wavs.float(), lengths.tolist()):
             wav = F.pad(wav[:length], (0, max(0, 400 - length)))
@@ -225,44 +237,6 @@ class AST(Backbone):
             feats.append(fbank)
         feats = (torch.stack(feats) - AUDIOSET_MEAN) / (2 * AUDIOSET_STD)
         return feats.to(wavs.device), torch.tensor(frames, device=wavs.device)
-
-    def sample_lengths(self, wavs, wav_lens=None):
-        """Valid samples of each clip, capped at ``max_duration`` (with a
-        warning naming the clips cut).
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch]`` long.
-        """
-        samples = wavs.shape[1]
-        if wav_lens is None:
-            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-        lengths = (wav_lens.to(wavs.device) * samples).round().long()
-        empty = (lengths < 1).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"Clip(s) {empty} of the batch have no samples; remove empty audio "
-                "(the data preparation skips such files)."
-            )
-        cap = int(self.max_duration * 16000)
-        for index in (lengths > cap).nonzero().flatten().tolist():
-            logger.warning(
-                "AST: clip %d of the batch (%.2f s) is longer than max_duration "
-                "%.2f s (max_frames=%d) and was cut; raise max_frames to keep more.",
-                index,
-                float(lengths[index]) / 16000,
-                self.max_duration,
-                self.max_frames,
-            )
-        return lengths.clamp(max=min(cap, samples))
 
     def token_mask(self, frames):
         """Which of AST's tokens cover real audio.

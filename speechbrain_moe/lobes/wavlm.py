@@ -46,12 +46,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
-from speechbrain_moe.lobes.whisper import checked_lengths, unwrap
+from speechbrain_moe.lobes.base import (
+    Backbone,
+    checked_lengths,
+    lengths_to_mask,
+    load_config,
+    unwrap,
+)
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
 logger = logging.getLogger(__name__)
+
+SSL_MODEL_TYPES = (
+    "wavlm",
+    "hubert",
+    "wav2vec2",
+    "wav2vec2-conformer",
+    "data2vec-audio",
+)
 
 
 class ModularWavLMAttention(WavLMAttention):
@@ -302,9 +315,11 @@ class SSLEncoder(Backbone):
         max_duration=30.0,
     ):
         super().__init__(pooling=pooling)
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor, AutoModel
 
-        config = AutoConfig.from_pretrained(source, cache_dir=save_path)
+        config = load_config(
+            source, save_path, SSL_MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
+        )
         config.layerdrop = layerdrop
         config.apply_spec_augment = apply_spec_augment
         self.model = AutoModel.from_pretrained(

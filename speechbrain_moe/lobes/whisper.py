@@ -40,102 +40,17 @@ from transformers.masking_utils import (
     create_bidirectional_mask,
 )
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
+from speechbrain_moe.lobes.base import (
+    Backbone,
+    checked_lengths,
+    lengths_to_mask,
+    load_config,
+    unwrap,
+)
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(module):
-    """The model inside (possibly nested) ``AdaptedModel`` wrappers.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        A model or an ``AdaptedModel`` around it.
-
-    Returns
-    -------
-    torch.nn.Module
-
-    Example
-    -------
-    >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
-    >>> inner = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    >>> unwrap(AdaptedModel(inner, LoRA, target_layers=["0"])) is inner
-    True
-    """
-    while hasattr(module, "adapted_model"):
-        module = module.adapted_model
-    return module
-
-
-def checked_lengths(wavs, wav_lens, max_samples, sample_rate, backbone, advice):
-    """Valid samples of each clip: checked, and cut to ``max_samples`` with a
-    warning naming each clip cut.
-
-    Arguments
-    ---------
-    wavs : torch.Tensor
-        ``[batch, samples]``.
-    wav_lens : torch.Tensor or None
-        Relative lengths in (0, 1] (None: all clips fill the batch).
-    max_samples : int or None
-        Longest clip encoded (None: no cap).
-    sample_rate : int
-        For durations in messages.
-    backbone : str
-        Name of the backbone (for messages).
-    advice : str
-        What to do about long clips (for the warning).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch]`` long, at least 1 (a clip without samples raises a
-        ``ValueError`` naming it) and at most ``max_samples``.
-
-    Example
-    -------
-    >>> checked_lengths(torch.zeros(2, 100), torch.tensor([1.0, 0.5]), 80, 100,
-    ...     "Whisper", "Split long recordings.")
-    tensor([80, 50])
-    >>> checked_lengths(torch.zeros(2, 100), torch.tensor([1.0, 0.0]), None, 100,
-    ...     "Whisper", "")
-    Traceback (most recent call last):
-    ...
-    ValueError: Clip 1 of the batch is empty (wav_lens[1] = 0 of 100 samples); Whisper cannot encode it. Remove empty or unreadable audio files from the data set (e.g. filter on duration in the data preparation) or fix the relative lengths.
-    """
-    if wavs.dim() != 2:
-        raise ValueError(
-            f"{backbone} expects waveforms [batch, samples], got shape "
-            f"{tuple(wavs.shape)}; mix multi-channel audio down to mono."
-        )
-    samples = wavs.shape[1]
-    if wav_lens is None:
-        lengths = torch.full((wavs.shape[0],), samples, device=wavs.device)
-    else:
-        wav_lens = wav_lens.to(wavs.device).float()
-        lengths = (wav_lens * samples).round().long().clamp(max=samples)
-    cap = samples if max_samples is None else max_samples
-    empty, long = torch.stack([(lengths < 1).any(), (lengths > cap).any()]).tolist()
-    if empty:
-        i = int((lengths < 1).nonzero()[0, 0])
-        raise ValueError(
-            f"Clip {i} of the batch is empty (wav_lens[{i}] = "
-            f"{0 if wav_lens is None else float(wav_lens[i]):g} of {samples} "
-            f"samples); {backbone} cannot encode it. Remove empty or unreadable "
-            "audio files from the data set (e.g. filter on duration in the data "
-            "preparation) or fix the relative lengths."
-        )
-    for i in (lengths > cap).nonzero()[:, 0].tolist() if long else []:
-        logger.warning(
-            f"Clip {i} of the batch lasts {int(lengths[i]) / sample_rate:.2f} s; "
-            f"{backbone} encodes at most {cap / sample_rate:.2f} s (max_duration), "
-            f"so only its first {cap / sample_rate:.2f} s are used. {advice}"
-        )
-    return lengths.clamp(max=cap)
 
 
 def encoder_attention_mask(config, hidden, mask):
@@ -300,7 +215,10 @@ class Whisper(Backbone):
         super().__init__(pooling=pooling)
         from transformers import WhisperModel
 
-        full = WhisperModel.from_pretrained(source, cache_dir=save_path)
+        whisper_config = load_config(source, save_path, ("whisper",), "Whisper")
+        full = WhisperModel.from_pretrained(
+            source, config=whisper_config, cache_dir=save_path
+        )
         self.model = full.encoder
         del full
         config = self.model.config

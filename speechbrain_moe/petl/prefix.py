@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from speechbrain_moe.checks import check_positive
 from speechbrain_moe.petl.prompt import extend_attention_mask
@@ -59,6 +60,8 @@ def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
 
 
 AttentionInterface.register(ATTENTION_NAME, prefix_sdpa)
+# Padding masks are built as for SDPA (keys of padded frames hidden).
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
 class PrefixAttention(nn.Module):
