@@ -53,13 +53,23 @@ class PETLClassifierBrain(sb.Brain):
 
     Expects ``modules`` with ``backbone`` (a backbone lobe) and ``classifier``
     (``[batch, d] -> [batch, classes]`` logits), batches with ``sig`` and
-    ``label_encoded``, and hyper-parameters holding ``epoch_counter``,
-    ``train_logger`` and, optionally, ``lr_schedule`` (epoch progress in
-    [0, 1) -> learning rate, set at the start of every epoch).
+    ``label_encoded``, and hyper-parameters holding ``epoch_counter``.
 
     A clip with NaN/inf samples takes no part in the loss or the metrics
     (a warning names it); the stage's ``loss`` is the mean NLL over the
     finite clips.
+
+    Arguments
+    ---------
+    *args
+        As :class:`speechbrain.Brain`.
+    train_logger : speechbrain.utils.train_logger.TrainLogger, optional
+        Where the stage statistics go (None: logged nowhere).
+    lr_schedule : callable, optional
+        Epoch progress in [0, 1) -> learning rate, set at the start of every
+        epoch (e.g. :class:`~speechbrain_moe.schedules.CosineLR`).
+    **kwargs
+        As :class:`speechbrain.Brain`.
 
     Example
     -------
@@ -81,8 +91,10 @@ class PETLClassifierBrain(sb.Brain):
     (1, True)
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, train_logger=None, lr_schedule=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.train_logger = train_logger
+        self.lr_schedule = lr_schedule
         self.num_routers = track_load(self.modules)
         self.random_state = RandomState()
         if self.checkpointer is not None:
@@ -220,10 +232,9 @@ class PETLClassifierBrain(sb.Brain):
         self.accuracy = ClassificationStats()
         self.nll_sum, self.nll_count = 0.0, 0
         self.aux_sum, self.num_batches = 0.0, 0
-        schedule = getattr(getattr(self, "hparams", None), "lr_schedule", None)
-        if stage == sb.Stage.TRAIN and schedule is not None:
+        if stage == sb.Stage.TRAIN and self.lr_schedule is not None:
             limit = max(self.hparams.epoch_counter.limit, 1)
-            update_learning_rate(self.optimizer, schedule((epoch - 1) / limit))
+            update_learning_rate(self.optimizer, self.lr_schedule((epoch - 1) / limit))
         if stage == sb.Stage.VALID:
             # Resumed after the last training batch: restore the draws here.
             self.random_state.apply_pending()
@@ -271,7 +282,7 @@ class PETLClassifierBrain(sb.Brain):
             return
         if stage == sb.Stage.VALID:
             lr = float(self.optimizer.param_groups[0]["lr"])
-            self.hparams.train_logger.log_stats(
+            self.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr},
                 train_stats=getattr(self, "train_stats", None),
                 valid_stats=stats,
@@ -281,10 +292,21 @@ class PETLClassifierBrain(sb.Brain):
                 meta["loss"] = stats.get("loss", float("inf"))
                 self.checkpointer.save_and_keep_only(meta=meta, max_keys=["accuracy"])
         else:
-            self.hparams.train_logger.log_stats(
+            self.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stats,
             )
+
+    def log_stats(self, **stats):
+        """Hands a stage's statistics to the train logger (if any).
+
+        Arguments
+        ---------
+        **stats
+            As ``TrainLogger.log_stats``.
+        """
+        if self.train_logger is not None:
+            self.train_logger.log_stats(**stats)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the best checkpoint; refuses to evaluate an untrained model.

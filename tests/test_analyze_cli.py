@@ -20,8 +20,7 @@ def trained_demo(tmp_path_factory):
     subprocess.run(
         [
             sys.executable,
-            "-m",
-            "speechbrain_moe.demo",
+            os.path.join(REPO, "tools", "demo.py"),
             "--output_folder",
             str(out),
             "--epochs",
@@ -36,20 +35,7 @@ def trained_demo(tmp_path_factory):
 
 
 def _args(out, mode, folder, *extra):
-    return [
-        mode,
-        "--hparams",
-        os.path.join(REPO, "recipes", "ESC50", "PETL", "hparams", "ast.yaml"),
-        "--out",
-        str(folder),
-        f"--data_folder={out / 'ESC-50'}",
-        f"--backbone_source={out / 'tiny_ast'}",
-        f"--output_folder={out / 'results'}",
-        "--petl_method=soft_moa",
-        "--n_classes=5",
-        "--max_frames=100",
-        *extra,
-    ]
+    return [mode, "--experiment", str(out / "results"), "--out", str(folder), *extra]
 
 
 def test_routing_analysis(trained_demo, tmp_path):
@@ -88,12 +74,32 @@ def test_gradient_analysis(trained_demo, tmp_path):
 
 
 def test_missing_checkpoint_is_explained(trained_demo, tmp_path):
-    args = _args(trained_demo, "ROUTING", tmp_path)
-    args = [
-        a
-        if not a.startswith("--output_folder")
-        else f"--output_folder={tmp_path / 'none'}"
-        for a in args
-    ]
-    with pytest.raises(FileNotFoundError, match="Train first"):
-        main(args)
+    import shutil
+
+    experiment = tmp_path / "untrained"
+    shutil.copytree(trained_demo / "results", experiment)
+    for folder in (experiment / "save").glob("CKPT+*"):
+        shutil.rmtree(folder)
+    with pytest.raises(FileNotFoundError, match="train the model"):
+        main(["ROUTING", "--experiment", str(experiment), "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="output_folder of a classification"):
+        main(["ROUTING", "--experiment", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_gradients_command_prints_named_matrix(trained_demo, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "speechbrain_moe.analyze"]
+        + _args(trained_demo, "GRADIENTS", tmp_path, "--batches", "1"),
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    names = json.loads((tmp_path / "gradient_cosine.json").read_text())["groups"]
+    start = next(i for i, r in enumerate(rows) if r == names)  # the header
+    body = rows[start + 1 : start + 1 + len(names)]
+    assert [r[0] for r in body] == names
+    assert all(
+        float(r[1 + i]) == pytest.approx(1.0, abs=1e-3) for i, r in enumerate(body)
+    )

@@ -153,7 +153,10 @@ def test_method_settings_are_shared():
     from speechbrain_moe.petl import available_methods
 
     for method in available_methods():
-        assert os.path.isfile(os.path.join(REPO, "hparams", "petl", f"{method}.yaml"))
+        path = os.path.join(
+            REPO, "speechbrain_moe", "hparams", "petl", f"{method}.yaml"
+        )
+        assert os.path.isfile(path)
     for path in YAMLS:
         lines = [line.split("#")[0] for line in open(path)]
         text = "".join(lines)

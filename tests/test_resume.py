@@ -199,12 +199,7 @@ def toy_run(folder, crash_at=None, epochs=2):
     brain = Brain(
         {"backbone": backbone, "classifier": classifier},
         lambda p: torch.optim.AdamW(p, lr=0.05),
-        hparams={
-            "epoch_counter": counter,
-            "train_logger": sb.utils.train_logger.FileTrainLogger(
-                os.path.join(folder, "train_log.txt")
-            ),
-        },
+        hparams={"epoch_counter": counter},
         run_opts={"device": "cpu", "noprogressbar": True},
         checkpointer=checkpointer,
     )

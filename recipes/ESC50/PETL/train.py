@@ -110,6 +110,8 @@ if __name__ == "__main__":
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
+        train_logger=hparams["train_logger"],
+        lr_schedule=hparams["lr_schedule"],
     )
     brain.fit(
         brain.hparams.epoch_counter,
