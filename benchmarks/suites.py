@@ -399,7 +399,7 @@ def build_bridge_modules(config):
     >>> abs(total(parts["dense"]) - total(parts["moe_adapter"])) / total(parts["dense"]) < 0.01
     True
     """
-    from speechbrain_moe.lobes.speech_llm import DenseProjector, MoEAdapterBridge
+    from speechbrain_moe.adapters.bridges import DenseProjector, MoEAdapterBridge
 
     torch.manual_seed(0)
     moe = MoEAdapterBridge(

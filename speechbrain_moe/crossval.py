@@ -14,6 +14,7 @@ Authors
 
 import argparse
 import json
+import logging
 import os
 import re
 import statistics
@@ -214,6 +215,7 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
     parser.add_argument("--folds", default=",".join(map(str, range(1, num_folds + 1))))
     parser.add_argument("--nproc", type=int, default=1, help="> 1: torchrun DDP")
     args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         folds = parse_folds(args.folds, num_folds)
     except ValueError as err:

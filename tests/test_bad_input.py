@@ -261,3 +261,135 @@ def test_wrong_sample_rate_is_resampled(tmp_path):
     sig = read_clip(path, 16000)
     assert sig.shape == (16000,)
     assert abs(float(sig[4000:12000].mean()) - 0.1) < 1e-3
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def damage(save, kind):
+    """Damages the experiment's checkpoint; returns the file named in errors."""
+    ckpt = next(save.glob("CKPT+*"))
+    if kind == "truncated backbone":
+        data = (ckpt / "backbone.ckpt").read_bytes()
+        (ckpt / "backbone.ckpt").write_bytes(data[: len(data) // 2])
+        return "backbone.ckpt has"
+    if kind == "deleted backbone":
+        (ckpt / "backbone.ckpt").unlink()
+        return "backbone.ckpt is missing"
+    if kind == "empty meta":
+        (ckpt / "CKPT.yaml").write_text("")
+        return "CKPT.yaml has 0 bytes"
+    if kind == "empty optimizer":
+        (ckpt / "optimizer.ckpt").write_bytes(b"")
+        return "optimizer.ckpt has 0 bytes"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated backbone", "deleted backbone", "empty meta", "empty optimizer"]
+)
+def test_damaged_checkpoint_is_named_and_kept(experiment, kind):
+    named = damage(experiment["save"], kind)
+    before = folder_hash(experiment["save"])
+    with pytest.raises(RuntimeError, match="No intact checkpoint") as info:
+        train(
+            experiment["exp"],
+            experiment["data"],
+            experiment["backbone"],
+            "--skip_prep=True",
+            "--number_of_epochs=2",
+        )
+    assert named in str(info.value) and "CKPT+" in str(info.value)
+    assert "Restore the named file" in str(info.value)
+    assert folder_hash(experiment["save"]) == before  # nothing moved or deleted
+
+
+def test_checkpoint_without_meta_file_is_set_aside_not_deleted(experiment):
+    ckpt = next(experiment["save"].glob("CKPT+*"))
+    (ckpt / "CKPT.yaml").unlink()
+    weights = (ckpt / "backbone.ckpt").read_bytes()
+    train(
+        experiment["exp"],
+        experiment["data"],
+        experiment["backbone"],
+        "--skip_prep=True",
+        "--number_of_epochs=1",
+    )
+    kept = experiment["save"] / "set_aside" / ckpt.name / "backbone.ckpt"
+    assert kept.read_bytes() == weights
+    log = (experiment["exp"] / "log.txt").read_text()
+    assert "is unusable (interrupted while saving or deleting" in log
+
+
+def test_test_only_without_checkpoint_refuses(experiment):
+    for ckpt in experiment["save"].glob("CKPT+*"):
+        shutil.rmtree(ckpt)
+    log = experiment["exp"] / "train_log.txt"
+    before = log.read_text()
+    with pytest.raises(RuntimeError, match="untrained") as info:
+        train(
+            experiment["exp"],
+            experiment["data"],
+            experiment["backbone"],
+            "--skip_prep=True",
+            "--test_only",
+        )
+    assert "--test_only" in str(info.value)
+    assert log.read_text() == before  # no test accuracy of an untrained model
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--petl_overrides=8"], "must be a mapping of settings"),
+        (["--petl_overrides={num_expert: 4}"], "has no setting(s) ['num_expert']"),
+        (["--petl_method=my_method.yaml"], "my_method.yaml does not exist"),
+    ],
+)
+def test_bad_method_arguments(experiment, args, message):
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        train(experiment["exp"], experiment["data"], experiment["backbone"], *args)
+    assert message in str(info.value)
+    assert folder_hash(experiment["save"]) == experiment["hash"]
+
+
+def test_header_only_manifest(experiment):
+    manifest = experiment["exp"] / "valid.csv"
+    manifest.write_text("ID,wav,duration,class_name,fold\n")
+    with pytest.raises(ValueError, match="valid.csv has no rows") as info:
+        train(
+            experiment["exp"],
+            experiment["data"],
+            experiment["backbone"],
+            "--skip_prep=True",
+        )
+    assert "re-run the data preparation" in str(info.value)
+
+
+def test_nan_clip_in_test_stage_is_excluded(experiment, tmp_path):
+    manifest = experiment["exp"] / "test.csv"
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    nan_wav = str(tmp_path / "nan.wav")
+    sf.write(nan_wav, np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    rows[0]["wav"] = nan_wav
+    with open(manifest, "w", newline="") as fout:
+        writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    train(
+        experiment["exp"],
+        experiment["data"],
+        experiment["backbone"],
+        "--skip_prep=True",
+        "--test_only",
+        "--test_batch_size=8",
+    )
+    from speechbrain_moe.inference import PETLAudioClassifier
+
+    log = (experiment["exp"] / "train_log.txt").read_text().splitlines()[-1]
+    logged = float(log.split("test accuracy: ")[1].split(",")[0])
+    model = PETLAudioClassifier.from_hparams(source=str(experiment["exp"]))
+    finite = rows[1:]
+    correct = [model.classify_file(r["wav"])[3][0] == r["class_name"] for r in finite]
+    assert logged == pytest.approx(sum(correct) / len(finite), abs=1e-3)
+    assert "have NaN/inf samples" in (experiment["exp"] / "log.txt").read_text()

@@ -174,6 +174,8 @@ def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
         text = asr.transcribe_file(row["wav"])
         assert isinstance(text, str)
         assert text.upper().split() == hyps[f"asr/{row['ID']}"], row["ID"]
+    with pytest.raises(ValueError, match="NaN/inf"):
+        asr.transcribe_batch(torch.full((1, 16000), float("nan")))
 
 
 BACKBONES = ("ast", "whisper", "wavlm")

@@ -165,3 +165,57 @@ def test_cross_validation_reports_mean_std(tmp_path, tiny_ast_dir):
         r"2-fold cross-validation: test accuracy [0-9.]+ ± [0-9.]+", proc.stdout
     )
     assert (tmp_path / "cv" / "cross_validation.json").is_file()
+    # the audio was checked once for both folds
+    assert (proc.stdout + proc.stderr).count("ESC-50: kept ") == 1
+
+
+def cross_validate(tmp_path, data, backbone, *args):
+    """Runs ESC-50's cross_validate.py; returns the completed process."""
+    recipe = os.path.join(REPO, "recipes", "ESC50", "PETL")
+    return subprocess.run(
+        [
+            PYTHON,
+            os.path.join(recipe, "cross_validate.py"),
+            os.path.join(recipe, "hparams", "ast.yaml"),
+            f"--output_folder={tmp_path / 'cv'}",
+            f"--data_folder={data}",
+            f"--backbone_source={backbone}",
+            "--n_classes=2",
+            "--petl_method=linear",
+            *TINY,
+            *DEBUG,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
+
+
+def test_cross_validation_refuses_bad_folds_before_training(tmp_path, tiny_ast_dir):
+    proc = cross_validate(tmp_path, tmp_path / "no_data", tiny_ast_dir, "--folds=1,9")
+    assert proc.returncode != 0
+    assert "--folds=1,9: folds must be whole numbers from 1 to 5" in proc.stderr
+    assert not (tmp_path / "cv").exists()
+
+
+@pytest.mark.slow
+def test_failing_fold_keeps_the_finished_ones(tmp_path, tiny_ast_dir):
+    import json
+
+    from speechbrain_moe.synthetic import generate
+
+    data = generate("esc50", str(tmp_path / "data"), num_classes=2, seconds=0.5)
+    # fold 2 finds a damaged checkpoint in its folder and stops
+    broken = tmp_path / "cv" / "fold2" / "save" / "CKPT+broken"
+    broken.mkdir(parents=True)
+    (broken / "CKPT.yaml").write_text("end-of-epoch: true\n")
+    (broken / "MANIFEST.json").write_text('{"files": {"backbone.ckpt": {"size": 1}}}')
+    proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=1,2")
+    assert proc.returncode != 0
+    assert "Fold 2 failed" in proc.stderr
+    assert re.search(r"fold 1: test accuracy [0-9.]+", proc.stdout)
+    summary = json.loads((tmp_path / "cv" / "cross_validation.json").read_text())
+    assert list(summary["folds"]) == ["1"] and summary["failed_fold"] == 2
+    assert summary["std_kind"] == "sample (n - 1)"

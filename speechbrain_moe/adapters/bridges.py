@@ -15,6 +15,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import torch  # noqa: F401  (the doctests use it)
 import torch.nn as nn
 
 from speechbrain_moe.adapters.moe import SparseMoE
