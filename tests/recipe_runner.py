@@ -35,12 +35,12 @@ def main(argv):
         try:
             env = runpy.run_path(f"{recipe_dir}/train.py", run_name="__main__")
             if "RANK" in os.environ:
-                hparams = env["hparams"]
+                run = env["hparams"]
                 weights = {
                     f"backbone.{k}": v
-                    for k, v in hparams["backbone"].trainable_state_dict().items()
+                    for k, v in run["backbone"].trainable_state_dict().items()
                 }
-                for k, v in hparams["classifier"].state_dict().items():
+                for k, v in run["classifier"].state_dict().items():
                     weights[f"classifier.{k}"] = v
                 torch.save(
                     weights, f"{out_dir}/{method}/weights_rank{os.environ['RANK']}.pt"
@@ -48,6 +48,8 @@ def main(argv):
         except BaseException:  # noqa: B036 - report every failure by method
             traceback.print_exc()
             failed.append(method)
+        if torch.distributed.is_initialized():  # the next method initialises it
+            torch.distributed.destroy_process_group()
         print(f"=== {method}: {'FAILED' if method in failed else 'ok'}", flush=True)
     if failed:
         sys.exit(f"methods failed: {failed}")

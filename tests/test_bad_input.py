@@ -39,14 +39,14 @@ def train(output_folder, data_folder, backbone, *args):
         "--device": "cpu",
     }
     for arg in args:
-        name, value = arg.split("=", 1)
-        options[name] = value
+        name, _, value = arg.partition("=")
+        options[name] = value or None
     argv = sys.argv
     sys.argv = [
         os.path.join(RECIPE, "train.py"),
         HPARAMS,
         "--noprogressbar",
-        *(f"{k}={v}" for k, v in options.items()),
+        *(k if v is None else f"{k}={v}" for k, v in options.items()),
     ]
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
