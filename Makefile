@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test test-fast demo lint loc clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+loc:
+	$(PYTHON) tools/loc.py speechbrain_moe
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check speechbrain_moe recipes tests
-	$(VENV)/bin/ruff format --check speechbrain_moe recipes tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
