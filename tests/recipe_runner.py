@@ -48,8 +48,6 @@ def main(argv):
         except BaseException:  # noqa: B036 - report every failure by method
             traceback.print_exc()
             failed.append(method)
-        if torch.distributed.is_initialized():  # the next method initialises it
-            torch.distributed.destroy_process_group()
         print(f"=== {method}: {'FAILED' if method in failed else 'ok'}", flush=True)
     if failed:
         sys.exit(f"methods failed: {failed}")

@@ -28,15 +28,16 @@ def run(cmd, cwd):
     return output
 
 
-def classification(tmp_path, methods, data, backbone, *args):
-    """The ESC-50 recipe under torchrun, methods one after the other."""
+def classification(tmp_path, method, data, backbone, *args):
+    """The ESC-50 recipe under torchrun (one launch per method: a process
+    group is initialised once per process)."""
     recipe_dir = os.path.join(REPO, "recipes", "ESC50", "PETL")
     cmd = TORCHRUN + [
         os.path.join(REPO, "tests", "recipe_runner.py"),
         recipe_dir,
         os.path.join(recipe_dir, "hparams", "ast.yaml"),
         str(tmp_path),
-        ",".join(methods),
+        method,
         f"--data_folder={data}",
         f"--backbone_source={backbone}",
         "--n_classes=6",
@@ -65,15 +66,14 @@ def assert_ranks_agree(folder):
 
 @pytest.mark.slow
 def test_three_epochs_every_mixture(tmp_path, tiny_ast_dir, synthetic_dataset):
-    methods = ["soft_moa", "dense_moa", "moe_adapter"]
-    output = classification(
-        tmp_path,
-        methods,
-        synthetic_dataset("esc50"),
-        tiny_ast_dir,
-        "--number_of_epochs=3",
-    )
-    for method in methods:
+    for method in ["soft_moa", "dense_moa", "moe_adapter"]:
+        output = classification(
+            tmp_path,
+            method,
+            synthetic_dataset("esc50"),
+            tiny_ast_dir,
+            "--number_of_epochs=3",
+        )
         folder = tmp_path / method
         log = (folder / "train_log.txt").read_text()
         assert log.count("epoch: ") == 3 and "test accuracy" in log, method
@@ -89,7 +89,7 @@ def test_three_epochs_every_mixture(tmp_path, tiny_ast_dir, synthetic_dataset):
 def test_debug_three_epochs(tmp_path, tiny_ast_dir, synthetic_dataset):
     classification(
         tmp_path,
-        ["soft_moa"],
+        "soft_moa",
         synthetic_dataset("esc50"),
         tiny_ast_dir,
         "--debug",
