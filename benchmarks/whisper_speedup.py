@@ -36,7 +36,7 @@ def measure_speedup(batch=8, seconds=1.0, repeats=10, **cfg):
     dict
         ``full_ms``, ``trimmed_ms`` (per batch) and ``speedup``.
     """
-    from speechbrain_moe.synthetic.models import make_tiny_whisper
+    from synthetic.models import make_tiny_whisper
 
     folder = make_tiny_whisper(tempfile.mkdtemp(), **cfg)
     wavs = torch.randn(batch, int(16000 * seconds))

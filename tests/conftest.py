@@ -13,7 +13,7 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def tiny_ast_dir(tmp_path_factory):
     """A tiny random AST (hidden 32, 2 layers, max_length 100) folder."""
-    from speechbrain_moe.synthetic.models import make_tiny_ast
+    from synthetic.models import make_tiny_ast
 
     return make_tiny_ast(str(tmp_path_factory.mktemp("tiny_ast")))
 
@@ -22,7 +22,7 @@ def tiny_ast_dir(tmp_path_factory):
 def synthetic_dataset(tmp_path_factory):
     """Factory: ``synthetic_dataset(kind)`` -> folder of a tiny data set in the
     official layout of ``esc50``, ``us8k``, ``gsc`` or ``fsc`` (built once)."""
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     cache = {}
 

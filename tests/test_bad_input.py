@@ -71,7 +71,7 @@ def folder_hash(folder):
 def trained(tmp_path_factory, tiny_ast_dir):
     """One epoch of the ESC-50 recipe on synthetic data (1 s clips, cut to
     max_frames=50)."""
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     root = tmp_path_factory.mktemp("bad_input")
     data = generate(

@@ -17,7 +17,7 @@ from speechbrain_moe.lobes.wavlm import SSLEncoder, WavLM
 from speechbrain_moe.lobes.whisper import Whisper
 from speechbrain_moe.petl import apply_method
 from speechbrain_moe.placement import ParallelAdapter
-from speechbrain_moe.synthetic.models import (
+from synthetic.models import (
     TINY_WAVLM,
     make_tiny_ast,
     make_tiny_wavlm,

@@ -103,7 +103,7 @@ def test_debug_three_epochs(tmp_path, tiny_ast_dir, synthetic_dataset):
 
 @pytest.mark.slow
 def test_llm_bridge_three_epochs(tmp_path):
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     libri = generate("librispeech", str(tmp_path / "LibriSpeech"))
     llm = generate("tiny-llm", str(tmp_path / "llm"))

@@ -31,7 +31,7 @@ def run(cmd, cwd):
 @pytest.fixture(scope="module")
 def esc50_experiment(tmp_path_factory, tiny_ast_dir):
     """A 2-epoch Soft-MoA run of the ESC-50 recipe on synthetic data."""
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     root = tmp_path_factory.mktemp("inference_esc50")
     data = generate("esc50", str(root / "data"), num_classes=3)
@@ -131,9 +131,9 @@ def wer_hypotheses(path):
 
 @pytest.mark.slow
 def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
-    from speechbrain_moe.synthetic.librispeech import make_librispeech
-    from speechbrain_moe.synthetic.llm import make_tiny_llm
-    from speechbrain_moe.synthetic.models import make_tiny_whisper
+    from synthetic.librispeech import make_librispeech
+    from synthetic.llm import make_tiny_llm
+    from synthetic.models import make_tiny_whisper
 
     libri = make_librispeech(str(tmp_path / "LibriSpeech"))
     llm = make_tiny_llm(str(tmp_path / "llm"))
@@ -190,7 +190,7 @@ def test_every_backbone_trains_then_classifies(
 ):
     """One epoch per backbone, then ``from_hparams`` on the output folder
     classifies a file (the inference YAML is the run's own backbone node)."""
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     folder = os.path.join(REPO, "recipes", recipe, "PETL")
     for backbone in BACKBONES:

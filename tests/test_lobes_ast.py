@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from speechbrain_moe.lobes.ast import AST
 from speechbrain_moe.lobes.base import masked_mean
-from speechbrain_moe.synthetic.models import make_tiny_ast
+from synthetic.models import make_tiny_ast
 
 
 @pytest.fixture(scope="module")

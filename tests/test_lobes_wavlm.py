@@ -7,7 +7,7 @@ import torch
 from speechbrain_moe.lobes.base import masked_mean
 from speechbrain_moe.lobes.wavlm import SSLEncoder, WavLM
 from speechbrain_moe.petl import apply_method
-from speechbrain_moe.synthetic.models import TINY_WAVLM, make_tiny_wavlm
+from synthetic.models import TINY_WAVLM, make_tiny_wavlm
 
 
 @pytest.fixture(scope="module")

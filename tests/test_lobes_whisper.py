@@ -8,7 +8,7 @@ from benchmarks.whisper_speedup import measure_speedup
 from speechbrain_moe.lobes.base import masked_mean
 from speechbrain_moe.lobes.whisper import Whisper
 from speechbrain_moe.petl import apply_method
-from speechbrain_moe.synthetic.models import make_tiny_whisper
+from synthetic.models import make_tiny_whisper
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import REPO
 
-from speechbrain_moe.synthetic import generate
+from synthetic import generate
 
 PREPARE = {
     "esc50": ("ESC50", "esc50_prepare.py", "prepare_esc50"),

@@ -9,13 +9,13 @@ import sys
 import pytest
 import soundfile as sf
 
-from speechbrain_moe.synthetic.librispeech import (
+from synthetic.librispeech import (
     SAMPLE_RATE,
     make_librispeech,
     utterance,
 )
-from speechbrain_moe.synthetic.llm import make_tiny_llm
-from speechbrain_moe.synthetic.models import make_tiny_whisper
+from synthetic.llm import make_tiny_llm
+from synthetic.models import make_tiny_whisper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "LLM_bridge")

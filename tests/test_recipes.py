@@ -82,7 +82,7 @@ def test_recipe_debug_all_methods(recipe, tmp_path, tiny_ast_dir, synthetic_data
 def test_soft_moa_learns_esc50(tmp_path, tiny_ast_dir):
     """A short real Soft-MoA run beats chance (1/5) by far; --test_only then
     reloads the best checkpoint and reproduces the test accuracy."""
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     data = generate(
         "esc50", str(tmp_path / "data"), num_classes=5, clips_per_class_per_fold=3
@@ -111,7 +111,7 @@ def test_soft_moa_learns_esc50(tmp_path, tiny_ast_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["whisper", "wavlm"])
 def test_other_backbones_debug(backbone, tmp_path, synthetic_dataset):
-    models = pytest.importorskip("speechbrain_moe.synthetic.models")
+    models = pytest.importorskip("synthetic.models")
     pytest.importorskip(f"speechbrain_moe.lobes.{backbone}")
     source = getattr(models, f"make_tiny_{backbone}")(str(tmp_path / "model"))
     args = [
@@ -136,7 +136,7 @@ def test_other_backbones_debug(backbone, tmp_path, synthetic_dataset):
 @pytest.mark.slow
 def test_cross_validation_reports_mean_std(tmp_path, tiny_ast_dir):
     """``cross_validate.py`` runs every fold and reports mean ± std."""
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     data = generate("esc50", str(tmp_path / "data"), num_classes=2, seconds=0.5)
     script = os.path.join(REPO, "recipes", "ESC50", "PETL", "cross_validate.py")
@@ -204,7 +204,7 @@ def test_cross_validation_refuses_bad_folds_before_training(tmp_path, tiny_ast_d
 def test_failing_fold_keeps_the_finished_ones(tmp_path, tiny_ast_dir):
     import json
 
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     data = generate("esc50", str(tmp_path / "data"), num_classes=2, seconds=0.5)
     # fold 2 finds a damaged checkpoint in its folder and stops

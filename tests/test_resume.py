@@ -74,7 +74,7 @@ def latest_checkpoint_time(save_folder):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_ast_dir):
-    from speechbrain_moe.synthetic import generate
+    from synthetic import generate
 
     data = generate("esc50", str(tmp_path / "data"), num_classes=3, seconds=0.5)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

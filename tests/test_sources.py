@@ -9,7 +9,7 @@ import torch
 from speechbrain_moe.lobes.ast import AST
 from speechbrain_moe.lobes.wavlm import WavLM
 from speechbrain_moe.lobes.whisper import Whisper
-from speechbrain_moe.synthetic.models import make_tiny_whisper
+from synthetic.models import make_tiny_whisper
 
 LOBES = {"AST": AST, "Whisper": Whisper, "WavLM": WavLM}
 

@@ -12,7 +12,7 @@ from speechbrain_moe.lobes.speech_llm import (
     relative_to_mask,
     target_nll,
 )
-from speechbrain_moe.synthetic.llm import make_tiny_llm
+from synthetic.llm import make_tiny_llm
 
 BRIDGES = ("dense", "moe_adapter", "soft_moa")
 SMALL = {

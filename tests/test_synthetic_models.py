@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from speechbrain_moe.synthetic import GENERATORS, generate
+from synthetic import GENERATORS, generate
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_generated_models_load_offline(tmp_path, monkeypatch, kind, lobe_path):
 def test_tiny_ast_defaults(tmp_path):
     from transformers import ASTConfig
 
-    from speechbrain_moe.synthetic.models import make_tiny_ast
+    from synthetic.models import make_tiny_ast
 
     folder = make_tiny_ast(str(tmp_path))
     cfg = ASTConfig.from_pretrained(folder)
@@ -62,7 +62,7 @@ def test_seed_makes_same_weights(tmp_path):
 def test_command_line(tmp_path):
     out = tmp_path / "wavlm"
     result = subprocess.run(
-        [sys.executable, "-m", "speechbrain_moe.synthetic", "tiny-wavlm", str(out)],
+        [sys.executable, "-m", "synthetic", "tiny-wavlm", str(out)],
         capture_output=True,
         text=True,
         check=True,

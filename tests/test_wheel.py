@@ -18,9 +18,13 @@ def installed(tmp_path_factory):
     """The wheel, installed alone into a folder (dependencies come from the
     test's environment, the package itself only from the wheel)."""
     root = tmp_path_factory.mktemp("wheel")
+    # A copy of the sources, as a clean clone has them (no build/ leftovers).
+    source = root / "source"
+    skip = (".git", ".venv", "build", "*.egg-info", "__pycache__", "demo_output")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        + ["-q", "-w", str(root / "dist"), REPO],
+        + ["-q", "-w", str(root / "dist"), str(source)],
         check=True,
         capture_output=True,
     )
@@ -41,6 +45,7 @@ def test_wheel_ships_the_method_and_bridge_files(installed):
         assert f"speechbrain_moe/hparams/petl/{method}.yaml" in names
     assert "speechbrain_moe/hparams/bridges/moe_adapter.yaml" in names
     assert not any(n.startswith(("benchmarks/", "tests/", "tools/")) for n in names)
+    assert not any("synthetic" in n for n in names)
 
 
 @pytest.mark.slow

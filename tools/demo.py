@@ -20,10 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from speechbrain_moe.crossval import read_test_accuracy
-from speechbrain_moe.synthetic.models import make_tiny_ast
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the repository's synthetic data generators
+
+from speechbrain_moe.crossval import read_test_accuracy  # noqa: E402
+from synthetic import generate  # noqa: E402
+from synthetic.models import make_tiny_ast  # noqa: E402
+
 NUM_CLASSES = 5
 
 
@@ -83,8 +86,6 @@ def main(argv=None):
     parser.add_argument("--output_folder", default="demo_output")
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args(argv)
-    from speechbrain_moe.synthetic import generate
-
     out = Path(args.output_folder).resolve()
     start = time.time()
     data = out / "ESC-50"

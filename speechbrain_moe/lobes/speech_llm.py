@@ -126,15 +126,14 @@ class SpeechLLM(TrainableState, nn.Module):
 
     Example
     -------
-    >>> import tempfile
-    >>> from transformers import AutoModelForCausalLM
-    >>> from speechbrain_moe.synthetic.llm import make_tiny_llm
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> class Frames(torch.nn.Module):  # stands in for an encoder lobe
     ...     output_size = 8
     ...     def encode(self, wavs, wav_lens=None):
     ...         frames = wavs.unfold(1, 160, 160)[..., :8]
     ...         return frames, torch.ones(frames.shape[:2], dtype=torch.bool)
-    >>> llm = AutoModelForCausalLM.from_pretrained(make_tiny_llm(tempfile.mkdtemp()))
+    >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, vocab_size=32))
     >>> bridge = load_bridge("dense", {"hidden_size": 16})
     >>> model = SpeechLLM(Frames(), llm, bridge, downsampling_factor=2, bos_index=1)
     >>> wavs = torch.randn(2, 1600)

@@ -290,8 +290,13 @@ class SSLEncoder(Backbone):
     Example
     -------
     >>> import tempfile
-    >>> from speechbrain_moe.synthetic.models import make_tiny_wavlm
-    >>> encoder = WavLM(make_tiny_wavlm(tempfile.mkdtemp()))
+    >>> from transformers import WavLMConfig, WavLMModel
+    >>> folder = tempfile.mkdtemp()
+    >>> WavLMModel(WavLMConfig(hidden_size=32, num_hidden_layers=1,
+    ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    ...     ).save_pretrained(folder)
+    >>> encoder = WavLM(folder)
     >>> wavs = torch.randn(2, 16000)
     >>> hidden, mask = encoder.encode(wavs, torch.tensor([1.0, 0.5]))
     >>> hidden.shape, mask.sum(1).tolist()

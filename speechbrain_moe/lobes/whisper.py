@@ -184,8 +184,11 @@ class Whisper(Backbone):
     Example
     -------
     >>> import tempfile
-    >>> from speechbrain_moe.synthetic.models import make_tiny_whisper
-    >>> folder = make_tiny_whisper(tempfile.mkdtemp())
+    >>> from transformers import WhisperConfig, WhisperModel
+    >>> folder = tempfile.mkdtemp()
+    >>> WhisperModel(WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
+    ...     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+    ...     decoder_ffn_dim=64, vocab_size=64, pad_token_id=0)).save_pretrained(folder)
     >>> whisper = Whisper(folder)
     >>> wavs = torch.randn(2, 16000)
     >>> hidden, mask = whisper.encode(wavs, torch.tensor([1.0, 0.5]))

@@ -46,7 +46,7 @@ def prepare_librispeech(
     Example
     -------
     >>> import tempfile
-    >>> from speechbrain_moe.synthetic.librispeech import make_librispeech
+    >>> from synthetic.librispeech import make_librispeech
     >>> root = make_librispeech(tempfile.mkdtemp(), splits={"dev-clean": 2})
     >>> out = tempfile.mkdtemp()
     >>> csvs = prepare_librispeech(root, out, ["dev-clean"])

@@ -9,7 +9,7 @@ enough for tests and ``make demo`` on a laptop CPU.
 
 Command line::
 
-    python -m speechbrain_moe.synthetic tiny-whisper /tmp/tiny_whisper
+    python -m synthetic tiny-whisper /tmp/tiny_whisper
 
 Authors
  * speechbrain-moe contributors 2026

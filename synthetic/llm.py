@@ -14,7 +14,7 @@ Authors
 import os
 import string
 
-from speechbrain_moe.synthetic.librispeech import WORDS
+from synthetic.librispeech import WORDS
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 EXTRA_CORPUS = (

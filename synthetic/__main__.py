@@ -1,4 +1,4 @@
-"""``python -m speechbrain_moe.synthetic KIND OUT_DIR``: writes built-in data or a
+"""``python -m synthetic KIND OUT_DIR``: writes built-in data or a
 tiny model.
 
 Authors
@@ -7,7 +7,7 @@ Authors
 
 import argparse
 
-from speechbrain_moe.synthetic import GENERATORS, generate
+from synthetic import GENERATORS, generate
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@ without any network.
 
 Command line::
 
-    python -m speechbrain_moe.synthetic KIND OUT_DIR
+    python -m synthetic KIND OUT_DIR
 
 The kinds and the functions that write them are listed in
 :data:`GENERATORS`.
@@ -17,15 +17,15 @@ import importlib
 
 #: kind -> "module:function" writing it (``fn(out_dir, **options)``).
 GENERATORS = {
-    "esc50": "speechbrain_moe.synthetic.datasets:make_esc50",
-    "us8k": "speechbrain_moe.synthetic.datasets:make_us8k",
-    "gsc": "speechbrain_moe.synthetic.datasets:make_gsc",
-    "fsc": "speechbrain_moe.synthetic.datasets:make_fsc",
-    "librispeech": "speechbrain_moe.synthetic.librispeech:make_librispeech",
-    "tiny-llm": "speechbrain_moe.synthetic.llm:make_tiny_llm",
-    "tiny-ast": "speechbrain_moe.synthetic.models:tiny_ast",
-    "tiny-whisper": "speechbrain_moe.synthetic.models:tiny_whisper",
-    "tiny-wavlm": "speechbrain_moe.synthetic.models:tiny_wavlm",
+    "esc50": "synthetic.datasets:make_esc50",
+    "us8k": "synthetic.datasets:make_us8k",
+    "gsc": "synthetic.datasets:make_gsc",
+    "fsc": "synthetic.datasets:make_fsc",
+    "librispeech": "synthetic.librispeech:make_librispeech",
+    "tiny-llm": "synthetic.llm:make_tiny_llm",
+    "tiny-ast": "synthetic.models:tiny_ast",
+    "tiny-whisper": "synthetic.models:tiny_whisper",
+    "tiny-wavlm": "synthetic.models:tiny_wavlm",
 }
 
 
