@@ -5,15 +5,15 @@ import json
 import pytest
 import torch
 
-from speechbrain_moe.adapters import DenseMoA, SoftMoA, SparseMoE
-from speechbrain_moe.analysis.gradients import cosine_matrix, mean_group_gradients
-from speechbrain_moe.analysis.plots import (
+from analysis.gradients import cosine_matrix, mean_group_gradients
+from analysis.plots import (
     plot_balance,
     plot_contribution_per_layer,
     plot_expert_by_class,
     plot_gradient_cosine,
 )
-from speechbrain_moe.analysis.utilisation import UtilisationAccumulator
+from analysis.utilisation import UtilisationAccumulator
+from speechbrain_moe.adapters import DenseMoA, SoftMoA, SparseMoE
 from speechbrain_moe.routing import record_routing
 
 

@@ -1,4 +1,4 @@
-"""``python -m speechbrain_moe.analyze`` on a Soft-MoA run of the ESC-50 recipe
+"""``python -m analysis`` on a Soft-MoA run of the ESC-50 recipe
 trained on synthetic data: routing and gradient analyses, JSON and plots."""
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from speechbrain_moe.analyze import main
+from analysis.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,11 +88,11 @@ def test_missing_checkpoint_is_explained(trained_demo, tmp_path):
 
 def test_gradients_command_prints_named_matrix(trained_demo, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "speechbrain_moe.analyze"]
+        [sys.executable, "-m", "analysis"]
         + _args(trained_demo, "GRADIENTS", tmp_path, "--batches", "1"),
         capture_output=True,
         text=True,
-        cwd=str(tmp_path),
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines()]

@@ -2,8 +2,8 @@
 
 Usage (``EXP`` is a recipe's ``output_folder``)::
 
-    python -m speechbrain_moe.analyze ROUTING --experiment EXP --out analysis/
-    python -m speechbrain_moe.analyze GRADIENTS --experiment EXP --out analysis/ \\
+    python -m analysis ROUTING --experiment EXP --out figures/
+    python -m analysis GRADIENTS --experiment EXP --out figures/ \\
         --groups class_name
 
 The experiment is rebuilt from its own folder: the model from its
@@ -32,14 +32,14 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
 
-from speechbrain_moe.analysis.gradients import cosine_matrix, mean_group_gradients
-from speechbrain_moe.analysis.plots import (
+from analysis.gradients import cosine_matrix, mean_group_gradients
+from analysis.plots import (
     plot_balance,
     plot_contribution_per_layer,
     plot_expert_by_class,
     plot_gradient_cosine,
 )
-from speechbrain_moe.analysis.utilisation import UtilisationAccumulator
+from analysis.utilisation import UtilisationAccumulator
 from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import PETLAudioClassifier
 from speechbrain_moe.routing import collect_aux_loss, record_routing, routed_modules
@@ -63,7 +63,7 @@ def parse_args(argv):
     'test'
     """
     parser = argparse.ArgumentParser(
-        prog="python -m speechbrain_moe.analyze", description=__doc__.split("\n")[0]
+        prog="python -m analysis", description=__doc__.split("\n")[0]
     )
     parser.add_argument("mode", choices=["ROUTING", "GRADIENTS"])
     parser.add_argument("--experiment", required=True, help="a recipe's output_folder")

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from speechbrain_moe.analysis.utilisation import short_layer_names  # noqa: E402
+from analysis.utilisation import short_layer_names  # noqa: E402
 
 
 def _heatmap(
