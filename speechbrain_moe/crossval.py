@@ -1,15 +1,8 @@
 """K-fold cross-validation of a recipe (ESC-50: 5 folds, UrbanSound8K: 10).
 
-A recipe's ``cross_validate.py`` calls :func:`cross_validation_main`: the
-folds are checked before anything runs, the data is prepared once for all
-folds (the recipe passes its preparation), then ``train.py`` runs once per
-fold into ``<output_folder>/fold<k>``. After every finished fold a line is
-printed and ``<output_folder>/cross_validation.json`` is rewritten, so a
-failing fold leaves the finished ones on disk. The reported spread is the
-*sample* standard deviation over folds (n - 1 in the denominator).
-
-Authors
- * speechbrain-moe contributors 2026
+``train.py`` runs once per fold into ``<output_folder>/fold<k>``; after every
+finished fold ``<output_folder>/cross_validation.json`` is rewritten, so a
+failing fold leaves the finished ones on disk.
 """
 
 import argparse
@@ -24,38 +17,14 @@ import sys
 ACCURACY = re.compile(r"test accuracy: ([-+0-9.eE]+)")
 
 
-def parse_folds(text, num_folds):
-    """The fold numbers of ``--folds``, checked against the data set.
-
-    Arguments
-    ---------
-    text : str
-        Comma-separated fold numbers, e.g. ``"1,3"``.
-    num_folds : int
-        Folds of the data set.
-
-    Returns
-    -------
-    list of int
-
-    Example
-    -------
-    >>> parse_folds("1, 3", 5)
-    [1, 3]
-    >>> parse_folds("1,9", 5)
-    Traceback (most recent call last):
-    ...
-    ValueError: --folds=1,9: folds must be whole numbers from 1 to 5, ...
-    """
+def _parse_folds(text, num_folds):
+    """The distinct fold numbers of ``--folds`` (e.g. ``"1,3"``), checked."""
     try:
         folds = [int(f) for f in str(text).split(",") if f.strip()]
     except ValueError:
         folds = []
-    if (
-        not folds
-        or any(not 1 <= f <= num_folds for f in folds)
-        or (len(set(folds)) != len(folds))
-    ):
+    valid = all(1 <= f <= num_folds for f in folds)
+    if not folds or not valid or len(set(folds)) != len(folds):
         raise ValueError(
             f"--folds={text}: folds must be whole numbers from 1 to {num_folds}, "
             f"comma-separated and distinct, e.g. --folds=1,2 (default: all "
@@ -102,8 +71,8 @@ def summarize(results):
     Returns
     -------
     dict
-        ``folds``, ``mean``, ``std`` (sample std; 0 for one fold) and
-        ``std_kind``.
+        ``folds``, ``mean``, ``std`` (sample std, n - 1 in the denominator;
+        0 for one fold) and ``std_kind``.
 
     Example
     -------
@@ -126,10 +95,8 @@ def cross_validate(
 
     Arguments
     ---------
-    script : str
-        The recipe's ``train.py``.
-    hparams_file : str
-        Its YAML.
+    script, hparams_file : str
+        The recipe's ``train.py`` and its YAML.
     folds : list of int
         Fold numbers (``--fold`` of the recipe).
     output_folder : str
@@ -183,10 +150,9 @@ def _write(path, summary):
 
 
 def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
-    """Command line of a recipe's ``cross_validate.py``.
-
-    ``cross_validate.py HPARAMS --output_folder=DIR --data_folder=DATA
-    [--folds=1,2] [--nproc=2] [other train.py arguments]``
+    """Command line of a recipe's ``cross_validate.py``: ``HPARAMS
+    --output_folder=DIR --data_folder=DATA [--folds=1,2] [--nproc=2] [other
+    train.py arguments]``. The folds are checked before anything runs.
 
     Arguments
     ---------
@@ -196,8 +162,7 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
         Folds of the data set.
     prepare_folds : callable, optional
         ``prepare_folds(data_folder, {fold: fold_folder})`` writes every
-        fold's manifests at once (the data is scanned once); ``train.py`` then
-        finds them and skips its own preparation.
+        fold's manifests at once; ``train.py`` then skips its preparation.
     argv : list of str, optional
         Arguments (default ``sys.argv[1:]``).
 
@@ -217,7 +182,7 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        folds = parse_folds(args.folds, num_folds)
+        folds = _parse_folds(args.folds, num_folds)
     except ValueError as err:
         parser.error(str(err))
     if prepare_folds is not None:

@@ -1,14 +1,5 @@
-"""Reading clips and building the classification recipes' datasets.
-
-* :func:`read_clip`: one audio file as a mono waveform at the model's rate
-  (SpeechBrain's audio I/O, mixed down, resampled), cut to the backbone's
-  maximum duration with a warning naming the file, and errors that say which
-  file is wrong and what to do;
-* :func:`classification_datasets`: SpeechBrain ``DynamicItemDataset``s of
-  a recipe's manifests yielding ``sig`` and ``label_encoded``.
-
-Authors
- * speechbrain-moe contributors 2026
+"""Reading clips (:func:`read_clip`) and building the classification recipes'
+datasets (:func:`classification_datasets`), with errors naming the file.
 """
 
 import csv
@@ -39,12 +30,14 @@ def _resampler(orig, new):
 def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
     """Reads an audio file as a mono float waveform at ``sample_rate``.
 
+    Channels are mixed down and the file resampled when its rate differs.
+
     Arguments
     ---------
     path : str
         Audio file (any format SpeechBrain's ``audio_io`` reads).
     sample_rate : int
-        Rate of the result (the file is resampled when it differs).
+        Rate of the result.
     max_seconds : float, optional
         Longer clips are cut to this duration, with a warning naming them.
     hint : str
@@ -93,28 +86,8 @@ def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
     return sig
 
 
-def check_manifest(csv_path, column="wav", max_listed=5):
-    """Raises a clear error for an empty manifest or missing audio files.
-
-    Arguments
-    ---------
-    csv_path : str
-        A SpeechBrain CSV manifest.
-    column : str
-        Column holding the audio paths.
-    max_listed : int
-        How many missing files the message lists.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> out = os.path.join(tempfile.mkdtemp(), "train.csv")
-    >>> _ = open(out, "w").write("ID,wav,duration,class_name\\n")
-    >>> check_manifest(out)
-    Traceback (most recent call last):
-    ...
-    ValueError: The manifest .../train.csv has no rows. ...
-    """
+def _check_manifest(csv_path, column="wav", max_listed=5):
+    """Raises a clear error for an empty manifest or missing audio files."""
     with open(csv_path, newline="", encoding="utf-8") as fin:
         rows = list(csv.DictReader(fin))
     if not rows:
@@ -180,7 +153,7 @@ def classification_datasets(
 
     datasets = {}
     for split, path in csv_files.items():
-        check_manifest(path)
+        _check_manifest(path)
         datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(path)
         datasets[split].add_dynamic_item(audio_pipeline)
         datasets[split].add_dynamic_item(label_pipeline)

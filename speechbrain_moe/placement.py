@@ -1,11 +1,8 @@
 """Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``.
 
-``ParallelAdapter`` computes ``target(x) + adapter(x)``; ``SequentialAdapter``
-computes ``t + adapter(t)`` with ``t = target(x)``. Both work around any
-sub-module, including Hugging Face blocks that return tuples (only the first
-element is adapted). Which sub-modules are wrapped (Pfeiffer: attention or
-FFN; Houlsby: both) is decided by :func:`speechbrain_moe.petl.insert_adapters` from the
-backbone's :class:`~speechbrain_moe.targets.PetlTargets`.
+Both work around any sub-module, including Hugging Face blocks that return
+tuples (only the first element is adapted); which sub-modules are wrapped is
+decided by :func:`speechbrain_moe.petl.insert_adapters`.
 
 Example
 -------
@@ -19,9 +16,6 @@ Example
 >>> x = torch.randn(2, 5, 8)
 >>> torch.allclose(adapted(x), model[1](model[0](x)))  # zero-init: same output
 True
-
-Authors
- * speechbrain-moe contributors 2026
 """
 
 import torch
@@ -31,10 +25,9 @@ import torch.nn as nn
 def infer_sizes(module):
     """Input and output feature sizes of a module an adapter is placed around.
 
-    Looks, in order, at ``in_features``/``out_features`` (linear layers),
-    ``embed_dim`` (Whisper / wav2vec2 attention), ``hidden_size``, the
-    module's ``config`` (``hidden_size`` or ``d_model``), and finally the first
-    linear layer inside it.
+    From ``in_features``/``out_features`` (linear layers), ``embed_dim``
+    (attention), ``hidden_size``, the ``config`` (``hidden_size`` or
+    ``d_model``), or else the first linear layer inside it.
 
     Arguments
     ---------
@@ -96,15 +89,10 @@ def _add_to_first(output, delta):
     )
 
 
-def _first(output):
-    """The tensor output, or the first element of a tuple output."""
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
 class _Placement(nn.Module):
     """Shared construction of the placement wrappers."""
 
-    token_mask = None
+    token_mask = None  # set by speechbrain_moe.routing.token_mask
 
     def __init__(
         self,
@@ -117,14 +105,13 @@ class _Placement(nn.Module):
         super().__init__()
         self.pretrained_module = target_module
         in_size, out_size = infer_sizes(target_module)
-        in_size = input_size or in_size
-        out_size = output_size or out_size
         kwargs = dict(adapter_kwargs or {})
+        self.adapter = adapter(
+            input_size or in_size, output_size=output_size or out_size, **kwargs
+        )
         param = next(target_module.parameters(), None)
-        self.adapter = adapter(in_size, output_size=out_size, **kwargs)
         if param is not None:
             self.adapter.to(device=param.device)
-        self.token_mask = None
 
 
 class ParallelAdapter(_Placement):
@@ -163,19 +150,8 @@ class ParallelAdapter(_Placement):
 class SequentialAdapter(_Placement):
     """``t + adapter(t)`` with ``t = target(x)``: the adapter reads the output.
 
-    Arguments
-    ---------
-    target_module : torch.nn.Module
-        The pretrained sub-module (frozen by ``AdaptedModel``).
-    adapter : type or callable
-        Adapter class (or ``functools.partial``); reads and writes the
-        target's output size.
-    adapter_kwargs : dict, optional
-        Settings of the adapter.
-    input_size : int, optional
-        Unused (the adapter reads the target's output).
-    output_size : int, optional
-        Override the inferred output size.
+    Arguments as :class:`ParallelAdapter`; the adapter reads and writes the
+    target's output size (``input_size`` is unused).
 
     Example
     -------
@@ -199,7 +175,7 @@ class SequentialAdapter(_Placement):
     def forward(self, *args, **kwargs):
         """Runs the target, then adapts its output residually."""
         output = self.pretrained_module(*args, **kwargs)
-        hidden = _first(output)
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
         return _add_to_first(output, self.adapter(hidden, mask=self.token_mask))
 
 

@@ -1,17 +1,5 @@
-"""What our modules and runs put into checkpoints.
-
-* :class:`TrainableState` is the checkpoint behaviour of every model of this
-  package (backbone lobes, the speech-LLM): a checkpoint holds only what
-  trains (and the buffers of modules that train, e.g. a router's selection
-  bias), with a description of the model it came from; loading checks names
-  and shapes and says what differs. The pretrained weights come from their
-  source again.
-* :class:`RandomState` holds the random number generators (``random``, NumPy,
-  torch CPU and CUDA), so that a resumed run draws exactly what an
-  uninterrupted one would.
-
-Authors
- * speechbrain-moe contributors 2026
+"""What our models and runs put into checkpoints: the trained tensors only
+(:class:`TrainableState`) and the random generators (:class:`RandomState`).
 """
 
 import os
@@ -41,8 +29,12 @@ def _load_file(path):
 class TrainableState:
     """Mixin of ``torch.nn.Module`` classes: checkpoints of the trained part.
 
-    Put it first among the base classes (``class Lobe(TrainableState,
-    nn.Module)``) so that SpeechBrain's checkpointer finds its hooks.
+    A checkpoint holds the trainable tensors (and the buffers of modules that
+    train, e.g. a router's selection bias) with :meth:`describe`; loading
+    checks names and shapes and says what differs. The pretrained weights come
+    from their source again. Put it first among the base classes (``class
+    Lobe(TrainableState, nn.Module)``) so that SpeechBrain's checkpointer
+    finds its hooks.
 
     Example
     -------
@@ -65,7 +57,7 @@ class TrainableState:
         Returns
         -------
         dict
-            Name -> tensor (detached copies).
+            Name -> detached copy.
         """
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         for prefix, module in self.named_modules():
@@ -78,12 +70,7 @@ class TrainableState:
     load_hint = "Load it onto the model (and settings) it was trained with."
 
     def describe(self):
-        """What a checkpoint must match, as plain values (saved with it).
-
-        Returns
-        -------
-        dict
-        """
+        """What a checkpoint must match, as a dict of plain values (saved with it)."""
         return {"model": type(self).__name__}
 
     @staticmethod
@@ -105,28 +92,14 @@ class TrainableState:
 
     @checkpoints.mark_as_saver
     def save_trainable(self, path):
-        """Saves the trained tensors and :meth:`describe`.
-
-        Arguments
-        ---------
-        path : str
-            Destination.
-        """
+        """Saves the trained tensors and :meth:`describe` to ``path``."""
         saved = self.trainable_state_dict()
         saved[DESCRIPTION_KEY] = self.describe()
         torch.save(saved, path)
 
     @checkpoints.mark_as_loader
     def load_trainable(self, path, end_of_epoch=False):
-        """Loads what :meth:`save_trainable` wrote, checking names and shapes.
-
-        Arguments
-        ---------
-        path : str
-            A file written by :meth:`save_trainable`.
-        end_of_epoch : bool
-            Unused.
-        """
+        """Loads what :meth:`save_trainable` wrote, checking names and shapes."""
         del end_of_epoch
         saved = dict(_load_file(path))
         description = saved.pop(DESCRIPTION_KEY, None)
@@ -150,13 +123,7 @@ class TrainableState:
 
     @checkpoints.mark_as_transfer
     def transfer_trainable(self, path):
-        """Loads the trained tensors for a ``Pretrainer`` (inference).
-
-        Arguments
-        ---------
-        path : str
-            A file written by :meth:`save_trainable`.
-        """
+        """Loads the trained tensors for a ``Pretrainer`` (inference)."""
         self.load_trainable(path)
 
 
@@ -181,14 +148,14 @@ def _rank_path(path):
 
 
 class RandomState:
-    """Recoverable state of the random number generators (every DDP rank its
-    own file).
+    """Recoverable state of the random generators (``random``, NumPy, torch
+    CPU and CUDA; every DDP rank its own file), so that a resumed run draws
+    exactly what an uninterrupted one would.
 
-    On recovery from an end-of-epoch checkpoint the state is restored at once;
-    from an intra-epoch checkpoint it is restored by :meth:`apply_pending`
-    just before the next training batch, so that the draws made when the data
-    loader's iterator is created (which an uninterrupted run made before the
-    checkpoint) do not shift it.
+    From an intra-epoch checkpoint the state is restored by
+    :meth:`apply_pending` just before the next training batch, after the
+    draws of the data loader's new iterator (which an uninterrupted run made
+    before the checkpoint).
 
     Example
     -------
@@ -210,12 +177,7 @@ class RandomState:
 
     @staticmethod
     def capture():
-        """The current state of every generator, as tensors and plain types.
-
-        Returns
-        -------
-        dict
-        """
+        """The current state of every generator, as tensors and plain types."""
         np_state = np.random.get_state()
         state = {
             "python": _to_plain(random.getstate()),
@@ -234,13 +196,7 @@ class RandomState:
 
     @staticmethod
     def restore(state):
-        """Sets every generator to ``state`` (from :meth:`capture`).
-
-        Arguments
-        ---------
-        state : dict
-            A captured state.
-        """
+        """Sets every generator to a ``state`` from :meth:`capture`."""
         random.setstate(_to_tuple(state["python"]))
         np_state = state["numpy"]
         np.random.set_state(
@@ -257,7 +213,7 @@ class RandomState:
             torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
     def apply_pending(self):
-        """Restores a state recovered from an intra-epoch checkpoint.
+        """Restores a state recovered from an intra-epoch checkpoint, if any.
 
         Returns
         -------
@@ -272,26 +228,12 @@ class RandomState:
 
     @checkpoints.mark_as_saver
     def save(self, path):
-        """Saves this rank's generator state.
-
-        Arguments
-        ---------
-        path : str
-            Destination (rank r > 0 writes ``<path>.rank<r>``).
-        """
+        """Saves this rank's generator state (rank r > 0: to ``<path>.rank<r>``)."""
         torch.save(self.capture(), _rank_path(path))
 
     @checkpoints.mark_as_loader
     def recover(self, path, end_of_epoch=True):
-        """Loads this rank's generator state (now, or at the next batch).
-
-        Arguments
-        ---------
-        path : str
-            The file :meth:`save` wrote on the main process.
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-        """
+        """Loads this rank's generator state (now, or at the next batch)."""
         own = _rank_path(path)
         state = _load_file(own if os.path.isfile(own) else path)
         if end_of_epoch:

@@ -1,19 +1,8 @@
-"""What every routed module shares: auxiliary losses, padding masks, statistics.
+"""The channel between routed modules deep in an encoder and the ``Brain``.
 
-The mixtures sit deep inside a pretrained encoder, far from the ``Brain`` that
-trains them. This module is the thin channel between the two:
-
-* :func:`collect_aux_loss` sums (and clears) the auxiliary losses that the
-  routers of a model produced in the last forward pass;
-* :func:`token_mask` tells every mask-aware adapter of a model which tokens of
-  the current batch are padding;
-* :func:`record_routing` streams per-token routing weights to a callback (for
-  the analysis tools), and :func:`track_load` / :func:`pop_load_stats` keep
-  cheap per-expert load counters for logging. Both are off by default and cost
-  nothing when off.
-
-Authors
- * speechbrain-moe contributors 2026
+Auxiliary losses (:func:`collect_aux_loss`), padding masks (:func:`token_mask`)
+and routing statistics (:func:`record_routing`, :func:`track_load`; off by
+default and free when off).
 """
 
 import math
@@ -32,7 +21,7 @@ class RoutedModule(nn.Module):
     Arguments
     ---------
     num_experts : int
-        Number of experts the module routes to.
+        Experts the module routes to.
 
     Example
     -------
@@ -58,7 +47,7 @@ class RoutedModule(nn.Module):
         Arguments
         ---------
         weights : torch.Tensor
-            Contribution of each expert to each token, ``[batch, time, experts]``.
+            ``[batch, time, experts]`` contribution of each expert to each token.
         mask : torch.Tensor or None
             ``[batch, time]``, True for real tokens (None: all real).
         **extra : torch.Tensor
@@ -91,7 +80,7 @@ def routed_modules(model):
     Yields
     ------
     tuple
-        Qualified name and module.
+        ``(name, module)``.
 
     Example
     -------
@@ -127,16 +116,15 @@ def collect_aux_loss(model):
     >>> float(collect_aux_loss(moe))  # cleared after collection
     0.0
     """
-    total = None
+    losses = []
     for _, module in routed_modules(model):
         if module.aux_loss is not None:
-            total = module.aux_loss if total is None else total + module.aux_loss
+            losses.append(module.aux_loss)
             module.aux_loss = None
-    if total is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else None
-        return torch.zeros((), device=device)
-    return total
+    if losses:
+        return sum(losses[1:], losses[0])
+    param = next(model.parameters(), None)
+    return torch.zeros((), device=None if param is None else param.device)
 
 
 @contextmanager
@@ -146,10 +134,9 @@ def token_mask(model, mask):
     Arguments
     ---------
     model : torch.nn.Module
-        Model containing placement wrappers (or any module with a
-        ``token_mask`` attribute).
+        Model whose modules with a ``token_mask`` attribute get the mask.
     mask : torch.Tensor or None
-        ``[batch, time]`` boolean, True for real tokens.
+        ``[batch, time]``, True for real tokens.
 
     Yields
     ------
@@ -234,11 +221,10 @@ def track_load(model, enabled=True):
     >>> track_load(nn.Sequential(SoftMoA(8)))
     1
     """
-    count = 0
-    for _, module in routed_modules(model):
+    modules = list(routed_modules(model))
+    for _, module in modules:
         module.tracking_load = enabled
-        count += 1
-    return count
+    return len(modules)
 
 
 def load_statistics(load):

@@ -1,13 +1,8 @@
 """What a backbone tells the PETL methods about its insides.
 
-A backbone lobe exposes ``petl_root`` (the ``nn.Module`` the methods adapt,
-usually the Hugging Face encoder) and ``petl_targets``, a
-:class:`PetlTargets` naming, relative to that root, the sub-modules each
-method needs. Methods never look at Hugging Face class names; a new backbone
-only has to fill this record.
-
-Authors
- * speechbrain-moe contributors 2026
+A lobe names the module the methods adapt (``petl_root_name``) and, in a
+:class:`PetlTargets`, the sub-modules each method needs: methods never look
+at Hugging Face class names.
 """
 
 from dataclasses import dataclass, field
@@ -131,28 +126,3 @@ def petl_root(backbone):
     name = getattr(backbone, "petl_root_name", None)
     root = backbone if name is None else getattr(backbone, name)
     return name, root, targets
-
-
-def set_petl_root(backbone, name, module):
-    """Puts ``module`` (e.g. an ``AdaptedModel``) where the root was.
-
-    Arguments
-    ---------
-    backbone : torch.nn.Module
-        The lobe.
-    name : str or None
-        ``petl_root_name`` of the lobe (None: nothing to replace).
-    module : torch.nn.Module
-        The new root.
-
-    Example
-    -------
-    >>> import torch
-    >>> holder = torch.nn.Module()
-    >>> holder.model = torch.nn.Linear(2, 2)
-    >>> set_petl_root(holder, "model", torch.nn.Identity())
-    >>> holder.model
-    Identity()
-    """
-    if name is not None:
-        setattr(backbone, name, module)

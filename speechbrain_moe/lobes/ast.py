@@ -1,20 +1,12 @@
 """Audio Spectrogram Transformer (Gong et al., 2021) as a SpeechBrain lobe.
 
-The lobe takes 16 kHz waveforms and relative lengths, computes the 128-bin
-Kaldi fbank that ``ASTFeatureExtractor`` computes (25 ms Hanning window, 10 ms
-shift, no dither), normalises it with the AudioSet statistics of the
-checkpoints, pads or cuts it to ``max_frames``, and runs Hugging Face's
-``ASTModel``. For ``max_frames`` other than the checkpoint's, the time axis of
-the 2-D position-embedding grid is centre-cropped (shorter) or interpolated
-(longer), as the original AST does.
-
-Authors
- * speechbrain-moe contributors 2026
+Waveforms become the normalised 128-bin Kaldi fbank of ``ASTFeatureExtractor``,
+padded or cut to ``max_frames``, then go through Hugging Face's ``ASTModel``
+(position embeddings fitted to ``max_frames``; ``docs/fidelity.md``).
 """
 
 import torch
 import torch.nn.functional as F
-from speechbrain.utils.logger import get_logger
 from torchaudio.compliance import kaldi
 
 from speechbrain_moe.lobes.base import (
@@ -26,57 +18,36 @@ from speechbrain_moe.lobes.base import (
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
-logger = get_logger(__name__)
-
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
 
-def time_patches(frames, patch_size=16, stride=10):
-    """Number of patch columns AST makes from ``frames`` fbank frames.
-
-    Arguments
-    ---------
-    frames : int
-        Fbank frames.
-    patch_size : int
-        Patch size.
-    stride : int
-        Time stride.
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> time_patches(100), time_patches(1024)
-    (9, 101)
-    """
+def _time_patches(frames, patch_size, stride):
+    """Number of patch columns AST makes from ``frames`` fbank frames."""
     return (frames - patch_size) // stride + 1
 
 
 def resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix=2):
-    """Adapts AST's 2-D position embeddings to another number of time patches.
+    """AST's 2-D position embeddings for another number of time patches.
+
+    The time axis of the grid is centre-cropped (shorter) or bilinearly
+    interpolated (longer), as the original AST does; prefix tokens are kept.
 
     Arguments
     ---------
     pos : torch.Tensor
-        ``[1, num_prefix + freq * old_time, d]``.
+        ``[1, num_prefix + freq_patches * old_time, d]``.
     freq_patches : int
         Rows of the patch grid.
-    old_time : int
-        Columns the embeddings were trained for.
-    new_time : int
-        Columns wanted.
+    old_time, new_time : int
+        Columns of the grid before and after.
     num_prefix : int
-        Special tokens in front (kept as they are).
+        Special tokens in front.
 
     Returns
     -------
     torch.Tensor
-        ``[1, num_prefix + freq * new_time, d]``: a centre crop when shorter,
-        a bilinear interpolation when longer.
+        ``[1, num_prefix + freq_patches * new_time, d]``.
 
     Example
     -------
@@ -99,6 +70,10 @@ def resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix
 class AST(Backbone):
     """Hugging Face ``ASTModel`` behind waveforms + relative lengths.
 
+    Clips longer than ``max_duration`` (the audio ``max_frames`` frames cover)
+    are cut, with a warning; clips shorter than one 25 ms window are
+    zero-padded to it.
+
     Arguments
     ---------
     source : str
@@ -112,11 +87,7 @@ class AST(Backbone):
         ``mean`` over real tokens (special tokens included) or ``cls`` (the
         mean of the CLS and distillation tokens, as ``ASTModel``'s pooler).
     sample_rate : int
-        Sample rate of the input waveforms (must be 16000, as AST's).
-
-    Clips longer than ``max_duration`` (the audio that ``max_frames`` frames
-    cover) are cut, with a warning; clips shorter than one 25 ms window are
-    zero-padded to it; a clip without samples raises ``ValueError``.
+        Sample rate of the input (must be 16000, as AST's).
 
     Example
     -------
@@ -159,13 +130,13 @@ class AST(Backbone):
         self.freq_patches = (
             config.num_mel_bins - config.patch_size
         ) // config.frequency_stride + 1
-        new_time = time_patches(max_frames, config.patch_size, config.time_stride)
+        new_time = _time_patches(max_frames, config.patch_size, config.time_stride)
         if new_time < 1:
             raise ValueError(
                 f"max_frames={max_frames} is shorter than one AST patch "
                 f"({config.patch_size} frames); use at least {config.patch_size}."
             )
-        old_time = time_patches(
+        old_time = _time_patches(
             config.max_length, config.patch_size, config.time_stride
         )
         if new_time != old_time:
@@ -199,10 +170,8 @@ class AST(Backbone):
 
         Arguments
         ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
+        wavs, wav_lens : torch.Tensor
+            16 kHz waveforms and relative lengths.
 
         Returns
         -------
@@ -230,16 +199,14 @@ class AST(Backbone):
                 htk_compat=True,
                 use_energy=False,
                 dither=0.0,
-            )
-            frames.append(min(fbank.shape[0], self.max_frames))
-            fbank = fbank[: self.max_frames]
-            fbank = F.pad(fbank, (0, 0, 0, self.max_frames - fbank.shape[0]))
-            feats.append(fbank)
+            )[: self.max_frames]
+            frames.append(fbank.shape[0])
+            feats.append(F.pad(fbank, (0, 0, 0, self.max_frames - fbank.shape[0])))
         feats = (torch.stack(feats) - AUDIOSET_MEAN) / (2 * AUDIOSET_STD)
         return feats.to(wavs.device), torch.tensor(frames, device=wavs.device)
 
     def token_mask(self, frames):
-        """Which of AST's tokens cover real audio.
+        """Which tokens cover real audio.
 
         Arguments
         ---------
@@ -249,35 +216,19 @@ class AST(Backbone):
         Returns
         -------
         torch.Tensor
-            ``[batch, 2 + freq_patches * time_patches]``: the two special
-            tokens, then the patch grid (frequency-major, as ASTModel
-            flattens it) where a column is real if it starts on a real frame.
+            ``[batch, 2 + freq_patches * time_patches]``: the special tokens,
+            then the patch grid (frequency-major, as ``ASTModel`` flattens it)
+            where a column is real if it starts on a real frame.
         """
         columns = ((frames + self.time_stride - 1) // self.time_stride).clamp(
             min=1, max=self.time_patches
         )
         grid = lengths_to_mask(columns, self.time_patches)
         grid = grid.unsqueeze(1).expand(-1, self.freq_patches, -1).flatten(1)
-        special = grid.new_ones(grid.shape[0], 2)
-        return torch.cat([special, grid], dim=1)
+        return torch.cat([grid.new_ones(grid.shape[0], 2), grid], dim=1)
 
     def encode(self, wavs, wav_lens=None):
-        """Token sequence of AST and its real-token mask.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        hidden : torch.Tensor
-            ``[batch, 2 + freq * time, d]``.
-        mask : torch.Tensor
-            ``[batch, 2 + freq * time]``.
-        """
+        """:meth:`Backbone.encode`: two special tokens, then the patch grid."""
         feats, frames = self.features(wavs, wav_lens)
         mask = self.token_mask(frames)
         with token_mask(self.model, mask):
@@ -285,19 +236,7 @@ class AST(Backbone):
         return hidden, mask
 
     def forward(self, wavs, wav_lens=None):
-        """Pooled embedding ``[batch, d]`` (``cls`` = mean of the two special tokens).
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-        """
+        """:meth:`Backbone.forward`; ``cls`` averages the two special tokens."""
         if self.pooling == "cls":
             hidden, _ = self.encode(wavs, wav_lens)
             return hidden[:, :2].mean(1)

@@ -1,14 +1,9 @@
-"""What every backbone lobe shares: loading, valid-token pooling, checkpoints.
+"""What every backbone lobe shares: loading, input checks, valid-token pooling.
 
-A lobe subclasses :class:`Backbone`, loads its Hugging Face model (with
-:func:`load_config` first, which turns the usual mistakes into clear errors)
-into the attribute named by ``petl_root_name``, fills ``petl_targets`` and
-implements :meth:`Backbone.encode`. PETL methods then adapt it in place
-(:func:`speechbrain_moe.petl.apply_method`); its checkpoints hold only what
-trains (:class:`~speechbrain_moe.recoverables.TrainableState`).
-
-Authors
- * speechbrain-moe contributors 2026
+Conventions of every lobe: ``wavs`` are ``[batch, samples]``, ``wav_lens``
+relative lengths in (0, 1] (None: every clip fills the batch), hidden states
+``[batch, time, channels]``, masks True on tokens of real audio. How each
+backbone treats padding and long clips: ``docs/fidelity.md``.
 """
 
 import os
@@ -28,12 +23,12 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def lengths_to_mask(lengths, max_len):
-    """Boolean mask ``[batch, max_len]`` from absolute lengths.
+    """Boolean mask ``[batch, max_len]``, True on the first ``lengths`` positions.
 
     Arguments
     ---------
     lengths : torch.Tensor
-        ``[batch]`` number of real positions.
+        ``[batch]`` absolute lengths.
     max_len : int
         Width of the mask.
 
@@ -58,7 +53,7 @@ def masked_mean(hidden, mask):
     hidden : torch.Tensor
         ``[batch, time, channels]``.
     mask : torch.Tensor or None
-        ``[batch, time]``, True for real tokens.
+        ``[batch, time]`` (None: every token is real).
 
     Returns
     -------
@@ -83,7 +78,7 @@ def unwrap(module):
     Arguments
     ---------
     module : torch.nn.Module
-        A model or an ``AdaptedModel`` around it.
+        A model, or an ``AdaptedModel`` around it.
 
     Returns
     -------
@@ -102,40 +97,38 @@ def unwrap(module):
 
 
 def checked_lengths(wavs, wav_lens, max_samples, sample_rate, backbone, advice):
-    """Valid samples of each clip: checked, and cut to ``max_samples`` with a
-    warning naming each clip cut.
+    """Valid samples of each clip, at least 1 and at most ``max_samples``.
+
+    A clip without samples raises a ``ValueError`` naming it; a longer clip is
+    cut, with a warning naming it and ending in ``advice``.
 
     Arguments
     ---------
-    wavs : torch.Tensor
-        ``[batch, samples]``.
-    wav_lens : torch.Tensor or None
-        Relative lengths in (0, 1] (None: all clips fill the batch).
+    wavs, wav_lens : torch.Tensor
+        A lobe's input.
     max_samples : int or None
         Longest clip encoded (None: no cap).
     sample_rate : int
         For durations in messages.
     backbone : str
-        Name of the backbone (for messages).
+        Name of the backbone, for messages.
     advice : str
-        What to do about long clips (for the warning).
+        What to do about long clips.
 
     Returns
     -------
     torch.Tensor
-        ``[batch]`` long, at least 1 (a clip without samples raises a
-        ``ValueError`` naming it) and at most ``max_samples``.
+        ``[batch]`` long.
 
     Example
     -------
-    >>> checked_lengths(torch.zeros(2, 100), torch.tensor([1.0, 0.5]), 80, 100,
-    ...     "Whisper", "Split long recordings.")
+    >>> wavs = torch.zeros(2, 100)
+    >>> checked_lengths(wavs, torch.tensor([1.0, 0.5]), 80, 100, "Whisper", "")
     tensor([80, 50])
-    >>> checked_lengths(torch.zeros(2, 100), torch.tensor([1.0, 0.0]), None, 100,
-    ...     "Whisper", "")
+    >>> checked_lengths(wavs, torch.tensor([1.0, 0.0]), None, 100, "Whisper", "")
     Traceback (most recent call last):
     ...
-    ValueError: Clip 1 of the batch is empty (wav_lens[1] = 0 of 100 samples); Whisper cannot encode it. Remove empty or unreadable audio files from the data set (e.g. filter on duration in the data preparation) or fix the relative lengths.
+    ValueError: Clip 1 of the batch is empty (wav_lens[1] = 0 of 100 samples); Whisper cannot encode it. Remove empty ...
     """
     if wavs.dim() != 2:
         raise ValueError(
@@ -149,6 +142,7 @@ def checked_lengths(wavs, wav_lens, max_samples, sample_rate, backbone, advice):
         wav_lens = wav_lens.to(wavs.device).float()
         lengths = (wav_lens * samples).round().long().clamp(max=samples)
     cap = samples if max_samples is None else max_samples
+    # One device sync for both checks.
     empty, long = torch.stack([(lengths < 1).any(), (lengths > cap).any()]).tolist()
     if empty:
         i = int((lengths < 1).nonzero()[0, 0])
@@ -180,7 +174,7 @@ def load_config(source, save_path, model_types, lobe):
     model_types : tuple of str
         Accepted ``config.model_type`` values.
     lobe : str
-        The lobe's name (for messages).
+        The lobe's name, for messages.
 
     Returns
     -------
@@ -224,8 +218,10 @@ def load_config(source, save_path, model_types, lobe):
 class Backbone(TrainableState, nn.Module):
     """Base class of backbone lobes.
 
-    Subclasses set ``petl_root_name``, ``petl_targets`` and ``output_size``,
-    and implement :meth:`encode`.
+    A lobe loads its Hugging Face model (after :func:`load_config`) into the
+    attribute named by ``petl_root_name``, sets ``petl_targets``,
+    ``output_size`` and ``max_duration``, and implements :meth:`encode`. PETL
+    methods adapt it in place; its checkpoints hold only what trains.
 
     Arguments
     ---------
@@ -253,10 +249,8 @@ class Backbone(TrainableState, nn.Module):
 
         Arguments
         ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
+        wavs, wav_lens : torch.Tensor
+            Waveforms and relative lengths.
 
         Returns
         -------
@@ -268,19 +262,7 @@ class Backbone(TrainableState, nn.Module):
         raise NotImplementedError
 
     def forward(self, wavs, wav_lens=None):
-        """Pooled utterance embedding ``[batch, output_size]``.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-        """
+        """Pooled utterance embedding ``[batch, output_size]`` of :meth:`encode`."""
         hidden, mask = self.encode(wavs, wav_lens)
         if self.pooling == "cls":
             return hidden[:, 0]
@@ -313,16 +295,7 @@ class Backbone(TrainableState, nn.Module):
 
     @staticmethod
     def format_description(description):
-        """One line of text for :meth:`describe` (in messages).
-
-        Arguments
-        ---------
-        description : dict or None
-            A description.
-
-        Returns
-        -------
-        str
+        """One line of text for a :meth:`describe` result (or None), for messages.
 
         Example
         -------

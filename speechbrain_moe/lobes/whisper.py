@@ -1,34 +1,10 @@
 """The Whisper encoder (Radford et al., 2022) as a SpeechBrain lobe.
 
-The lobe takes 16 kHz waveforms and relative lengths, computes Whisper's
-log-mel features in torch with exactly the math of ``WhisperFeatureExtractor``
-(Hann window of 400 samples, hop 160, Slaney mel filters read from the
-checkpoint's feature-extractor config, ``log10``, dynamic range clipped to
-8 below each clip's maximum, ``(x + 4) / 4``) and runs the Hugging Face
-``WhisperEncoder``; the decoder is dropped.
-
-Whisper pads every clip to 30 s (1500 encoder frames): a 1 s clip occupies the
-first 50 frames. With ``trim_to_valid=True`` (default) the encoder runs only on
-the batch's longest valid length, rounded up to whole encoder frames (6-30x
-less compute for 1-5 s clips), and each clip sees only its own frames, so its
-encoding does not depend on the rest of the batch: the mel frames past its
-valid encoder frames are zeroed (as the convolutions' zero padding is for the
-clip alone) and every attention layer masks the keys past them. The pretrained
-encoder attended to 30 s of silence padding instead; adapters and heads learn
-with the trimmed one (``docs/fidelity.md``). ``trim_to_valid=False`` pads every
-clip to 30 s and runs Hugging Face's own encoder forward, as Whisper does.
-
-Bounds: at most 30 s (``max_duration``; longer clips are cut, with a warning
-naming them); a clip shorter than one STFT window (``min_samples``, 400
-samples) counts as zero-padded to it; a clip without samples raises a
-``ValueError`` naming it.
-
-The encoder never runs under ``no_grad``, so adapters inside it get gradients
-(SpeechBrain's ``Whisper(freeze=True)`` starves them); the pretrained weights
-are frozen by the PETL method.
-
-Authors
- * speechbrain-moe contributors 2026
+Log-mel features are computed in torch with the math of
+``WhisperFeatureExtractor``; the decoder is dropped. By default the encoder
+runs on each clip's own frames only, not on 30 s of padding; the encoder
+never runs under ``no_grad``, so adapters inside it get gradients
+(``docs/fidelity.md``, "Whisper").
 """
 
 import logging
@@ -53,33 +29,9 @@ from speechbrain_moe.targets import PetlTargets
 logger = logging.getLogger(__name__)
 
 
-def encoder_attention_mask(config, hidden, mask):
-    """Attention mask that hides each clip's padding frames from every query.
-
-    Arguments
-    ---------
-    config : transformers.PretrainedConfig
-        The encoder's config (its attention implementation sets the form).
-    hidden : torch.Tensor
-        ``[batch, time, d]``.
-    mask : torch.Tensor
-        ``[batch, time]`` bool, True for valid frames.
-
-    Returns
-    -------
-    torch.Tensor or None
-        Hugging Face's mask for its attention implementations (``sdpa``:
-        boolean, ``eager``: additive); for functions registered without a
-        mask function (prefix tuning's SDPA wrapper) a boolean view.
-
-    Example
-    -------
-    >>> from transformers import WhisperConfig
-    >>> valid = torch.tensor([[True, True, False], [True, True, True]])
-    >>> m = encoder_attention_mask(WhisperConfig(), torch.zeros(2, 3, 4), valid)
-    >>> m.shape, m[0, 0, 2].tolist()
-    (torch.Size([2, 1, 3, 3]), [True, True, False])
-    """
+def _attention_mask(config, hidden, mask):
+    """Mask hiding padded frames as keys: HF's own form for its attention
+    implementations, a boolean ``[batch, 1, T, T]`` view for the others."""
     if config._attn_implementation in ALL_MASK_ATTENTION_FUNCTIONS:
         return create_bidirectional_mask(
             config=config, inputs_embeds=hidden, attention_mask=mask
@@ -88,21 +40,8 @@ def encoder_attention_mask(config, hidden, mask):
     return mask[:, None, None, :].expand(batch, 1, time, time)
 
 
-def load_extractor(source, save_path, num_mel_bins, sample_rate):
-    """The checkpoint's ``WhisperFeatureExtractor``, checked against the model.
-
-    Arguments
-    ---------
-    source, save_path : str
-        Checkpoint and cache folder, as for :class:`Whisper`.
-    num_mel_bins, sample_rate : int
-        What the encoder and the lobe's input have.
-
-    Returns
-    -------
-    transformers.WhisperFeatureExtractor
-        Whisper's default one when the checkpoint has none (with a warning).
-    """
+def _load_extractor(source, save_path, num_mel_bins, sample_rate):
+    """The checkpoint's ``WhisperFeatureExtractor``, checked against the model."""
     from transformers import WhisperFeatureExtractor
 
     try:
@@ -129,41 +68,12 @@ def load_extractor(source, save_path, num_mel_bins, sample_rate):
     return extractor
 
 
-def whisper_targets(config):
-    """The :class:`PetlTargets` of a ``WhisperEncoder``.
-
-    Arguments
-    ---------
-    config : transformers.WhisperConfig
-        The encoder's config.
-
-    Returns
-    -------
-    PetlTargets
-
-    Example
-    -------
-    >>> from transformers import WhisperConfig
-    >>> whisper_targets(WhisperConfig(encoder_layers=2)).lora[:2]
-    ['layers.0.self_attn.q_proj', 'layers.0.self_attn.v_proj']
-    """
-    layers = [f"layers.{i}" for i in range(config.encoder_layers)]
-    return PetlTargets(
-        hidden_size=config.d_model,
-        layers=layers,
-        attention=[f"{name}.self_attn" for name in layers],
-        attention_norm=[f"{name}.self_attn_layer_norm" for name in layers],
-        # fc1 -> activation -> fc2 is not one sub-module: no FFN placement.
-        ffn=[],
-        ffn_norm=[],
-        lora=[f"{name}.self_attn.{p}" for name in layers for p in ("q_proj", "v_proj")],
-        num_prefix_tokens=0,
-        grid_height=1,
-    )
-
-
 class Whisper(Backbone):
     """Hugging Face Whisper encoder behind waveforms + relative lengths.
+
+    At most 30 s (``max_duration``) are encoded: longer clips are cut, with a
+    warning. A clip shorter than one STFT window (``min_samples``) counts as
+    zero-padded to it.
 
     Arguments
     ---------
@@ -179,7 +89,7 @@ class Whisper(Backbone):
     pooling : str
         Only ``mean`` (over valid encoder frames): Whisper has no CLS token.
     sample_rate : int
-        Sample rate of the input waveforms (must be 16000, as Whisper's).
+        Sample rate of the input (must be 16000, as Whisper's).
 
     Example
     -------
@@ -198,8 +108,8 @@ class Whisper(Backbone):
     torch.Size([2, 1500, 32])
     >>> whisper(wavs).shape
     torch.Size([2, 32])
-    >>> whisper.max_duration, whisper.min_samples
-    (30.0, 400)
+    >>> whisper.max_duration, whisper.min_samples, whisper.petl_targets.lora
+    (30.0, 400, ['layers.0.self_attn.q_proj', 'layers.0.self_attn.v_proj'])
     """
 
     def __init__(
@@ -219,13 +129,11 @@ class Whisper(Backbone):
         from transformers import WhisperModel
 
         whisper_config = load_config(source, save_path, ("whisper",), "Whisper")
-        full = WhisperModel.from_pretrained(
+        self.model = WhisperModel.from_pretrained(
             source, config=whisper_config, cache_dir=save_path
-        )
-        self.model = full.encoder
-        del full
+        ).encoder
         config = self.model.config
-        extractor = load_extractor(source, save_path, config.num_mel_bins, sample_rate)
+        extractor = _load_extractor(source, save_path, config.num_mel_bins, sample_rate)
         self.sample_rate = sample_rate
         self.trim_to_valid = trim_to_valid
         self.n_fft = extractor.n_fft
@@ -234,7 +142,6 @@ class Whisper(Backbone):
         self.max_encoder_frames = config.max_source_positions
         self.max_mel_frames = self.max_encoder_frames * self.frame_stride
         self.max_samples = self.max_mel_frames * self.hop_length
-        # Documented bounds: at most 30 s; at least one STFT window.
         self.max_duration = self.max_samples / sample_rate
         self.min_samples = self.n_fft
         self.register_buffer(
@@ -244,24 +151,34 @@ class Whisper(Backbone):
         )
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.output_size = config.d_model
-        self.petl_targets = whisper_targets(config)
+        layers = [f"layers.{i}" for i in range(config.encoder_layers)]
+        self.petl_targets = PetlTargets(
+            hidden_size=config.d_model,
+            layers=layers,
+            attention=[f"{name}.self_attn" for name in layers],
+            attention_norm=[f"{name}.self_attn_layer_norm" for name in layers],
+            # fc1 -> activation -> fc2 is not one sub-module: no FFN placement.
+            lora=[
+                f"{name}.self_attn.{p}" for name in layers for p in ("q_proj", "v_proj")
+            ],
+        )
 
     def features(self, wavs, wav_lens=None):
         """Whisper's log-mel features, as ``WhisperFeatureExtractor`` computes them.
 
+        Samples past a clip's length count as silence.
+
         Arguments
         ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
+        wavs, wav_lens : torch.Tensor
+            16 kHz waveforms and relative lengths.
 
         Returns
         -------
         feats : torch.Tensor
-            ``[batch, num_mel_bins, frames]``: 3000 (30 s), or with
+            ``[batch, num_mel_bins, frames]``: 3000 frames (30 s), or with
             ``trim_to_valid`` the longest valid length rounded up to whole
-            encoder frames. Samples past a clip's length count as silence.
+            encoder frames.
         mel_frames : torch.Tensor
             ``[batch]`` frames of real audio, ``ceil(samples / hop)`` (at
             least ``min_samples`` samples).
@@ -293,29 +210,12 @@ class Whisper(Backbone):
         feats = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
         return feats[..., :frames], mel_frames
 
-    def run_encoder(self, feats, mask=None):
-        """Runs the (possibly adapted) encoder on features of any length.
-
-        ``WhisperEncoder.forward`` with the position embeddings sliced to
-        the number of frames, and each clip seeing only its valid frames: the
-        mel frames past them are zeroed (as the convolutions' zero padding is
-        for the clip alone) and every layer masks the keys past them.
-
-        Arguments
-        ---------
-        feats : torch.Tensor
-            ``[batch, num_mel_bins, frames]``, frames a multiple of 2 and at
-            most 3000.
-        mask : torch.Tensor, optional
-            ``[batch, frames / 2]`` valid encoder frames (None: all valid).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, frames / 2, d]``.
-        """
+    def _run_encoder(self, feats, mask):
+        """``WhisperEncoder.forward`` on features of any length, each clip
+        seeing only its valid frames (mel frames past them zeroed, keys past
+        them masked)."""
         encoder = unwrap(self.model)
-        padded = mask is not None and not bool(mask.all())
+        padded = not bool(mask.all())
         if padded:
             mel_mask = mask.repeat_interleave(self.frame_stride, dim=1)
             feats = feats * mel_mask.unsqueeze(1).to(feats.dtype)
@@ -325,36 +225,21 @@ class Whisper(Backbone):
         hidden = F.dropout(hidden, p=encoder.dropout, training=self.training)
         attention_mask = None
         if padded:
-            attention_mask = encoder_attention_mask(encoder.config, hidden, mask)
+            attention_mask = _attention_mask(encoder.config, hidden, mask)
         for layer in encoder.layers:
             out = layer(hidden, attention_mask)
             hidden = out[0] if isinstance(out, tuple) else out
         return encoder.layer_norm(hidden)
 
     def encode(self, wavs, wav_lens=None):
-        """Encoder frames and their valid-frame mask.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        hidden : torch.Tensor
-            ``[batch, frames, d]`` (1500 frames without ``trim_to_valid``).
-        mask : torch.Tensor
-            ``[batch, frames]``, True for frames of real audio.
-        """
+        """:meth:`Backbone.encode`: encoder frames (1500 without ``trim_to_valid``)."""
         feats, mel_frames = self.features(wavs, wav_lens)
         frames, stride = feats.shape[-1] // self.frame_stride, self.frame_stride
         valid = ((mel_frames + stride - 1) // stride).clamp(min=1, max=frames)
         mask = lengths_to_mask(valid, frames)
         with token_mask(self.model, mask):
             if self.trim_to_valid:
-                hidden = self.run_encoder(feats, mask)
+                hidden = self._run_encoder(feats, mask)
             else:
                 hidden = self.model(input_features=feats).last_hidden_state
         return hidden, mask

@@ -1,24 +1,15 @@
 """Parameter-efficient fine-tuning methods, each defined by one YAML file.
 
-A method is a HyperPyYAML file: its top-level plain keys are its settings and
-its ``petl`` key is a function of the backbone (built with ``!name:``) that
-adapts the backbone in place. The package ships one file per method in
-``speechbrain_moe/hparams/petl/``; a user's own method is the path of their own
-file. :func:`apply_method` is all a recipe needs::
+A method is a HyperPyYAML file (shipped in ``speechbrain_moe/hparams/petl/``,
+or a user's own): its top-level plain keys are its settings, its ``petl`` key
+a function ``petl(backbone, **settings)`` that adapts a backbone lobe in place
+and returns it. A recipe only needs :func:`apply_method`::
 
     backbone: !apply:speechbrain_moe.petl.apply_method
         backbone: !new:speechbrain_moe.lobes.ast.AST
             source: MIT/ast-finetuned-audioset-10-10-0.4593
         method: soft_moa          # or path/to/my_method.yaml
         overrides: {num_experts: 8}
-
-Example
--------
->>> "soft_moa" in available_methods()
-True
-
-Authors
- * speechbrain-moe contributors 2026
 """
 
 from speechbrain_moe.hparams_files import load_hparams, packaged_names
@@ -48,8 +39,7 @@ def apply_method(backbone, method, overrides=None):
     Arguments
     ---------
     backbone : speechbrain_moe.lobes.base.Backbone
-        A backbone lobe (any module with ``petl_targets``, see
-        :mod:`speechbrain_moe.targets`), not yet adapted.
+        A backbone lobe (any module with ``petl_targets``), not yet adapted.
     method : str
         A packaged method name (:func:`available_methods`) or the path of a
         method YAML file.

@@ -1,13 +1,9 @@
 """``prefix``: prefix tuning (Li & Liang, 2021).
 
-Each attention block gets learnable key and value vectors, prepended to its
-keys and values (not to its queries), so the sequence length stays the same.
-The prefixes enter through a registered Hugging Face attention function that
-wraps SDPA; this works for every backbone whose attention goes through that
-interface (AST, Whisper, wav2vec2, HuBERT).
-
-Authors
- * speechbrain-moe contributors 2026
+Each attention block gets learnable vectors prepended to its keys and values
+(not its queries), through a registered Hugging Face attention function that
+wraps SDPA: every backbone whose attention uses that interface (AST, Whisper,
+wav2vec2, HuBERT).
 """
 
 import torch
@@ -24,27 +20,9 @@ from speechbrain_moe.targets import petl_root
 ATTENTION_NAME = "speechbrain_moe_prefix"
 
 
-def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
-    """SDPA attention with the calling block's prefixes prepended to K and V.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        The attention block (its ``_petl_prefix`` holds ``(keys, values)`` of
-        shape ``[heads, prefix, head_dim]`` while a :class:`PrefixAttention`
-        runs it).
-    query, key, value : torch.Tensor
-        ``[batch, heads, time, head_dim]``.
-    attention_mask : torch.Tensor or None
-        The block's mask.
-    **kwargs
-        Passed on to SDPA.
-
-    Returns
-    -------
-    tuple
-        ``(attention output, None)`` as SDPA returns.
-    """
+def _prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA with the ``(keys, values)`` a :class:`PrefixAttention` set on the
+    block (``[heads, prefix, head_dim]``) prepended to K and V."""
     prefix = module.__dict__.get("_petl_prefix")
     if prefix is not None:
         keys, values = prefix
@@ -59,7 +37,7 @@ def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-AttentionInterface.register(ATTENTION_NAME, prefix_sdpa)
+AttentionInterface.register(ATTENTION_NAME, _prefix_sdpa)
 # Padding masks are built as for SDPA (keys of padded frames hidden).
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
@@ -83,12 +61,9 @@ class PrefixAttention(nn.Module):
         super().__init__()
         check_positive("prefix", num_prefix=num_prefix)
         self.pretrained_module = target_module
-        self.prefix_keys = nn.Parameter(
-            torch.randn(num_heads, num_prefix, head_dim) * 0.02
-        )
-        self.prefix_values = nn.Parameter(
-            torch.randn(num_heads, num_prefix, head_dim) * 0.02
-        )
+        shape = (num_heads, num_prefix, head_dim)
+        self.prefix_keys = nn.Parameter(torch.randn(shape) * 0.02)
+        self.prefix_values = nn.Parameter(torch.randn(shape) * 0.02)
 
     def forward(self, *args, **kwargs):
         """Runs the block with this layer's prefixes visible to it."""
@@ -106,14 +81,9 @@ def prefix_tuning(backbone, num_prefix=10):
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     num_prefix : int
         Prefix length per layer.
-
-    Returns
-    -------
-    torch.nn.Module
-        The backbone.
     """
     check_positive("prefix", num_prefix=num_prefix)
     _, root, targets = petl_root(backbone)

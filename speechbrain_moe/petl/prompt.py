@@ -2,9 +2,6 @@
 
 Every transformer layer gets its own learnable prompt tokens, prepended to
 its input and dropped from its output, so the next layer sees fresh prompts.
-
-Authors
- * speechbrain-moe contributors 2026
 """
 
 import torch
@@ -41,8 +38,7 @@ def extend_attention_mask(mask, extra):
     if mask.dim() == 2:
         pad = mask.new_full((mask.shape[0], extra), allowed)
         return torch.cat([pad, mask], dim=-1)
-    pad = (extra, 0, extra, 0)
-    return nn.functional.pad(mask, pad, value=allowed)
+    return nn.functional.pad(mask, (extra, 0, extra, 0), value=allowed)
 
 
 class DeepPromptLayer(nn.Module):
@@ -73,10 +69,10 @@ class DeepPromptLayer(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts."""
-        prompts = self.prompts.to(hidden_states.dtype).expand(
-            hidden_states.shape[0], -1, -1
+        prompts = self.prompts.to(hidden_states.dtype)
+        x = torch.cat(
+            [prompts.expand(hidden_states.shape[0], -1, -1), hidden_states], 1
         )
-        x = torch.cat([prompts, hidden_states], dim=1)
         args = list(args)
         if args and isinstance(args[0], torch.Tensor):
             args[0] = extend_attention_mask(args[0], self.num_prompts)
@@ -96,14 +92,9 @@ def deep_prompt(backbone, num_prompts=10):
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     num_prompts : int
         Prompt tokens per layer.
-
-    Returns
-    -------
-    torch.nn.Module
-        The backbone.
     """
     check_positive("prompt", num_prompts=num_prompts)
     _, _, targets = petl_root(backbone)

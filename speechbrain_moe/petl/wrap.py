@@ -1,12 +1,6 @@
-"""Wrapping a backbone's sub-modules with SpeechBrain's ``AdaptedModel``.
-
-Every method that adds modules (adapters, LoRA, prompts, prefixes) goes
-through :func:`wrap_modules`: the backbone names, in its
-:class:`~speechbrain_moe.targets.PetlTargets`, which sub-modules each kind of
-method targets; ``AdaptedModel`` freezes the backbone and wraps them.
-
-Authors
- * speechbrain-moe contributors 2026
+"""Wrapping a backbone's sub-modules with SpeechBrain's ``AdaptedModel``, which
+freezes the backbone: how every method that adds modules (adapters, LoRA,
+prompts, prefixes) adapts it.
 """
 
 import fnmatch
@@ -16,7 +10,7 @@ import torch
 from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.placement import PLACEMENT_MODES
-from speechbrain_moe.targets import petl_root, set_petl_root
+from speechbrain_moe.targets import petl_root
 
 
 def wrap_modules(
@@ -32,7 +26,7 @@ def wrap_modules(
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place.
     adapter_class : callable
         ``adapter_class(module, **adapter_kwargs)`` returns the wrapper (as
         for ``AdaptedModel``).
@@ -49,7 +43,7 @@ def wrap_modules(
     Returns
     -------
     torch.nn.Module
-        The backbone, with its root replaced by the ``AdaptedModel``.
+        The backbone, its root replaced by the ``AdaptedModel``.
 
     Example
     -------
@@ -81,7 +75,8 @@ def wrap_modules(
         unfrozen_layers=list(unfrozen),
         adapter_kwargs=dict(adapter_kwargs or {}),
     )
-    set_petl_root(backbone, name, adapted)
+    if name is not None:
+        setattr(backbone, name, adapted)
     return backbone
 
 
@@ -93,25 +88,18 @@ def insert_adapters(
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     adapter : callable
-        ``adapter(input_size, output_size=..., **extra)`` builds one adapter
-        (a class or a ``functools.partial`` made by ``!name:``). ``extra``
-        holds ``num_prefix_tokens`` and ``grid_height`` from the backbone when
-        the adapter takes them (Convpass).
+        ``adapter(input_size, output_size=..., **extra)`` builds one adapter;
+        ``extra`` holds the backbone's ``num_prefix_tokens`` and
+        ``grid_height`` when the adapter takes them (Convpass).
     placement : str
-        ``pfeiffer_attention`` (one adapter per layer beside the attention,
-        the Soft-MoA paper's default), ``pfeiffer_ffn`` or ``houlsby`` (both).
+        See :meth:`~speechbrain_moe.targets.PetlTargets.locations`.
     mode : str
         ``parallel`` (``target(x) + A(x)``) or ``sequential``
         (``t + A(t)``, ``t = target(x)``).
     train_norms : bool
         Also train the LayerNorms whose output the adapters read.
-
-    Returns
-    -------
-    torch.nn.Module
-        The backbone.
     """
     if mode not in PLACEMENT_MODES:
         raise ValueError(
