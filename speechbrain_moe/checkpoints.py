@@ -48,34 +48,9 @@ def _write_manifest(folder):
     os.replace(pending, folder / MANIFEST)
 
 
-def checkpoint_problem(folder, verify_checksums=False):
-    """Why a checkpoint folder cannot be loaded, or None when it is intact.
-
-    Arguments
-    ---------
-    folder : pathlib.Path
-        A ``CKPT+...`` folder.
-    verify_checksums : bool
-        Also compare every file's SHA-256 (reads every file).
-
-    Returns
-    -------
-    str or None
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "CKPT.yaml").write_text("end-of-epoch: true\\n")
-    >>> checkpoint_problem(folder)
-    'interrupted while saving (no MANIFEST.json)'
-    >>> _write_manifest(folder)
-    >>> checkpoint_problem(folder) is None
-    True
-    >>> _ = (folder / "CKPT.yaml").write_text("")
-    >>> checkpoint_problem(folder)
-    'CKPT.yaml has 0 bytes, 19 were written'
-    """
+def _problem(folder, verify_checksums=False):
+    """Why a checkpoint folder cannot be loaded (None: intact); checksums are
+    compared only with ``verify_checksums`` (it reads every file)."""
     manifest = folder / MANIFEST
     if not (folder / checkpoints.METAFNAME).is_file():
         return "interrupted while saving or deleting (no CKPT.yaml)"
@@ -133,6 +108,9 @@ class Checkpointer(checkpoints.Checkpointer):
     True
     >>> sorted(p.name for p in (ckpt.checkpoints_dir / "set_aside").iterdir())
     ['CKPT+killed-while-saving']
+    >>> _ = (saved.path / "model.ckpt").write_bytes(b"")
+    >>> _problem(saved.path)
+    'model.ckpt has 0 bytes, ... were written'
     """
 
     def _share_folder(self):
@@ -152,15 +130,21 @@ class Checkpointer(checkpoints.Checkpointer):
         ddp_barrier()  # every rank sees the complete checkpoint from here on
         return saved
 
+    def _folders(self):
+        """The ``CKPT+...`` folders, sorted by name."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return [
+            folder
+            for folder in sorted(self.checkpoints_dir.iterdir())
+            if folder.is_dir() and folder.name.startswith(checkpoints.CKPT_PREFIX)
+        ]
+
     def list_checkpoints(self):
         """The complete checkpoints only (manifest present, sizes as written)."""
         found = []
-        if not self.checkpoints_dir.is_dir():
-            return found
-        for folder in sorted(self.checkpoints_dir.iterdir()):
-            if not folder.name.startswith(checkpoints.CKPT_PREFIX):
-                continue
-            if not folder.is_dir() or checkpoint_problem(folder) is not None:
+        for folder in self._folders():
+            if _problem(folder) is not None:
                 continue
             with open(folder / checkpoints.METAFNAME, encoding="utf-8") as fin:
                 meta = yaml.safe_load(fin)
@@ -182,13 +166,10 @@ class Checkpointer(checkpoints.Checkpointer):
         """
         self._share_folder()
         problems = {}
-        if if_main_process() and self.checkpoints_dir.is_dir():
-            for folder in sorted(self.checkpoints_dir.iterdir()):
-                if folder.is_dir() and folder.name.startswith(checkpoints.CKPT_PREFIX):
-                    problem = checkpoint_problem(folder, verify_checksums=True)
-                    if problem:
-                        problems[str(folder)] = problem
-        problems = ddp_broadcast(problems)
+        if if_main_process():
+            for folder in self._folders():
+                problems[str(folder)] = _problem(folder, verify_checksums=True)
+        problems = ddp_broadcast({k: v for k, v in problems.items() if v})
         damaged = {k: v for k, v in problems.items() if not v.startswith("interrupted")}
         keys = dict(importance_key=importance_key, max_key=max_key, min_key=min_key)
         intact = [
@@ -211,15 +192,8 @@ class Checkpointer(checkpoints.Checkpointer):
         )
 
     def set_aside(self, folder, why):
-        """Moves an unusable checkpoint folder into ``set_aside/`` (main only).
-
-        Arguments
-        ---------
-        folder : pathlib.Path
-            The checkpoint folder.
-        why : str
-            What is wrong with it (logged).
-        """
+        """Moves an unusable checkpoint ``folder`` into ``set_aside/``, logging
+        ``why`` (main process only)."""
         target = self.checkpoints_dir / SET_ASIDE / folder.name
         suffix = 0
         while target.exists():

@@ -1,8 +1,4 @@
-"""Argument checks whose messages name the problem and the fix.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Argument checks whose messages name the problem and the fix."""
 
 
 def check_positive(owner, **values):

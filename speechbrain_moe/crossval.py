@@ -60,58 +60,25 @@ def read_test_accuracy(train_log):
     return float(found[-1])
 
 
-def summarize(results):
-    """Mean and sample standard deviation of per-fold accuracies.
-
-    Arguments
-    ---------
-    results : dict
-        Fold -> test accuracy.
-
-    Returns
-    -------
-    dict
-        ``folds``, ``mean``, ``std`` (sample std, n - 1 in the denominator;
-        0 for one fold) and ``std_kind``.
-
-    Example
-    -------
-    >>> round(summarize({1: 0.5, 2: 0.7})["std"], 4)
-    0.1414
-    """
+def _write_summary(path, results, **extra):
+    """Writes (atomically) and returns the folds' accuracies, their mean and
+    sample standard deviation (n - 1 in the denominator; 0 for one fold)."""
     values = list(results.values())
-    return {
+    summary = {
         "folds": dict(results),
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         "std_kind": "sample (n - 1)",
+        **extra,
     }
+    with open(f"{path}.tmp", "w", encoding="utf-8") as fout:
+        json.dump(summary, fout, indent=1)
+    os.replace(f"{path}.tmp", path)
+    return summary
 
 
-def cross_validate(
-    script, hparams_file, folds, output_folder, extra_args=(), launcher=None
-):
-    """Runs ``script`` once per fold and reports test accuracy mean ± std.
-
-    Arguments
-    ---------
-    script, hparams_file : str
-        The recipe's ``train.py`` and its YAML.
-    folds : list of int
-        Fold numbers (``--fold`` of the recipe).
-    output_folder : str
-        Fold ``k`` writes to ``<output_folder>/fold<k>``.
-    extra_args : list of str
-        Further arguments of ``train.py`` (``--data_folder=...`` etc.).
-    launcher : list of str, optional
-        Command prefix (default: this Python; e.g. torchrun for DDP).
-
-    Returns
-    -------
-    dict
-        See :func:`summarize`.
-    """
-    launcher = list(launcher) if launcher else [sys.executable]
+def _run_folds(script, hparams_file, folds, output_folder, extra_args, launcher):
+    """Runs ``script`` once per fold; returns the summary of the test accuracies."""
     summary_file = os.path.join(output_folder, "cross_validation.json")
     os.makedirs(output_folder, exist_ok=True)
     results = {}
@@ -122,18 +89,15 @@ def cross_validate(
         print(f"fold {fold}: {' '.join(cmd)}", flush=True)
         proc = subprocess.run(cmd, check=False)
         if proc.returncode != 0:
-            summary = summarize(results)
-            summary["failed_fold"] = fold
-            _write(summary_file, summary)
+            _write_summary(summary_file, results, failed_fold=fold)
             raise SystemExit(
                 f"Fold {fold} failed (exit {proc.returncode}); the finished folds "
                 f"are in {summary_file}. Fix the error above and re-run with "
                 f"--folds set to the remaining folds."
             )
         results[fold] = read_test_accuracy(os.path.join(fold_folder, "train_log.txt"))
-        _write(summary_file, summarize(results))
+        summary = _write_summary(summary_file, results)
         print(f"fold {fold}: test accuracy {results[fold]:.4f}", flush=True)
-    summary = summarize(results)
     print(
         f"{len(results)}-fold cross-validation: test accuracy {summary['mean']:.4f} "
         f"± {summary['std']:.4f} (sample std)",
@@ -142,17 +106,12 @@ def cross_validate(
     return summary
 
 
-def _write(path, summary):
-    """Writes the summary JSON atomically."""
-    with open(f"{path}.tmp", "w", encoding="utf-8") as fout:
-        json.dump(summary, fout, indent=1)
-    os.replace(f"{path}.tmp", path)
-
-
 def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
-    """Command line of a recipe's ``cross_validate.py``: ``HPARAMS
+    """Runs every fold of a recipe and reports test accuracy mean ± std.
+
+    The command line of a recipe's ``cross_validate.py``: ``HPARAMS
     --output_folder=DIR --data_folder=DATA [--folds=1,2] [--nproc=2] [other
-    train.py arguments]``. The folds are checked before anything runs.
+    train.py arguments]``; the folds are checked before anything runs.
 
     Arguments
     ---------
@@ -169,7 +128,7 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
     Returns
     -------
     dict
-        See :func:`summarize`.
+        ``folds`` (fold -> test accuracy), ``mean``, ``std``, ``std_kind``.
     """
     parser = argparse.ArgumentParser(
         description="Runs every fold of a recipe and reports mean ± std accuracy."
@@ -190,11 +149,11 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
             args.data_folder,
             {f: os.path.join(args.output_folder, f"fold{f}") for f in folds},
         )
-    launcher = None
+    launcher = [sys.executable]
     if args.nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launcher += ["-m", "torch.distributed.run", "--standalone"]
         launcher.append(f"--nproc_per_node={args.nproc}")
     extra = [f"--data_folder={args.data_folder}", *rest]
-    return cross_validate(
+    return _run_folds(
         script, args.hparams_file, folds, args.output_folder, extra, launcher
     )

@@ -1,6 +1,5 @@
-"""Reading clips (:func:`read_clip`) and building the classification recipes'
-datasets (:func:`classification_datasets`), with errors naming the file.
-"""
+"""Reading clips and building the classification recipes' datasets, with
+errors naming the file at fault."""
 
 import csv
 import functools
@@ -14,6 +13,7 @@ from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 
+OUTPUT_KEYS = ["id", "sig", "label", "label_encoded"]
 TRAINING_HINT = (
     "The manifest is out of date or the data moved: delete the manifests and "
     "re-run the data preparation (it reports and skips unusable files), or "
@@ -28,14 +28,13 @@ def _resampler(orig, new):
 
 
 def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
-    """Reads an audio file as a mono float waveform at ``sample_rate``.
-
-    Channels are mixed down and the file resampled when its rate differs.
+    """Reads an audio file (any format SpeechBrain's ``audio_io`` reads) as a
+    mono float waveform ``[samples]``, resampled to ``sample_rate``.
 
     Arguments
     ---------
     path : str
-        Audio file (any format SpeechBrain's ``audio_io`` reads).
+        Audio file.
     sample_rate : int
         Rate of the result.
     max_seconds : float, optional
@@ -46,22 +45,14 @@ def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
     Returns
     -------
     torch.Tensor
-        ``[samples]``.
 
     Example
     -------
-    >>> import tempfile
-    >>> import soundfile as sf
+    >>> import tempfile, soundfile as sf
     >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
     >>> sf.write(path, torch.zeros(44100, 2).numpy(), 44100)
-    >>> read_clip(path).shape
-    torch.Size([16000])
-    >>> read_clip(path, max_seconds=0.5).shape
-    torch.Size([8000])
-    >>> read_clip("/nonexistent.wav", hint="Fix the path.")
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: Audio file /nonexistent.wav does not exist. Fix the path.
+    >>> read_clip(path).shape, read_clip(path, max_seconds=0.5).shape
+    (torch.Size([16000]), torch.Size([8000]))
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Audio file {path} does not exist. {hint}")
@@ -112,7 +103,7 @@ def classification_datasets(
     max_seconds=None,
     label_column="class_name",
 ):
-    """Datasets yielding ``id``, ``sig`` (mono, ``sample_rate``) and
+    """Datasets yielding ``id``, ``sig`` (see :func:`read_clip`), ``label`` and
     ``label_encoded``.
 
     Arguments
@@ -125,10 +116,8 @@ def classification_datasets(
         training set on the main process if it does not exist yet).
     label_encoder_file : str
         Where the classes are saved.
-    sample_rate : int
-        Rate the audio is resampled to.
-    max_seconds : float, optional
-        Clips are cut to this duration (the backbone's maximum).
+    sample_rate, max_seconds
+        As for :func:`read_clip`.
     label_column : str
         Manifest column holding the class name.
 
@@ -154,10 +143,9 @@ def classification_datasets(
     datasets = {}
     for split, path in csv_files.items():
         _check_manifest(path)
-        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(path)
-        datasets[split].add_dynamic_item(audio_pipeline)
-        datasets[split].add_dynamic_item(label_pipeline)
-        datasets[split].set_output_keys(["id", "sig", "label", "label_encoded"])
+        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            path, {}, [audio_pipeline, label_pipeline], OUTPUT_KEYS
+        )
 
     def write_classes():
         """Saves the training set's classes (main process, first run)."""

@@ -55,20 +55,13 @@ def _write_manifest(path, rows):
     os.replace(f"{path}.tmp", path)
 
 
-def _save_options(save_folder, options):
-    """Records the options a finished preparation used."""
-    os.makedirs(save_folder, exist_ok=True)
-    with open(os.path.join(save_folder, OPTIONS_FILE), "w") as fout:
-        json.dump(options, fout, indent=1, sort_keys=True)
-
-
 def skip_preparation(save_folder, files, options):
     """Whether a preparation already wrote ``files`` with the same ``options``.
 
     Arguments
     ---------
     save_folder : str
-        Where the manifests (and the options of their preparation) are.
+        Where the manifests and the options of their preparation are.
     files : list of str
         Manifest paths that must all exist.
     options : dict
@@ -84,7 +77,7 @@ def skip_preparation(save_folder, files, options):
     >>> folder = tempfile.mkdtemp()
     >>> skip_preparation(folder, [], {"fold": 1})
     False
-    >>> _save_options(folder, {"fold": 1})
+    >>> _ = open(os.path.join(folder, OPTIONS_FILE), "w").write('{"fold": 1}')
     >>> skip_preparation(folder, [], {"fold": 1}), skip_preparation(folder, [], {"fold": 2})
     (True, False)
     """
@@ -104,10 +97,8 @@ def check_data_folder(data_folder, required, dataset, where):
         The recipe's ``data_folder``.
     required : list of str
         Paths relative to ``data_folder`` that must exist.
-    dataset : str
-        Data set name.
-    where : str
-        How to get it.
+    dataset, where : str
+        Data set name, and how to get it.
 
     Example
     -------
@@ -154,10 +145,8 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
     ---------
     data_folder : str
         The data set's folder.
-    test_fold : int
-        Fold used for testing.
-    valid_fold : int or None
-        Fold used for validation (None: the fold after ``test_fold``).
+    test_fold, valid_fold : int
+        Folds used for testing and validation (None: the one after test_fold).
     num_folds : int
         Folds of the data set.
 
@@ -259,14 +248,8 @@ def fold_split(options):
     ['test', 'valid', 'train']
     """
 
-    def split(clip):
-        """Test fold, validation fold, or training."""
-        fold = int(clip["fold"])
-        if fold == options["test_fold"]:
-            return "test"
-        return "valid" if fold == options["valid_fold"] else "train"
-
-    return split
+    names = {options["valid_fold"]: "valid", options["test_fold"]: "test"}
+    return lambda clip: names.get(int(clip["fold"]), "train")
 
 
 def write_manifests(clips, save_folder, options, dataset, split_of):
@@ -283,7 +266,7 @@ def write_manifests(clips, save_folder, options, dataset, split_of):
     dataset : str
         Data set name, for messages.
     split_of : callable
-        ``clip -> split name``.
+        ``clip -> split name``, e.g. :func:`fold_split`.
 
     Returns
     -------
@@ -302,5 +285,6 @@ def write_manifests(clips, save_folder, options, dataset, split_of):
             )
         _write_manifest(path, rows[split])
         logger.info("Wrote %s (%d clips)", path, len(rows[split]))
-    _save_options(save_folder, options)
+    with open(os.path.join(save_folder, OPTIONS_FILE), "w") as fout:
+        json.dump(options, fout, indent=1, sort_keys=True)
     return files

@@ -11,6 +11,7 @@ from speechbrain.utils import checkpoints
 
 # Entry of a checkpoint holding TrainableState.describe().
 DESCRIPTION_KEY = "__description__"
+NUMPY_FIELDS = ("name", "keys", "pos", "has_gauss", "cached_gaussian")
 
 
 def _load_file(path):
@@ -30,11 +31,9 @@ class TrainableState:
     """Mixin of ``torch.nn.Module`` classes: checkpoints of the trained part.
 
     A checkpoint holds the trainable tensors (and the buffers of modules that
-    train, e.g. a router's selection bias) with :meth:`describe`; loading
-    checks names and shapes and says what differs. The pretrained weights come
-    from their source again. Put it first among the base classes (``class
-    Lobe(TrainableState, nn.Module)``) so that SpeechBrain's checkpointer
-    finds its hooks.
+    train) with :meth:`describe`; loading checks names and shapes and says
+    what differs. Put it first among the base classes (``class
+    Lobe(TrainableState, nn.Module)``) so that the checkpointer finds its hooks.
 
     Example
     -------
@@ -127,17 +126,10 @@ class TrainableState:
         self.load_trainable(path)
 
 
-def _to_plain(value):
-    """Nested tuples -> nested lists (for ``weights_only`` loading)."""
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _to_tuple(value):
-    """Nested lists -> nested tuples (inverse of :func:`_to_plain`)."""
-    if isinstance(value, list):
-        return tuple(_to_tuple(v) for v in value)
+def _nested(value, kind):
+    """Nested tuples and lists as ``kind`` (lists load with ``weights_only``)."""
+    if isinstance(value, (tuple, list)):
+        return kind(_nested(v, kind) for v in value)
     return value
 
 
@@ -150,12 +142,8 @@ def _rank_path(path):
 class RandomState:
     """Recoverable state of the random generators (``random``, NumPy, torch
     CPU and CUDA; every DDP rank its own file), so that a resumed run draws
-    exactly what an uninterrupted one would.
-
-    From an intra-epoch checkpoint the state is restored by
-    :meth:`apply_pending` just before the next training batch, after the
-    draws of the data loader's new iterator (which an uninterrupted run made
-    before the checkpoint).
+    exactly what an uninterrupted one would. From an intra-epoch checkpoint it
+    is restored by :meth:`apply_pending`, before the next training batch.
 
     Example
     -------
@@ -178,16 +166,12 @@ class RandomState:
     @staticmethod
     def capture():
         """The current state of every generator, as tensors and plain types."""
-        np_state = np.random.get_state()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        keys = torch.from_numpy(keys.astype(np.int64))
+        numpy = (name, keys, int(pos), int(has_gauss), float(cached))
         state = {
-            "python": _to_plain(random.getstate()),
-            "numpy": {
-                "name": np_state[0],
-                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
+            "python": _nested(random.getstate(), list),
+            "numpy": dict(zip(NUMPY_FIELDS, numpy)),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -197,17 +181,10 @@ class RandomState:
     @staticmethod
     def restore(state):
         """Sets every generator to a ``state`` from :meth:`capture`."""
-        random.setstate(_to_tuple(state["python"]))
-        np_state = state["numpy"]
-        np.random.set_state(
-            (
-                np_state["name"],
-                np_state["keys"].numpy().astype(np.uint32),
-                np_state["pos"],
-                np_state["has_gauss"],
-                np_state["cached_gaussian"],
-            )
-        )
+        random.setstate(_nested(state["python"], tuple))
+        numpy = [state["numpy"][field] for field in NUMPY_FIELDS]
+        numpy[1] = numpy[1].numpy().astype(np.uint32)
+        np.random.set_state(tuple(numpy))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])

@@ -1,8 +1,6 @@
-"""The channel between routed modules deep in an encoder and the ``Brain``.
-
-Auxiliary losses (:func:`collect_aux_loss`), padding masks (:func:`token_mask`)
-and routing statistics (:func:`record_routing`, :func:`track_load`; off by
-default and free when off).
+"""The channel between routed modules deep in an encoder and the ``Brain``:
+auxiliary losses, padding masks and routing statistics (off by default and
+free when off).
 """
 
 import math
@@ -57,9 +55,7 @@ class RoutedModule(nn.Module):
             return
         weights = weights.detach().float()
         if mask is None:
-            mask = torch.ones(
-                weights.shape[:-1], dtype=torch.bool, device=weights.device
-            )
+            mask = torch.ones_like(weights[..., 0], dtype=torch.bool)
         if self.tracking_load:
             self.load_sum += (weights * mask.unsqueeze(-1)).sum(dim=(0, 1))
             self.load_tokens += mask.sum()
@@ -76,11 +72,6 @@ def routed_modules(model):
     ---------
     model : torch.nn.Module
         Any model (DDP-wrapped modules included).
-
-    Yields
-    ------
-    tuple
-        ``(name, module)``.
 
     Example
     -------
@@ -111,10 +102,8 @@ def collect_aux_loss(model):
     >>> from speechbrain_moe.adapters import SparseMoE
     >>> moe = SparseMoE(8, num_experts=4, top_k=2, balance_loss_weight=0.01)
     >>> _ = moe(torch.randn(2, 5, 8))
-    >>> float(collect_aux_loss(moe)) > 0
-    True
-    >>> float(collect_aux_loss(moe))  # cleared after collection
-    0.0
+    >>> float(collect_aux_loss(moe)) > 0, float(collect_aux_loss(moe))
+    (True, 0.0)
     """
     losses = []
     for _, module in routed_modules(model):
@@ -129,18 +118,8 @@ def collect_aux_loss(model):
 
 @contextmanager
 def token_mask(model, mask):
-    """Tells the mask-aware modules of ``model`` which tokens are padding.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Model whose modules with a ``token_mask`` attribute get the mask.
-    mask : torch.Tensor or None
-        ``[batch, time]``, True for real tokens.
-
-    Yields
-    ------
-    None
+    """Gives ``mask`` (``[batch, time]``, True for real tokens) to every
+    module of ``model`` with a ``token_mask`` attribute, for one ``with`` block.
 
     Example
     -------
@@ -164,26 +143,14 @@ def token_mask(model, mask):
 
 @contextmanager
 def record_routing(model, callback):
-    """Streams the routing weights of every router to ``callback``.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Model containing routed modules.
-    callback : callable
-        Called as ``callback(layer_name, stats)`` after each router's forward,
-        ``stats`` holding ``weights`` ``[batch, time, experts]``, ``mask``
-        ``[batch, time]`` and method-specific entries.
-
-    Yields
-    ------
-    None
+    """Streams the routing weights of every router of ``model`` to
+    ``callback(layer_name, stats)``, for one ``with`` block; ``stats`` holds
+    ``weights`` ``[batch, time, experts]``, ``mask`` and method-specific entries.
 
     Example
     -------
     >>> from speechbrain_moe.adapters import DenseMoA
-    >>> model = nn.Sequential(DenseMoA(8, num_experts=3))
-    >>> seen = []
+    >>> model, seen = nn.Sequential(DenseMoA(8, num_experts=3)), []
     >>> with record_routing(model, lambda name, s: seen.append(s["weights"].shape)):
     ...     _ = model(torch.randn(2, 5, 8))
     >>> seen
@@ -214,12 +181,6 @@ def track_load(model, enabled=True):
     -------
     int
         Number of routed modules found.
-
-    Example
-    -------
-    >>> from speechbrain_moe.adapters import SoftMoA
-    >>> track_load(nn.Sequential(SoftMoA(8)))
-    1
     """
     modules = list(routed_modules(model))
     for _, module in modules:
@@ -233,7 +194,7 @@ def load_statistics(load):
     Arguments
     ---------
     load : torch.Tensor
-        Non-negative load of each expert, shape ``[experts]``.
+        ``[experts]`` non-negative load of each expert.
 
     Returns
     -------
@@ -280,7 +241,8 @@ def pop_load_stats(model):
     -------
     >>> from speechbrain_moe.adapters import DenseMoA
     >>> model = nn.Sequential(DenseMoA(8, num_experts=2))
-    >>> _ = track_load(model)
+    >>> track_load(model)
+    1
     >>> _ = model(torch.randn(2, 5, 8))
     >>> sorted(pop_load_stats(model)["mean"])
     ['cv', 'entropy', 'max_share']

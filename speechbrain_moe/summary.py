@@ -1,8 +1,4 @@
-"""Trainable-parameter summary, like peft's ``print_trainable_parameters``.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Trainable-parameter summary, like peft's ``print_trainable_parameters``."""
 
 import torch.nn as nn
 
@@ -37,25 +33,20 @@ def count_parameters(modules, head_names=("classifier", "head")):
         items = list(modules.named_children()) or [("model", modules)]
     else:
         items = list(modules.items())
-    seen = set()
-    components = {}
-    total = trainable = head = 0
+    seen, components = set(), {}
     for name, module in items:
-        comp_total = comp_train = 0
-        for param in module.parameters():
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            comp_total += param.numel()
-            if param.requires_grad:
-                comp_train += param.numel()
-        components[name] = {"total": comp_total, "trainable": comp_train}
-        total += comp_total
-        trainable += comp_train
-        if name in head_names:
-            head += comp_train
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        components[name] = {
+            "total": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+        }
+    trainable = sum(c["trainable"] for c in components.values())
+    head = sum(
+        components[name]["trainable"] for name in components if name in head_names
+    )
     return {
-        "total": total,
+        "total": sum(c["total"] for c in components.values()),
         "trainable": trainable,
         "trainable_no_head": trainable - head,
         "components": components,
@@ -68,7 +59,7 @@ def format_parameters(counts):
     Arguments
     ---------
     counts : dict
-        Output of :func:`count_parameters`.
+        From :func:`count_parameters`.
 
     Returns
     -------

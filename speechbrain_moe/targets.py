@@ -1,9 +1,5 @@
-"""What a backbone tells the PETL methods about its insides.
-
-A lobe names the module the methods adapt (``petl_root_name``) and, in a
-:class:`PetlTargets`, the sub-modules each method needs: methods never look
-at Hugging Face class names.
-"""
+"""What a backbone tells the PETL methods about its insides, so that they
+never look at Hugging Face class names."""
 
 from dataclasses import dataclass, field
 
@@ -18,26 +14,21 @@ class PetlTargets:
         Width d of the transformer.
     layers : list of str
         The transformer layers, in order (deep prompt tuning wraps them).
-    attention : list of str
-        Each layer's self-attention block; it must take the output of the
-        layer's pre-attention LayerNorm as its first input.
-    attention_norm : list of str
-        The LayerNorm feeding each attention block.
-    ffn : list of str
-        Each layer's feed-forward block (empty if the backbone has none as a
-        single sub-module).
-    ffn_norm : list of str
-        The LayerNorm feeding each feed-forward block.
+    attention, attention_norm : list of str
+        Each layer's self-attention block (taking the output of its
+        pre-attention LayerNorm first), and that LayerNorm.
+    ffn, ffn_norm : list of str
+        Each layer's feed-forward block (none if it is not one sub-module),
+        and the LayerNorm feeding it.
     lora : list of str
-        Linear layers LoRA adapts (by default the query and value projections).
+        Linear layers LoRA adapts (usually the query and value projections).
     num_prefix_tokens : int
         Special tokens before the content tokens (AST: CLS + distillation = 2).
     grid_height : int
         Rows of the token grid (AST: frequency patches; 1-D encoders: 1).
     attention_interface : bool
-        Whether the attention blocks compute attention through Hugging Face's
-        attention-function interface (needed by prefix tuning; WavLM's
-        relative-position attention does not).
+        Whether attention goes through Hugging Face's attention-function
+        interface (needed by prefix tuning; WavLM's does not).
 
     Example
     -------
@@ -72,21 +63,20 @@ class PetlTargets:
         tuple of list
             ``(modules, norms)``.
         """
-        if placement == "pfeiffer_attention":
-            return list(self.attention), list(self.attention_norm)
-        if placement in ("pfeiffer_ffn", "houlsby"):
-            if not self.ffn:
-                raise ValueError(
-                    f"placement={placement!r} needs a feed-forward sub-module, but "
-                    "this backbone has none as a single module. Use "
-                    "placement: pfeiffer_attention."
-                )
-            if placement == "pfeiffer_ffn":
-                return list(self.ffn), list(self.ffn_norm)
-            return (
-                list(self.attention) + list(self.ffn),
-                list(self.attention_norm) + list(self.ffn_norm),
+        attention = (list(self.attention), list(self.attention_norm))
+        ffn = (list(self.ffn), list(self.ffn_norm))
+        if placement in ("pfeiffer_ffn", "houlsby") and not self.ffn:
+            raise ValueError(
+                f"placement={placement!r} needs a feed-forward sub-module, but "
+                "this backbone has none as a single module. Use "
+                "placement: pfeiffer_attention."
             )
+        if placement == "pfeiffer_attention":
+            return attention
+        if placement == "pfeiffer_ffn":
+            return ffn
+        if placement == "houlsby":
+            return attention[0] + ffn[0], attention[1] + ffn[1]
         raise ValueError(
             f"Unknown placement {placement!r}; choose pfeiffer_attention, "
             "pfeiffer_ffn or houlsby."
@@ -94,19 +84,17 @@ class PetlTargets:
 
 
 def petl_root(backbone):
-    """Returns ``(attribute_name, root_module, targets)`` of a backbone lobe.
+    """``(petl_root_name, root module, petl_targets)`` of a backbone lobe.
 
     Arguments
     ---------
     backbone : torch.nn.Module
-        A lobe with a ``petl_targets`` record and ``petl_root_name``, the name
-        of its attribute holding the module to adapt (``None``: the lobe
-        itself is the root).
+        A lobe with ``petl_targets`` and ``petl_root_name``, the attribute
+        holding the module to adapt (absent or None: the lobe itself).
 
     Returns
     -------
     tuple
-        ``(str or None, nn.Module, PetlTargets)``.
 
     Example
     -------

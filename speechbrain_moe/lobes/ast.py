@@ -1,20 +1,10 @@
-"""Audio Spectrogram Transformer (Gong et al., 2021) as a SpeechBrain lobe.
-
-Waveforms become the normalised 128-bin Kaldi fbank of ``ASTFeatureExtractor``,
-padded or cut to ``max_frames``, then go through Hugging Face's ``ASTModel``
-(position embeddings fitted to ``max_frames``; ``docs/fidelity.md``).
-"""
+"""Audio Spectrogram Transformer (Gong et al., 2021) as a SpeechBrain lobe."""
 
 import torch
 import torch.nn.functional as F
 from torchaudio.compliance import kaldi
 
-from speechbrain_moe.lobes.base import (
-    Backbone,
-    checked_lengths,
-    lengths_to_mask,
-    load_config,
-)
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -27,32 +17,13 @@ def _time_patches(frames, patch_size, stride):
     return (frames - patch_size) // stride + 1
 
 
-def resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix=2):
-    """AST's 2-D position embeddings for another number of time patches.
+def _resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix=2):
+    """AST's 2-D position embeddings ``[1, num_prefix + freq * time, d]`` for
+    another number of time patches: the time axis of the grid centre-cropped
+    (shorter) or bilinearly interpolated (longer), as the original AST does.
 
-    The time axis of the grid is centre-cropped (shorter) or bilinearly
-    interpolated (longer), as the original AST does; prefix tokens are kept.
-
-    Arguments
-    ---------
-    pos : torch.Tensor
-        ``[1, num_prefix + freq_patches * old_time, d]``.
-    freq_patches : int
-        Rows of the patch grid.
-    old_time, new_time : int
-        Columns of the grid before and after.
-    num_prefix : int
-        Special tokens in front.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[1, num_prefix + freq_patches * new_time, d]``.
-
-    Example
-    -------
     >>> pos = torch.arange(2 + 2 * 5).float().view(1, -1, 1)
-    >>> resize_position_embeddings(pos, 2, 5, 3)[0, :, 0].tolist()
+    >>> _resize_position_embeddings(pos, 2, 5, 3)[0, :, 0].tolist()
     [0.0, 1.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0]
     """
     prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
@@ -70,40 +41,34 @@ def resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix
 class AST(Backbone):
     """Hugging Face ``ASTModel`` behind waveforms + relative lengths.
 
-    Clips longer than ``max_duration`` (the audio ``max_frames`` frames cover)
-    are cut, with a warning; clips shorter than one 25 ms window are
-    zero-padded to it.
+    Its input is the normalised Kaldi fbank of ``ASTFeatureExtractor``, padded
+    or cut to ``max_frames``; longer clips (``max_duration``) are cut, with a
+    warning, and clips shorter than one 25 ms window zero-padded.
 
     Arguments
     ---------
-    source : str
+    source, save_path : str
         Hub id or local folder of an AST checkpoint (``ASTModel`` or
-        ``ASTForAudioClassification``).
-    save_path : str, optional
-        Cache folder for hub downloads.
+        ``ASTForAudioClassification``), and the hub cache folder.
     max_frames : int
         Fbank frames after padding/cutting (AST's ``max_length``).
     pooling : str
         ``mean`` over real tokens (special tokens included) or ``cls`` (the
         mean of the CLS and distillation tokens, as ``ASTModel``'s pooler).
     sample_rate : int
-        Sample rate of the input (must be 16000, as AST's).
+        Of the input (must be 16000, as AST's).
 
     Example
     -------
     >>> from transformers import ASTConfig, ASTModel
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> cfg = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-    ...                 intermediate_size=64, max_length=100)
-    >>> ASTModel(cfg).save_pretrained(folder)
-    >>> ast = AST(folder, max_frames=60)
-    >>> wavs = torch.randn(2, 16000)
+    >>> ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...     intermediate_size=64, max_length=100)).save_pretrained(folder)
+    >>> ast, wavs = AST(folder, max_frames=60), torch.randn(2, 16000)
     >>> hidden, mask = ast.encode(wavs, torch.tensor([1.0, 0.2]))
-    >>> hidden.shape, mask.sum(1).tolist()
-    (torch.Size([2, 62, 32]), [62, 26])
-    >>> ast(wavs).shape
-    torch.Size([2, 32])
+    >>> hidden.shape, mask.sum(1).tolist(), ast(wavs).shape
+    (torch.Size([2, 62, 32]), [62, 26], torch.Size([2, 32]))
     """
 
     def __init__(
@@ -112,12 +77,8 @@ class AST(Backbone):
         super().__init__(pooling=pooling)
         from transformers import ASTModel
 
-        if sample_rate != 16000:
-            raise ValueError(
-                f"AST expects 16 kHz audio, got sample_rate={sample_rate}. Resample "
-                "in the data pipeline (the recipes do) and set sample_rate: 16000."
-            )
-        config = load_config(
+        self._check_rate("AST", 16000, sample_rate)
+        config = self._load_config(
             source, save_path, ("audio-spectrogram-transformer",), "AST"
         )
         self.model = ASTModel.from_pretrained(
@@ -125,7 +86,6 @@ class AST(Backbone):
         )
         self.num_mel_bins = config.num_mel_bins
         self.max_frames = max_frames
-        self.patch_size = config.patch_size
         self.time_stride = config.time_stride
         self.freq_patches = (
             config.num_mel_bins - config.patch_size
@@ -142,13 +102,14 @@ class AST(Backbone):
         if new_time != old_time:
             emb = self.model.embeddings
             with torch.no_grad():
-                resized = resize_position_embeddings(
+                resized = _resize_position_embeddings(
                     emb.position_embeddings.data, self.freq_patches, old_time, new_time
                 )
             emb.position_embeddings = torch.nn.Parameter(resized)
             config.max_length = max_frames
         self.time_patches = new_time
         self.max_duration = ((max_frames - 1) * 160 + 400) / 16000
+        self.max_samples = int(self.max_duration * 16000)
         self.output_size = config.hidden_size
         layers = [f"layers.{i}" for i in range(config.num_hidden_layers)]
         self.petl_targets = PetlTargets(
@@ -168,26 +129,14 @@ class AST(Backbone):
     def features(self, wavs, wav_lens=None):
         """Normalised fbank, as ``ASTFeatureExtractor`` computes it.
 
-        Arguments
-        ---------
-        wavs, wav_lens : torch.Tensor
-            16 kHz waveforms and relative lengths.
-
         Returns
         -------
-        feats : torch.Tensor
-            ``[batch, max_frames, num_mel_bins]``.
-        frames : torch.Tensor
-            ``[batch]`` number of real (non-padded) frames.
+        feats, frames : torch.Tensor
+            ``[batch, max_frames, num_mel_bins]`` and the ``[batch]`` number
+            of real (non-padded) frames.
         """
-        lengths = checked_lengths(
-            wavs,
-            wav_lens,
-            int(self.max_duration * 16000),
-            16000,
-            "AST",
-            f"Raise max_frames (now {self.max_frames}) to keep more audio.",
-        )
+        advice = f"Raise max_frames (now {self.max_frames}) to keep more audio."
+        lengths = self._valid_lengths(wavs, wav_lens, advice)
         feats, frames = [], []
         for wav, length in zip(wavs.float(), lengths.tolist()):
             wav = F.pad(wav[:length], (0, max(0, 400 - length)))

@@ -1,4 +1,4 @@
-"""What every backbone lobe shares: loading, input checks, valid-token pooling.
+"""What every backbone lobe shares: :class:`Backbone` and valid-token helpers.
 
 Conventions of every lobe: ``wavs`` are ``[batch, samples]``, ``wav_lens``
 relative lengths in (0, 1] (None: every clip fills the batch), hidden states
@@ -96,132 +96,14 @@ def unwrap(module):
     return module
 
 
-def checked_lengths(wavs, wav_lens, max_samples, sample_rate, backbone, advice):
-    """Valid samples of each clip, at least 1 and at most ``max_samples``.
-
-    A clip without samples raises a ``ValueError`` naming it; a longer clip is
-    cut, with a warning naming it and ending in ``advice``.
-
-    Arguments
-    ---------
-    wavs, wav_lens : torch.Tensor
-        A lobe's input.
-    max_samples : int or None
-        Longest clip encoded (None: no cap).
-    sample_rate : int
-        For durations in messages.
-    backbone : str
-        Name of the backbone, for messages.
-    advice : str
-        What to do about long clips.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch]`` long.
-
-    Example
-    -------
-    >>> wavs = torch.zeros(2, 100)
-    >>> checked_lengths(wavs, torch.tensor([1.0, 0.5]), 80, 100, "Whisper", "")
-    tensor([80, 50])
-    >>> checked_lengths(wavs, torch.tensor([1.0, 0.0]), None, 100, "Whisper", "")
-    Traceback (most recent call last):
-    ...
-    ValueError: Clip 1 of the batch is empty (wav_lens[1] = 0 of 100 samples); Whisper cannot encode it. Remove empty ...
-    """
-    if wavs.dim() != 2:
-        raise ValueError(
-            f"{backbone} expects waveforms [batch, samples], got shape "
-            f"{tuple(wavs.shape)}; mix multi-channel audio down to mono."
-        )
-    samples = wavs.shape[1]
-    if wav_lens is None:
-        lengths = torch.full((wavs.shape[0],), samples, device=wavs.device)
-    else:
-        wav_lens = wav_lens.to(wavs.device).float()
-        lengths = (wav_lens * samples).round().long().clamp(max=samples)
-    cap = samples if max_samples is None else max_samples
-    # One device sync for both checks.
-    empty, long = torch.stack([(lengths < 1).any(), (lengths > cap).any()]).tolist()
-    if empty:
-        i = int((lengths < 1).nonzero()[0, 0])
-        raise ValueError(
-            f"Clip {i} of the batch is empty (wav_lens[{i}] = "
-            f"{0 if wav_lens is None else float(wav_lens[i]):g} of {samples} "
-            f"samples); {backbone} cannot encode it. Remove empty or unreadable "
-            "audio files from the data set (e.g. filter on duration in the data "
-            "preparation) or fix the relative lengths."
-        )
-    for i in (lengths > cap).nonzero()[:, 0].tolist() if long else []:
-        logger.warning(
-            f"Clip {i} of the batch lasts {int(lengths[i]) / sample_rate:.2f} s; "
-            f"{backbone} encodes at most {cap / sample_rate:.2f} s (max_duration), "
-            f"so only its first {cap / sample_rate:.2f} s are used. {advice}"
-        )
-    return lengths.clamp(max=cap)
-
-
-def load_config(source, save_path, model_types, lobe):
-    """The Hugging Face config of ``source``, checked to fit the lobe.
-
-    Arguments
-    ---------
-    source : str
-        A local folder (``save_pretrained`` layout) or a hub id.
-    save_path : str or None
-        Cache folder for hub downloads.
-    model_types : tuple of str
-        Accepted ``config.model_type`` values.
-    lobe : str
-        The lobe's name, for messages.
-
-    Returns
-    -------
-    transformers.PretrainedConfig
-
-    Example
-    -------
-    >>> load_config("/no/such/folder", None, ("whisper",), "Whisper")
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: backbone_source /no/such/folder is not a folder ...
-    """
-    from transformers import AutoConfig
-
-    source = str(source)
-    if not os.path.isdir(source) and not HUB_ID.match(source):
-        raise FileNotFoundError(
-            f"backbone_source {source} is not a folder (and not a hub id such as "
-            "'openai/whisper-base'). Point --backbone_source at the folder holding "
-            "the model's config.json, or give a hub id."
-        )
-    try:
-        config = AutoConfig.from_pretrained(source, cache_dir=save_path)
-    except (OSError, ValueError) as err:
-        raise OSError(
-            f"Cannot load the model config of backbone_source {source!r} ({err}). "
-            "A folder needs the config.json written by save_pretrained; a hub id "
-            "needs the network or a cache (HF_HUB_OFFLINE=1 with the model in "
-            "save_path)."
-        ) from err
-    if config.model_type not in model_types:
-        raise ValueError(
-            f"backbone_source {source} holds a {config.model_type!r} model, but the "
-            f"{lobe} lobe loads {' / '.join(model_types)} models. Use the recipe "
-            "YAML of that backbone (hparams/ast.yaml, whisper.yaml or wavlm.yaml) "
-            "or another source."
-        )
-    return config
-
-
 class Backbone(TrainableState, nn.Module):
     """Base class of backbone lobes.
 
-    A lobe loads its Hugging Face model (after :func:`load_config`) into the
-    attribute named by ``petl_root_name``, sets ``petl_targets``,
-    ``output_size`` and ``max_duration``, and implements :meth:`encode`. PETL
-    methods adapt it in place; its checkpoints hold only what trains.
+    A lobe loads its Hugging Face model into the attribute named by
+    ``petl_root_name``, sets ``petl_targets``, ``output_size``,
+    ``sample_rate``, ``max_duration`` and ``max_samples`` (None: no cap), and
+    implements :meth:`encode`. PETL methods adapt it in place; its
+    checkpoints hold only what trains.
 
     Arguments
     ---------
@@ -233,6 +115,7 @@ class Backbone(TrainableState, nn.Module):
     petl_targets = None
     output_size = None
     max_duration = None
+    max_samples = None
     load_hint = (
         "Load it onto the backbone_source and petl_method (with the same "
         "settings) it was trained with."
@@ -243,6 +126,37 @@ class Backbone(TrainableState, nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLINGS}.")
         self.pooling = pooling
+
+    @staticmethod
+    def _load_config(source, save_path, model_types, lobe):
+        """The Hugging Face config of ``source`` (a folder or a hub id), with
+        clear errors when it is missing or of another model type."""
+        from transformers import AutoConfig
+
+        source = str(source)
+        if not os.path.isdir(source) and not HUB_ID.match(source):
+            raise FileNotFoundError(
+                f"backbone_source {source} is not a folder (and not a hub id such as "
+                "'openai/whisper-base'). Point --backbone_source at the folder holding "
+                "the model's config.json, or give a hub id."
+            )
+        try:
+            config = AutoConfig.from_pretrained(source, cache_dir=save_path)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"Cannot load the model config of backbone_source {source!r} ({err}). "
+                "A folder needs the config.json written by save_pretrained; a hub id "
+                "needs the network or a cache (HF_HUB_OFFLINE=1 with the model in "
+                "save_path)."
+            ) from err
+        if config.model_type not in model_types:
+            raise ValueError(
+                f"backbone_source {source} holds a {config.model_type!r} model, but the "
+                f"{lobe} lobe loads {' / '.join(model_types)} models. Use the recipe "
+                "YAML of that backbone (hparams/ast.yaml, whisper.yaml or wavlm.yaml) "
+                "or another source."
+            )
+        return config
 
     def encode(self, wavs, wav_lens=None):
         """Encodes a batch of waveforms.
@@ -260,6 +174,52 @@ class Backbone(TrainableState, nn.Module):
             ``[batch, tokens]``, True for tokens of real audio.
         """
         raise NotImplementedError
+
+    def _check_rate(self, name, expected, sample_rate):
+        """Records ``sample_rate``, or raises unless it is ``expected``."""
+        if sample_rate != expected:
+            raise ValueError(
+                f"{name} expects {expected} Hz audio, got sample_rate={sample_rate}. "
+                "Resample in the data pipeline (the recipes do) and set "
+                f"sample_rate: {expected}."
+            )
+        self.sample_rate = sample_rate
+
+    def _valid_lengths(self, wavs, wav_lens, advice, name=None):
+        """Valid samples of each clip, in [1, ``max_samples``]: a clip without
+        samples raises, a longer one is cut with a warning ending in ``advice``."""
+        name = name or type(self).__name__
+        if wavs.dim() != 2:
+            raise ValueError(
+                f"{name} expects waveforms [batch, samples], got shape "
+                f"{tuple(wavs.shape)}; mix multi-channel audio down to mono."
+            )
+        samples = wavs.shape[1]
+        if wav_lens is None:
+            lengths = torch.full((wavs.shape[0],), samples, device=wavs.device)
+        else:
+            wav_lens = wav_lens.to(wavs.device).float()
+            lengths = (wav_lens * samples).round().long().clamp(max=samples)
+        cap = samples if self.max_samples is None else self.max_samples
+        # One device sync for both checks.
+        empty, long = torch.stack([(lengths < 1).any(), (lengths > cap).any()]).tolist()
+        if empty:
+            i = int((lengths < 1).nonzero()[0, 0])
+            raise ValueError(
+                f"Clip {i} of the batch is empty (wav_lens[{i}] = "
+                f"{0 if wav_lens is None else float(wav_lens[i]):g} of {samples} "
+                f"samples); {name} cannot encode it. Remove empty or unreadable "
+                "audio files from the data set (e.g. filter on duration in the data "
+                "preparation) or fix the relative lengths."
+            )
+        rate = self.sample_rate
+        for i in (lengths > cap).nonzero()[:, 0].tolist() if long else []:
+            logger.warning(
+                f"Clip {i} of the batch lasts {int(lengths[i]) / rate:.2f} s; "
+                f"{name} encodes at most {cap / rate:.2f} s (max_duration), "
+                f"so only its first {cap / rate:.2f} s are used. {advice}"
+            )
+        return lengths.clamp(max=cap)
 
     def forward(self, wavs, wav_lens=None):
         """Pooled utterance embedding ``[batch, output_size]`` of :meth:`encode`."""

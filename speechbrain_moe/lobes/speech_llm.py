@@ -82,28 +82,23 @@ def layout_inputs(embed, prefixes, target_ids=None, target_mask=None):
     """Batches prefixes left-padded, then targets right-padded, for a causal LM.
 
     Every prefix ends in the same column and positions follow the attention
-    mask (``cumsum - 1``), so training and decoding see the same positions
-    and padding never changes a sample's result.
+    mask, so padding never changes a sample's result.
 
     Arguments
     ---------
     embed : torch.nn.Embedding
         The LLM's input embeddings.
     prefixes : list of list of torch.Tensor
-        Per sample, the pieces of its prefix: token ids ``[n]`` (embedded
-        and labelled with themselves) or embeddings ``[n, d]`` (label -100).
-    target_ids : torch.Tensor, optional
-        ``[batch, target_len]`` token ids.
-    target_mask : torch.Tensor, optional
-        ``[batch, target_len]`` bool (default: all True).
+        Per sample, its pieces: token ids ``[n]`` or embeddings ``[n, d]``.
+    target_ids, target_mask : torch.Tensor, optional
+        ``[batch, target_len]`` ids and bool mask (default: all True).
 
     Returns
     -------
     dict
-        ``inputs_embeds`` ``[B, S, d]``, ``attention_mask``, ``position_ids``,
-        ``labels`` (-100 at embeddings and padding), ``loss_mask`` (True only
-        where the *next* token is a target) (all ``[B, S]``) and
-        ``prefix_length``.
+        ``inputs_embeds`` ``[B, S, d]``; ``attention_mask``, ``position_ids``,
+        ``labels`` (-100 but at token ids) and ``loss_mask`` (True where the
+        *next* token is a target), all ``[B, S]``; ``prefix_length``.
 
     Example
     -------
@@ -115,24 +110,20 @@ def layout_inputs(embed, prefixes, target_ids=None, target_mask=None):
     >>> out["loss_mask"].tolist()
     [[False, False, True, False], [False, False, True, False]]
     """
-    rows, labels = [], []
-    for pieces in prefixes:
-        row, lab = [], []
+    width = max(sum(piece.shape[0] for piece in pieces) for pieces in prefixes)
+    embeds = embed.weight.new_zeros(len(prefixes), width, embed.weight.shape[1])
+    mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+    labels = torch.full_like(mask, -100, dtype=torch.long)
+    for i, pieces in enumerate(prefixes):
+        start = width - sum(piece.shape[0] for piece in pieces)
+        mask[i, start:] = True
         for piece in pieces:
-            ids = piece.dim() == 1
-            row.append(embed(piece) if ids else piece.to(embed.weight.dtype))
-            no_text = torch.full(piece.shape[:1], -100, device=piece.device)
-            lab.append(piece if ids else no_text)
-        rows.append(torch.cat(row))
-        labels.append(torch.cat(lab))
-    batch, width = len(rows), max(row.shape[0] for row in rows)
-    embeds = rows[0].new_zeros(batch, width, rows[0].shape[1])
-    mask = torch.zeros(batch, width, dtype=torch.bool, device=embeds.device)
-    all_labels = torch.full_like(mask, -100, dtype=torch.long)
-    for i, (row, lab) in enumerate(zip(rows, labels)):
-        embeds[i, width - row.shape[0] :] = row
-        mask[i, width - row.shape[0] :] = True
-        all_labels[i, width - row.shape[0] :] = lab
+            end = start + piece.shape[0]
+            if piece.dim() == 1:  # token ids
+                embeds[i, start:end], labels[i, start:end] = embed(piece), piece
+            else:
+                embeds[i, start:end] = piece
+            start = end
     loss_mask = torch.zeros_like(mask)
     if target_ids is not None:
         if target_mask is None:
@@ -140,7 +131,7 @@ def layout_inputs(embed, prefixes, target_ids=None, target_mask=None):
         embeds = torch.cat([embeds, embed(target_ids * target_mask)], dim=1)
         mask = torch.cat([mask, target_mask], dim=1)
         target_labels = target_ids.masked_fill(~target_mask, -100)
-        all_labels = torch.cat([all_labels, target_labels], dim=1)
+        labels = torch.cat([labels, target_labels], dim=1)
         # Position t predicts token t + 1: the last prefix position predicts
         # the first target token.
         zeros = torch.zeros_like(loss_mask[:, :-1])
@@ -149,20 +140,16 @@ def layout_inputs(embed, prefixes, target_ids=None, target_mask=None):
         "inputs_embeds": embeds,
         "attention_mask": mask,
         "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0),
-        "labels": all_labels,
+        "labels": labels,
         "loss_mask": loss_mask,
         "prefix_length": width,
     }
 
 
 class SpeechPromptLayout:
-    """The LLM input of :class:`SpeechLLM`: ``[<bos>] <audio start> audio
-    <audio end> prompt``, then ``target <eos>`` (:func:`layout_inputs`).
-
-    A mixin: the host holds ``llm`` (a causal LM, possibly in an
-    ``AdaptedModel``), ``bos_index`` and the ``audio_start`` / ``audio_end``
-    markers, trainable embeddings of the LLM width (so the frozen vocabulary
-    is never resized).
+    """Mixin laying out :class:`SpeechLLM`'s LLM input. The host holds ``llm``,
+    ``bos_index`` and the ``audio_start`` / ``audio_end`` markers: trainable
+    embeddings of the LLM width, so the frozen vocabulary is never resized.
     """
 
     @property
@@ -193,7 +180,7 @@ class SpeechPromptLayout:
         Returns
         -------
         dict
-            See :func:`layout_inputs`.
+            From :func:`layout_inputs`.
         """
         bos = []
         if self.bos_index is not None:

@@ -1,10 +1,7 @@
 """wav2vec2-family encoders (WavLM, HuBERT, wav2vec 2.0) as a SpeechBrain lobe.
 
-Any Hugging Face model of the family loads through ``AutoModel``; waveforms
-are normalised as its ``Wav2Vec2FeatureExtractor`` does. Each clip is encoded
-as it is alone and unpadded: "base" models get :class:`MaskedGroupNorm` in
-their first convolution, and every model gets the attention mask
-(``docs/fidelity.md``, "wav2vec2 family").
+Each clip is encoded as it is alone and unpadded (``docs/fidelity.md``,
+"wav2vec2 family"); which LayerNorm feeds which block: ``docs/design.md``.
 """
 
 import logging
@@ -17,9 +14,7 @@ from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
 from speechbrain_moe.lobes.base import (
     Backbone,
-    checked_lengths,
     lengths_to_mask,
-    load_config,
     unwrap,
 )
 from speechbrain_moe.routing import token_mask
@@ -37,14 +32,11 @@ SSL_MODEL_TYPES = (
 
 
 class ModularWavLMAttention(WavLMAttention):
-    """``WavLMAttention`` whose projections are called as modules.
+    """``WavLMAttention`` calling its projections as modules (LoRA-wrappable).
 
-    Hugging Face's version hands ``q_proj.weight`` etc. to
-    ``F.multi_head_attention_forward``, which bypasses or breaks on LoRA
-    wrappers. This one computes the same attention (gated relative position
-    bias, key padding mask, dropout). The lobe swaps the class of existing
-    blocks (the weights stay in place). It does not go through Hugging Face's
-    attention interface, so prefix tuning refuses WavLM.
+    Hugging Face's hands ``q_proj.weight`` etc. to
+    ``F.multi_head_attention_forward``, which bypasses LoRA wrappers. The lobe
+    swaps the class of existing blocks (the weights stay in place).
 
     Example
     -------
@@ -85,9 +77,8 @@ class ModularWavLMAttention(WavLMAttention):
 class MaskedGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` over ``[batch, channels, time]`` whose statistics
     cover each clip's first ``valid_frames`` frames only (None: plain
-    ``nn.GroupNorm``); padded frames come out as the bias. The lobe swaps the
-    class of the first convolution's norm of "base" models and sets
-    ``valid_frames`` for each forward pass.
+    ``nn.GroupNorm``). The lobe swaps the class of the first convolution's
+    norm of "base" models and sets ``valid_frames`` for each forward pass.
 
     Example
     -------
@@ -103,7 +94,7 @@ class MaskedGroupNorm(nn.GroupNorm):
     valid_frames = None
 
     def forward(self, x):
-        """Normalises ``x``."""
+        """Normalises ``x``; padded frames come out as the bias."""
         if self.valid_frames is None:
             return super().forward(x)
         batch, channels, time = x.shape
@@ -143,14 +134,10 @@ def _masked_front_end(model, valid_frames):
 def _ssl_targets(config, num_layers, attention_interface):
     """The :class:`PetlTargets` of a wav2vec2-family model."""
     layers = [f"encoder.layers.{i}" for i in range(num_layers)]
-    if getattr(config, "do_stable_layer_norm", False):
-        # Pre-LN ("large"): h = x + attn(layer_norm(x)); y = h + ffn(final_LN(h)).
+    if getattr(config, "do_stable_layer_norm", False):  # pre-LN ("large")
         attention_norm = [f"{name}.layer_norm" for name in layers]
         ffn_norm = [f"{name}.final_layer_norm" for name in layers]
-    else:
-        # Post-LN ("base"): h = LN(x + attn(x)); y = final_LN(h + ffn(h)). The
-        # attention reads the previous layer's final_layer_norm (layer 0:
-        # encoder.layer_norm, after the positional convolution).
+    else:  # post-LN: attention reads the previous layer's final_layer_norm
         attention_norm = ["encoder.layer_norm"] + [
             f"{name}.final_layer_norm" for name in layers[:-1]
         ]
@@ -176,39 +163,34 @@ def _receptive_field(config):
 
 
 class SSLEncoder(Backbone):
-    """A wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0) behind waveforms
-    + relative lengths.
+    """A wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0), any Hugging
+    Face model of the family (``AutoModel``), behind waveforms + lengths.
 
     Clips longer than ``max_duration`` are cut, with a warning; clips shorter
-    than the front end's receptive field (``min_samples``) are zero-padded to
-    it.
+    than the front end's receptive field (``min_samples``) are zero-padded.
 
     Arguments
     ---------
-    source : str
-        Hub id or local folder of the checkpoint (loaded with ``AutoModel``,
-        with its ``preprocessor_config.json`` when it has one).
-    save_path : str, optional
-        Cache folder for hub downloads.
+    source, save_path : str
+        Hub id or local folder of the checkpoint, and the hub cache folder.
     pooling : str
         ``mean`` over valid frames (``cls`` takes the first frame).
     normalize : bool, optional
-        Zero-mean/unit-variance normalisation of each clip (default: the
+        Normalise each clip to zero mean and unit variance (default: the
         feature-extractor config's ``do_normalize``; True without one).
     use_attention_mask : bool, optional
-        Encode each clip independently of its batch (default True). False
-        runs Hugging Face's unmasked pipeline (what it advises for base
-        checkpoints): outputs then depend on the padding.
+        Encode each clip independently of its batch (default True); False
+        runs Hugging Face's unmasked pipeline, which depends on the padding.
     apply_spec_augment : bool
         Keep the model's own time/feature masking in training (off by
         default; its mask embedding is then dropped: unused under DDP).
     layerdrop : float
-        LayerDrop probability in training (0 by default: a dropped layer's
-        adapters get no gradient, which DDP rejects).
+        LayerDrop in training (0 by default: DDP rejects adapters without
+        gradient).
     sample_rate : int
-        Sample rate of the input (must match the checkpoint's).
+        Of the input (must match the checkpoint's).
     max_duration : float or None
-        Longest clip encoded, in seconds (default 30; None: no cap).
+        Longest clip encoded, in seconds (None: no cap).
 
     Example
     -------
@@ -219,17 +201,12 @@ class SSLEncoder(Backbone):
     ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
     ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
     ...     ).save_pretrained(folder)
-    >>> encoder = WavLM(folder)
-    >>> wavs = torch.randn(2, 16000)
+    >>> encoder, wavs = WavLM(folder), torch.randn(2, 16000)
     >>> hidden, mask = encoder.encode(wavs, torch.tensor([1.0, 0.5]))
-    >>> hidden.shape, mask.sum(1).tolist()
-    (torch.Size([2, 49, 32]), [49, 24])
-    >>> encoder(wavs).shape
-    torch.Size([2, 32])
-    >>> encoder.max_duration, encoder.min_samples
-    (30.0, 400)
-    >>> encoder.petl_targets.attention_norm, encoder.petl_targets.ffn_norm
-    (['encoder.layer_norm'], ['encoder.layers.0.layer_norm'])
+    >>> hidden.shape, mask.sum(1).tolist(), encoder(wavs).shape
+    (torch.Size([2, 49, 32]), [49, 24], torch.Size([2, 32]))
+    >>> encoder.min_samples, encoder.petl_targets.attention_norm
+    (400, ['encoder.layer_norm'])
     """
 
     def __init__(
@@ -247,7 +224,7 @@ class SSLEncoder(Backbone):
         super().__init__(pooling=pooling)
         from transformers import AutoFeatureExtractor, AutoModel
 
-        config = load_config(
+        config = self._load_config(
             source, save_path, SSL_MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
         )
         config.layerdrop = layerdrop
@@ -273,14 +250,9 @@ class SSLEncoder(Backbone):
         except (OSError, ValueError):
             logger.warning("No feature-extractor config in %s; normalising.", source)
             extractor = None
-        expected_rate = getattr(extractor, "sampling_rate", 16000)
-        if sample_rate != expected_rate:
-            raise ValueError(
-                f"{source} expects {expected_rate} Hz audio, got "
-                f"sample_rate={sample_rate}. Resample in the data pipeline (the "
-                f"recipes do) and set sample_rate: {expected_rate}."
-            )
-        self.sample_rate = sample_rate
+        self._check_rate(
+            source, getattr(extractor, "sampling_rate", 16000), sample_rate
+        )
         self.normalize = bool(
             getattr(extractor, "do_normalize", True) if normalize is None else normalize
         )
@@ -315,24 +287,16 @@ class SSLEncoder(Backbone):
     def prepare(self, wavs, wav_lens=None):
         """Waveforms as the feature extractor prepares them, and their lengths.
 
-        Arguments
-        ---------
-        wavs, wav_lens : torch.Tensor
-            Waveforms and relative lengths.
-
         Returns
         -------
-        wavs : torch.Tensor
+        wavs, lengths : torch.Tensor
             ``[batch, samples]`` cut to the longest valid length, zero past
-            each clip, normalised over its valid samples (``normalize``).
-        lengths : torch.Tensor
-            ``[batch]`` valid samples, in [min_samples, max_samples].
+            each clip, normalised over its valid samples (``normalize``); and
+            the ``[batch]`` valid samples, in [min_samples, max_samples].
         """
         advice = "Raise max_duration (None: no cap) or split long recordings."
         name = type(unwrap(self.model)).__name__
-        lengths = checked_lengths(
-            wavs, wav_lens, self.max_samples, self.sample_rate, name, advice
-        )
+        lengths = self._valid_lengths(wavs, wav_lens, advice, name)
         width = max(int(lengths.max()), self.min_samples)
         wavs = wavs[:, :width].float()
         wavs = F.pad(wavs, (0, width - wavs.shape[1])) * lengths_to_mask(lengths, width)

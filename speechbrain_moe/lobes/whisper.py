@@ -1,10 +1,8 @@
 """The Whisper encoder (Radford et al., 2022) as a SpeechBrain lobe.
 
-Log-mel features are computed in torch with the math of
-``WhisperFeatureExtractor``; the decoder is dropped. By default the encoder
-runs on each clip's own frames only, not on 30 s of padding; the encoder
-never runs under ``no_grad``, so adapters inside it get gradients
-(``docs/fidelity.md``, "Whisper").
+By default it runs on each clip's own frames, not on 30 s of padding
+(``docs/fidelity.md``, "Whisper"); never under ``no_grad``, so that adapters
+inside it get gradients.
 """
 
 import logging
@@ -18,9 +16,7 @@ from transformers.masking_utils import (
 
 from speechbrain_moe.lobes.base import (
     Backbone,
-    checked_lengths,
     lengths_to_mask,
-    load_config,
     unwrap,
 )
 from speechbrain_moe.routing import token_mask
@@ -40,7 +36,7 @@ def _attention_mask(config, hidden, mask):
     return mask[:, None, None, :].expand(batch, 1, time, time)
 
 
-def _load_extractor(source, save_path, num_mel_bins, sample_rate):
+def _load_extractor(source, save_path, num_mel_bins):
     """The checkpoint's ``WhisperFeatureExtractor``, checked against the model."""
     from transformers import WhisperFeatureExtractor
 
@@ -59,17 +55,11 @@ def _load_extractor(source, save_path, num_mel_bins, sample_rate):
             f"bins but the encoder expects {num_mel_bins}; the folder mixes "
             "files of two checkpoints."
         )
-    if sample_rate != extractor.sampling_rate:
-        raise ValueError(
-            f"Whisper expects {extractor.sampling_rate} Hz audio, got "
-            f"sample_rate={sample_rate}. Resample in the data pipeline (the "
-            f"recipes do) and set sample_rate: {extractor.sampling_rate}."
-        )
     return extractor
 
 
 class Whisper(Backbone):
-    """Hugging Face Whisper encoder behind waveforms + relative lengths.
+    """Hugging Face Whisper encoder (decoder dropped) behind waveforms + lengths.
 
     At most 30 s (``max_duration``) are encoded: longer clips are cut, with a
     warning. A clip shorter than one STFT window (``min_samples``) counts as
@@ -77,19 +67,16 @@ class Whisper(Backbone):
 
     Arguments
     ---------
-    source : str
-        Hub id or local folder of a Whisper checkpoint (``WhisperModel`` or
-        ``WhisperForConditionalGeneration``); its ``preprocessor_config.json``
-        gives the mel filters (Whisper's defaults when it has none).
-    save_path : str, optional
-        Cache folder for hub downloads.
+    source, save_path : str
+        Hub id or local folder of a Whisper checkpoint (its mel filters from
+        its ``preprocessor_config.json``, if any), and the hub cache folder.
     trim_to_valid : bool
         Run the encoder on the batch's longest valid length only, each clip
         attending to its own frames (default), instead of 30 s of padding.
     pooling : str
         Only ``mean`` (over valid encoder frames): Whisper has no CLS token.
     sample_rate : int
-        Sample rate of the input (must be 16000, as Whisper's).
+        Of the input (must be 16000, as Whisper's).
 
     Example
     -------
@@ -99,15 +86,12 @@ class Whisper(Backbone):
     >>> WhisperModel(WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
     ...     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
     ...     decoder_ffn_dim=64, vocab_size=64, pad_token_id=0)).save_pretrained(folder)
-    >>> whisper = Whisper(folder)
-    >>> wavs = torch.randn(2, 16000)
+    >>> whisper, wavs = Whisper(folder), torch.randn(2, 16000)
     >>> hidden, mask = whisper.encode(wavs, torch.tensor([1.0, 0.5]))
-    >>> hidden.shape, mask.sum(1).tolist()
-    (torch.Size([2, 50, 32]), [50, 25])
+    >>> hidden.shape, mask.sum(1).tolist(), whisper(wavs).shape
+    (torch.Size([2, 50, 32]), [50, 25], torch.Size([2, 32]))
     >>> Whisper(folder, trim_to_valid=False).encode(wavs)[0].shape
     torch.Size([2, 1500, 32])
-    >>> whisper(wavs).shape
-    torch.Size([2, 32])
     >>> whisper.max_duration, whisper.min_samples, whisper.petl_targets.lora
     (30.0, 400, ['layers.0.self_attn.q_proj', 'layers.0.self_attn.v_proj'])
     """
@@ -128,13 +112,13 @@ class Whisper(Backbone):
         super().__init__(pooling=pooling)
         from transformers import WhisperModel
 
-        whisper_config = load_config(source, save_path, ("whisper",), "Whisper")
+        whisper_config = self._load_config(source, save_path, ("whisper",), "Whisper")
         self.model = WhisperModel.from_pretrained(
             source, config=whisper_config, cache_dir=save_path
         ).encoder
         config = self.model.config
-        extractor = _load_extractor(source, save_path, config.num_mel_bins, sample_rate)
-        self.sample_rate = sample_rate
+        extractor = _load_extractor(source, save_path, config.num_mel_bins)
+        self._check_rate("Whisper", extractor.sampling_rate, sample_rate)
         self.trim_to_valid = trim_to_valid
         self.n_fft = extractor.n_fft
         self.hop_length = extractor.hop_length
@@ -164,29 +148,18 @@ class Whisper(Backbone):
         )
 
     def features(self, wavs, wav_lens=None):
-        """Whisper's log-mel features, as ``WhisperFeatureExtractor`` computes them.
-
-        Samples past a clip's length count as silence.
-
-        Arguments
-        ---------
-        wavs, wav_lens : torch.Tensor
-            16 kHz waveforms and relative lengths.
+        """Log-mel features, as ``WhisperFeatureExtractor`` computes them.
 
         Returns
         -------
-        feats : torch.Tensor
-            ``[batch, num_mel_bins, frames]``: 3000 frames (30 s), or with
+        feats, mel_frames : torch.Tensor
+            ``[batch, num_mel_bins, frames]`` (3000 frames, or with
             ``trim_to_valid`` the longest valid length rounded up to whole
-            encoder frames.
-        mel_frames : torch.Tensor
-            ``[batch]`` frames of real audio, ``ceil(samples / hop)`` (at
-            least ``min_samples`` samples).
+            encoder frames; silence past each clip) and the ``[batch]`` frames
+            of real audio, ``ceil(samples / hop)``.
         """
         advice = "Split longer recordings in the data preparation to keep the rest."
-        lengths = checked_lengths(
-            wavs, wav_lens, self.max_samples, self.sample_rate, "Whisper", advice
-        )
+        lengths = self._valid_lengths(wavs, wav_lens, advice)
         padded = lengths.clamp(min=self.min_samples)
         mel_frames = (padded + self.hop_length - 1) // self.hop_length
         if self.trim_to_valid:

@@ -49,17 +49,13 @@ def apply_method(backbone, method, overrides=None):
     Returns
     -------
     torch.nn.Module
-        The backbone, with ``petl_method`` and ``petl_settings`` recorded on
-        it (adapter checkpoints store them, to check what they are loaded
-        onto).
+        The backbone, with ``petl_method`` and ``petl_settings`` recorded
+        (checkpoints store them, to check what they are loaded onto).
 
     Example
     -------
     >>> import torch
-    >>> from speechbrain_moe.targets import PetlTargets
-    >>> model = torch.nn.Linear(2, 2)
-    >>> model.petl_targets = PetlTargets(hidden_size=2)
-    >>> model = apply_method(model, "linear")
+    >>> model = apply_method(torch.nn.Linear(2, 2), "linear")
     >>> any(p.requires_grad for p in model.parameters()), model.petl_method
     (False, 'linear')
     >>> apply_method(model, "bitfit")

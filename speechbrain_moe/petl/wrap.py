@@ -21,18 +21,18 @@ def wrap_modules(
     unfrozen=(),
     target_layers=None,
 ):
-    """Wraps the backbone's ``targets`` sub-modules with ``adapter_class``.
+    """Wraps the backbone's ``targets`` sub-modules with ``adapter_class``
+    through an ``AdaptedModel``, which freezes the rest of the backbone.
 
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe, adapted in place.
+        A backbone lobe, adapted in place and returned.
     adapter_class : callable
-        ``adapter_class(module, **adapter_kwargs)`` returns the wrapper (as
-        for ``AdaptedModel``).
+        ``adapter_class(module, **adapter_kwargs)`` returns the wrapper.
     targets : str
-        The :class:`~speechbrain_moe.targets.PetlTargets` list to wrap:
-        ``attention``, ``ffn``, ``layers`` or ``lora``.
+        The :class:`~speechbrain_moe.targets.PetlTargets` list to wrap
+        (``attention``, ``ffn``, ``layers`` or ``lora``).
     adapter_kwargs : dict, optional
         Keyword arguments of ``adapter_class``.
     unfrozen : sequence of str
@@ -40,22 +40,15 @@ def wrap_modules(
     target_layers : list of str, optional
         fnmatch patterns (relative to the adapted root) replacing ``targets``.
 
-    Returns
-    -------
-    torch.nn.Module
-        The backbone, its root replaced by the ``AdaptedModel``.
-
     Example
     -------
-    >>> import torch
     >>> from speechbrain.nnet.adapters import LoRA
     >>> from speechbrain_moe.targets import PetlTargets
     >>> holder = torch.nn.Module()
     >>> holder.model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     >>> holder.petl_root_name = "model"
     >>> holder.petl_targets = PetlTargets(hidden_size=4, lora=["0"])
-    >>> _ = wrap_modules(holder, LoRA, "lora", {"rank": 2})
-    >>> type(holder.model.adapted_model[0]).__name__
+    >>> type(wrap_modules(holder, LoRA, "lora").model.adapted_model[0]).__name__
     'LoRA'
     """
     name, root, record = petl_root(backbone)
