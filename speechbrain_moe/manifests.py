@@ -1,8 +1,5 @@
-"""What every ``<dataset>_prepare.py`` of the recipes shares.
-
-Unusable audio (unreadable, empty, NaN/inf, digitally silent) is reported by
-name and skipped; manifests are written atomically, once, and a preparation
-is skipped when they exist for the same options.
+"""What every ``<dataset>_prepare.py`` of the recipes shares: unusable audio is
+reported by name and skipped; manifests are written atomically, once.
 """
 
 import csv
@@ -38,7 +35,6 @@ def _check_audio(path):
     if not np.isfinite(audio).all():
         return None, "contains NaN/inf samples"
     if not np.any(audio):
-        # No information about the label; almost always a broken export.
         return None, "silent (every sample is zero)"
     return info.frames / info.samplerate, None
 
@@ -75,8 +71,6 @@ def skip_preparation(save_folder, files, options):
     -------
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> skip_preparation(folder, [], {"fold": 1})
-    False
     >>> _ = open(os.path.join(folder, OPTIONS_FILE), "w").write('{"fold": 1}')
     >>> skip_preparation(folder, [], {"fold": 1}), skip_preparation(folder, [], {"fold": 2})
     (True, False)
@@ -130,8 +124,8 @@ def split_files(save_folder):
 
     Example
     -------
-    >>> sorted(split_files("out"))
-    ['test', 'train', 'valid']
+    >>> split_files("out")["train"]
+    'out/train.csv'
     """
     return {
         s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
@@ -181,7 +175,9 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
 
 
 def scan_clips(clips, dataset):
-    """Keeps the usable clips, with their duration; logs the others by name.
+    """Keeps the usable clips, with their duration; logs the others by name
+    (unreadable, empty, NaN/inf, or digitally silent: no information about
+    the label, almost always a broken export).
 
     Arguments
     ---------
@@ -213,8 +209,8 @@ def scan_clips(clips, dataset):
         if problem:
             skipped.append(f"  {clip['wav']}: {problem}")
         else:
-            kept.append({**clip, "wav": os.path.abspath(clip["wav"])})
-            kept[-1]["duration"] = round(duration, 3)
+            wav, duration = os.path.abspath(clip["wav"]), round(duration, 3)
+            kept.append({**clip, "wav": wav, "duration": duration})
     logger.info(
         "%s: kept %d audio files, skipped %d.", dataset, len(kept), len(skipped)
     )
@@ -247,7 +243,6 @@ def fold_split(options):
     >>> [split({"fold": f}) for f in (1, 2, 3)]
     ['test', 'valid', 'train']
     """
-
     names = {options["valid_fold"]: "valid", options["test_fold"]: "test"}
     return lambda clip: names.get(int(clip["fold"]), "train")
 

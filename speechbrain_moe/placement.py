@@ -1,21 +1,5 @@
-"""Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``.
-
-Both work around any sub-module, including Hugging Face blocks that return
-tuples (only the first element is adapted); which sub-modules are wrapped is
-decided by :func:`speechbrain_moe.petl.insert_adapters`.
-
-Example
--------
->>> from speechbrain.nnet.adapters import AdaptedModel
->>> from speechbrain_moe.adapters import SoftMoA
->>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
->>> adapted = AdaptedModel(
-...     model, ParallelAdapter, target_layers=["1"],
-...     adapter_kwargs={"adapter": SoftMoA, "adapter_kwargs": {"num_experts": 4}},
-... )
->>> x = torch.randn(2, 5, 8)
->>> torch.allclose(adapted(x), model[1](model[0](x)))  # zero-init: same output
-True
+"""Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``,
+around any sub-module (of a tuple output, only the first element is adapted).
 """
 
 import torch
@@ -23,11 +7,9 @@ import torch.nn as nn
 
 
 def infer_sizes(module):
-    """Input and output feature sizes of a module an adapter is placed around.
-
-    From ``in_features``/``out_features`` (linear layers), ``embed_dim``
-    (attention), ``hidden_size``, the ``config`` (``hidden_size`` or
-    ``d_model``), or else the first linear layer inside it.
+    """Input and output feature sizes of a module an adapter is placed around:
+    its ``in_features``/``out_features``, ``embed_dim``, ``hidden_size``, its
+    config's ``hidden_size`` or ``d_model``, or else its first linear layer.
 
     Arguments
     ---------
@@ -93,6 +75,7 @@ class _Placement(nn.Module):
     """Shared construction of the placement wrappers."""
 
     token_mask = None  # set by speechbrain_moe.routing.token_mask
+    reads_output = False  # the adapter reads (and writes) the output size
 
     def __init__(
         self,
@@ -105,10 +88,10 @@ class _Placement(nn.Module):
         super().__init__()
         self.pretrained_module = target_module
         in_size, out_size = infer_sizes(target_module)
+        out_size = output_size or out_size
+        in_size = out_size if self.reads_output else input_size or in_size
         kwargs = dict(adapter_kwargs or {})
-        self.adapter = adapter(
-            input_size or in_size, output_size=output_size or out_size, **kwargs
-        )
+        self.adapter = adapter(in_size, output_size=out_size, **kwargs)
         param = next(target_module.parameters(), None)
         if param is not None:
             self.adapter.to(device=param.device)
@@ -133,10 +116,14 @@ class ParallelAdapter(_Placement):
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import BottleneckAdapter
-    >>> layer = ParallelAdapter(torch.nn.Linear(8, 4), BottleneckAdapter, {"bottleneck": 2})
-    >>> layer(torch.randn(3, 8)).shape
-    torch.Size([3, 4])
+    >>> from speechbrain.nnet.adapters import AdaptedModel
+    >>> from speechbrain_moe.adapters import SoftMoA
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    >>> adapted = AdaptedModel(model, ParallelAdapter, target_layers=["1"],
+    ...     adapter_kwargs={"adapter": SoftMoA, "adapter_kwargs": {"num_experts": 4}})
+    >>> x = torch.randn(2, 5, 8)
+    >>> torch.allclose(adapted(x), model[1](model[0](x)))  # zero-init: same output
+    True
     """
 
     def forward(self, *args, **kwargs):
@@ -161,16 +148,7 @@ class SequentialAdapter(_Placement):
     torch.Size([3, 4])
     """
 
-    def __init__(
-        self,
-        target_module,
-        adapter,
-        adapter_kwargs=None,
-        input_size=None,
-        output_size=None,
-    ):
-        out_size = output_size or infer_sizes(target_module)[1]
-        super().__init__(target_module, adapter, adapter_kwargs, out_size, out_size)
+    reads_output = True
 
     def forward(self, *args, **kwargs):
         """Runs the target, then adapts its output residually."""

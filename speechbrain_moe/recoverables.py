@@ -51,13 +51,8 @@ class TrainableState:
     """
 
     def trainable_state_dict(self):
-        """Trainable parameters plus the buffers of modules that train.
-
-        Returns
-        -------
-        dict
-            Name -> detached copy.
-        """
+        """Copies of the trainable parameters and of the buffers of modules
+        that train, by name."""
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         for prefix, module in self.named_modules():
             if any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -190,13 +185,8 @@ class RandomState:
             torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
     def apply_pending(self):
-        """Restores a state recovered from an intra-epoch checkpoint, if any.
-
-        Returns
-        -------
-        bool
-            Whether a state was pending.
-        """
+        """Restores a state recovered from an intra-epoch checkpoint; returns
+        whether one was pending."""
         if self.pending is None:
             return False
         self.restore(self.pending)

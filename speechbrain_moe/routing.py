@@ -11,10 +11,8 @@ import torch.nn as nn
 
 
 class RoutedModule(nn.Module):
-    """Base class of modules that route tokens to experts.
-
-    Subclasses call :meth:`report` once per forward with the contribution
-    weight of each expert to each token, and may set ``self.aux_loss``.
+    """Base class of modules that route tokens to experts: subclasses call
+    :meth:`report` once per forward and may set ``self.aux_loss``.
 
     Arguments
     ---------
@@ -24,9 +22,10 @@ class RoutedModule(nn.Module):
     Example
     -------
     >>> module = RoutedModule(num_experts=2)
+    >>> _ = track_load(module)
     >>> module.report(torch.tensor([[[0.25, 0.75]]]), None)
-    >>> module.aux_loss is None
-    True
+    >>> module.load_sum
+    tensor([0.2500, 0.7500])
     """
 
     def __init__(self, num_experts):
@@ -37,7 +36,6 @@ class RoutedModule(nn.Module):
         self.routing_name = ""
         self.tracking_load = False
         self.register_buffer("load_sum", torch.zeros(num_experts), persistent=False)
-        self.register_buffer("load_tokens", torch.zeros(()), persistent=False)
 
     def report(self, weights, mask, **extra):
         """Hands this batch's routing weights to the active recorders.
@@ -58,7 +56,6 @@ class RoutedModule(nn.Module):
             mask = torch.ones_like(weights[..., 0], dtype=torch.bool)
         if self.tracking_load:
             self.load_sum += (weights * mask.unsqueeze(-1)).sum(dim=(0, 1))
-            self.load_tokens += mask.sum()
         if self.routing_sink is not None:
             stats = {"weights": weights, "mask": mask}
             stats.update({k: v.detach() for k, v in extra.items()})
@@ -75,8 +72,7 @@ def routed_modules(model):
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import DenseMoA
-    >>> [name for name, _ in routed_modules(nn.Sequential(DenseMoA(8)))]
+    >>> [name for name, _ in routed_modules(nn.Sequential(RoutedModule(2)))]
     ['0']
     """
     for name, module in model.named_modules():
@@ -99,11 +95,10 @@ def collect_aux_loss(model):
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import SparseMoE
-    >>> moe = SparseMoE(8, num_experts=4, top_k=2, balance_loss_weight=0.01)
-    >>> _ = moe(torch.randn(2, 5, 8))
-    >>> float(collect_aux_loss(moe)) > 0, float(collect_aux_loss(moe))
-    (True, 0.0)
+    >>> model = nn.Sequential(RoutedModule(2), RoutedModule(2))
+    >>> model[0].aux_loss = model[1].aux_loss = torch.tensor(0.5)
+    >>> float(collect_aux_loss(model)), float(collect_aux_loss(model))
+    (1.0, 0.0)
     """
     losses = []
     for _, module in routed_modules(model):
@@ -123,11 +118,11 @@ def token_mask(model, mask):
 
     Example
     -------
-    >>> from speechbrain_moe.placement import ParallelAdapter
-    >>> from speechbrain_moe.adapters import SoftMoA
-    >>> layer = ParallelAdapter(nn.Linear(8, 8), adapter=SoftMoA)
-    >>> with token_mask(layer, torch.ones(2, 5, dtype=torch.bool)):
-    ...     y = layer(torch.randn(2, 5, 8))
+    >>> layer = nn.Linear(2, 2)
+    >>> layer.token_mask = None
+    >>> with token_mask(layer, torch.ones(1, 3, dtype=torch.bool)):
+    ...     layer.token_mask.shape
+    torch.Size([1, 3])
     >>> layer.token_mask is None
     True
     """
@@ -149,12 +144,11 @@ def record_routing(model, callback):
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import DenseMoA
-    >>> model, seen = nn.Sequential(DenseMoA(8, num_experts=3)), []
-    >>> with record_routing(model, lambda name, s: seen.append(s["weights"].shape)):
-    ...     _ = model(torch.randn(2, 5, 8))
+    >>> model, seen = nn.Sequential(RoutedModule(3)), []
+    >>> with record_routing(model, lambda name, s: seen.append((name, s["mask"].shape))):
+    ...     model[0].report(torch.rand(2, 5, 3), None)
     >>> seen
-    [torch.Size([2, 5, 3])]
+    [('0', torch.Size([2, 5]))]
     """
     modules = list(routed_modules(model))
     for name, module in modules:
@@ -175,7 +169,7 @@ def track_load(model, enabled=True):
     model : torch.nn.Module
         Model containing routed modules.
     enabled : bool
-        Whether to count.
+        Whether to count (see :func:`pop_load_stats`).
 
     Returns
     -------
@@ -239,13 +233,12 @@ def pop_load_stats(model):
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import DenseMoA
-    >>> model = nn.Sequential(DenseMoA(8, num_experts=2))
+    >>> model = nn.Sequential(RoutedModule(2))
     >>> track_load(model)
     1
-    >>> _ = model(torch.randn(2, 5, 8))
-    >>> sorted(pop_load_stats(model)["mean"])
-    ['cv', 'entropy', 'max_share']
+    >>> model[0].report(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), None)
+    >>> pop_load_stats(model)["mean"]
+    {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.5}
     """
     layers = {}
     for name, module in routed_modules(model):
@@ -255,7 +248,6 @@ def pop_load_stats(model):
         if float(load.sum()) > 0:
             layers[name] = load_statistics(load)
         module.load_sum.zero_()
-        module.load_tokens.zero_()
     if not layers:
         return {}
     mean = {

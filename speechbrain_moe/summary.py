@@ -9,10 +9,9 @@ def count_parameters(modules, head_names=("classifier", "head")):
     Arguments
     ---------
     modules : torch.nn.Module or dict
-        A model, or a dict / ``ModuleDict`` of named components (as a
-        ``Brain``'s ``modules``).
+        A model, or named components (as a ``Brain``'s ``modules``).
     head_names : tuple of str
-        Components (top-level names) counted as the classifier head.
+        Components counted as the classifier head.
 
     Returns
     -------
@@ -22,10 +21,8 @@ def count_parameters(modules, head_names=("classifier", "head")):
 
     Example
     -------
-    >>> m = nn.ModuleDict({"encoder": nn.Linear(4, 4), "classifier": nn.Linear(4, 2)})
-    >>> m.encoder.requires_grad_(False)
-    Linear(in_features=4, out_features=4, bias=True)
-    >>> c = count_parameters(m)
+    >>> c = count_parameters(nn.ModuleDict({"encoder": nn.Linear(4, 4).requires_grad_(False),
+    ...                                     "classifier": nn.Linear(4, 2)}))
     >>> c["total"], c["trainable"], c["trainable_no_head"]
     (30, 10, 0)
     """

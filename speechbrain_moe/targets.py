@@ -49,20 +49,10 @@ class PetlTargets:
     attention_interface: bool = True
 
     def locations(self, placement):
-        """Modules to wrap and LayerNorms that feed them, for a placement.
-
-        Arguments
-        ---------
-        placement : str
-            ``pfeiffer_attention`` (one adapter per layer, beside the
-            attention: the Soft-MoA paper's default), ``pfeiffer_ffn`` (beside
-            the FFN) or ``houlsby`` (both).
-
-        Returns
-        -------
-        tuple of list
-            ``(modules, norms)``.
-        """
+        """``(modules, norms)``: the modules to wrap for a ``placement`` and the
+        LayerNorms feeding them. ``pfeiffer_attention``: beside each attention
+        block (the Soft-MoA paper's default); ``pfeiffer_ffn``: beside each
+        feed-forward block; ``houlsby``: both."""
         attention = (list(self.attention), list(self.attention_norm))
         ffn = (list(self.ffn), list(self.ffn_norm))
         if placement in ("pfeiffer_ffn", "houlsby") and not self.ffn:

@@ -127,14 +127,8 @@ class AST(Backbone):
         )
 
     def features(self, wavs, wav_lens=None):
-        """Normalised fbank, as ``ASTFeatureExtractor`` computes it.
-
-        Returns
-        -------
-        feats, frames : torch.Tensor
-            ``[batch, max_frames, num_mel_bins]`` and the ``[batch]`` number
-            of real (non-padded) frames.
-        """
+        """The normalised fbank ``[batch, max_frames, num_mel_bins]`` that
+        ``ASTFeatureExtractor`` computes, and the ``[batch]`` real frames."""
         advice = f"Raise max_frames (now {self.max_frames}) to keep more audio."
         lengths = self._valid_lengths(wavs, wav_lens, advice)
         feats, frames = [], []
@@ -155,20 +149,9 @@ class AST(Backbone):
         return feats.to(wavs.device), torch.tensor(frames, device=wavs.device)
 
     def token_mask(self, frames):
-        """Which tokens cover real audio.
-
-        Arguments
-        ---------
-        frames : torch.Tensor
-            ``[batch]`` real fbank frames.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 2 + freq_patches * time_patches]``: the special tokens,
-            then the patch grid (frequency-major, as ``ASTModel`` flattens it)
-            where a column is real if it starts on a real frame.
-        """
+        """Which tokens cover real audio, given ``[batch]`` real fbank ``frames``:
+        the two special tokens, then the patch grid (frequency-major, as
+        ``ASTModel`` flattens it), a column real if it starts on a real frame."""
         columns = ((frames + self.time_stride - 1) // self.time_stride).clamp(
             min=1, max=self.time_patches
         )

@@ -168,10 +168,9 @@ class Backbone(TrainableState, nn.Module):
 
         Returns
         -------
-        hidden : torch.Tensor
-            ``[batch, tokens, output_size]``.
-        mask : torch.Tensor
-            ``[batch, tokens]``, True for tokens of real audio.
+        hidden, mask : torch.Tensor
+            ``[batch, tokens, output_size]``, and ``[batch, tokens]`` True for
+            tokens of real audio.
         """
         raise NotImplementedError
 

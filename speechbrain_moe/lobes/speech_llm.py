@@ -1,10 +1,6 @@
-"""Audio encoder -> frame stacking -> bridge -> decoder-only LLM.
-
-The speech-LLM of the MoE-Adapter paper as a SpeechBrain lobe: a frozen
-encoder lobe, SpeechBrain's ``ConcatDownsampler`` (``[B, T, d] -> [B, T/k,
-k d]``), a bridge (:mod:`speechbrain_moe.adapters.bridges`, picked with
-:func:`load_bridge`) and a frozen causal LM (with ``AdaptedModel`` + ``LoRA``
-when some of its layers should adapt).
+"""The speech-LLM of the MoE-Adapter paper as a SpeechBrain lobe: frozen audio
+encoder -> frame stacking -> bridge -> frozen decoder-only LLM (``LoRA`` on
+some of its layers if wanted); ``docs/design.md``, "Speech-LLM".
 """
 
 import torch
@@ -48,9 +44,7 @@ def load_bridge(bridge, overrides=None):
     Arguments
     ---------
     bridge : str
-        ``dense`` (the MLP projector of SpeechBrain's speech-LLM recipe),
-        ``moe_adapter`` (fuse linear -> sparse top-k mixture with shared
-        experts -> aggregation + LayerNorm), ``soft_moa`` (files shipped in
+        ``dense``, ``moe_adapter``, ``soft_moa`` (shipped in
         ``speechbrain_moe/hparams/bridges/``) or the path of a bridge YAML
         file, whose ``bridge`` key builds ``bridge(input_size, output_size)``.
     overrides : dict, optional
@@ -78,38 +72,9 @@ def load_bridge(bridge, overrides=None):
     return builder
 
 
-def layout_inputs(embed, prefixes, target_ids=None, target_mask=None):
-    """Batches prefixes left-padded, then targets right-padded, for a causal LM.
-
-    Every prefix ends in the same column and positions follow the attention
-    mask, so padding never changes a sample's result.
-
-    Arguments
-    ---------
-    embed : torch.nn.Embedding
-        The LLM's input embeddings.
-    prefixes : list of list of torch.Tensor
-        Per sample, its pieces: token ids ``[n]`` or embeddings ``[n, d]``.
-    target_ids, target_mask : torch.Tensor, optional
-        ``[batch, target_len]`` ids and bool mask (default: all True).
-
-    Returns
-    -------
-    dict
-        ``inputs_embeds`` ``[B, S, d]``; ``attention_mask``, ``position_ids``,
-        ``labels`` (-100 but at token ids) and ``loss_mask`` (True where the
-        *next* token is a target), all ``[B, S]``; ``prefix_length``.
-
-    Example
-    -------
-    >>> embed = torch.nn.Embedding(10, 2)
-    >>> prefixes = [[torch.tensor([5])], [torch.ones(1, 2), torch.tensor([6, 7])]]
-    >>> out = layout_inputs(embed, prefixes, torch.tensor([[8], [9]]))
-    >>> out["labels"].tolist(), out["position_ids"].tolist()
-    ([[-100, -100, 5, 8], [-100, 6, 7, 9]], [[0, 0, 0, 1], [0, 1, 2, 3]])
-    >>> out["loss_mask"].tolist()
-    [[False, False, True, False], [False, False, True, False]]
-    """
+def _layout(embed, prefixes, target_ids=None, target_mask=None):
+    """Batches prefixes (per sample, pieces of token ids ``[n]`` or embeddings
+    ``[n, d]``) left-padded, then targets right-padded."""
     width = max(sum(piece.shape[0] for piece in pieces) for pieces in prefixes)
     embeds = embed.weight.new_zeros(len(prefixes), width, embed.weight.shape[1])
     mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
@@ -147,9 +112,14 @@ def layout_inputs(embed, prefixes, target_ids=None, target_mask=None):
 
 
 class SpeechPromptLayout:
-    """Mixin laying out :class:`SpeechLLM`'s LLM input. The host holds ``llm``,
-    ``bos_index`` and the ``audio_start`` / ``audio_end`` markers: trainable
-    embeddings of the LLM width, so the frozen vocabulary is never resized.
+    """Mixin laying out :class:`SpeechLLM`'s LLM input: the prefix ``[<bos>]
+    <audio start> audio <audio end> prompt`` left-padded, so that every prefix
+    ends in the same column, then ``target <eos>`` right-padded. Positions
+    follow the attention mask, so padding never changes a sample's result.
+
+    The host holds ``llm``, ``bos_index`` and the ``audio_start`` /
+    ``audio_end`` markers, trainable embeddings of the LLM width (the frozen
+    vocabulary is never resized).
     """
 
     @property
@@ -180,7 +150,10 @@ class SpeechPromptLayout:
         Returns
         -------
         dict
-            From :func:`layout_inputs`.
+            ``inputs_embeds`` ``[B, S, d]``; ``attention_mask``,
+            ``position_ids``, ``labels`` (-100 but at text tokens) and
+            ``loss_mask`` (True where the *next* token is a target), all
+            ``[B, S]``; ``prefix_length``.
         """
         bos = []
         if self.bos_index is not None:
@@ -190,7 +163,7 @@ class SpeechPromptLayout:
             bos + [start, audio[i, : int(n)], end, prompt_ids[i, prompt_mask[i]]]
             for i, n in enumerate(audio_mask.sum(1))
         ]
-        return layout_inputs(self.embed_tokens, prefixes, target_ids, target_mask)
+        return _layout(self.embed_tokens, prefixes, target_ids, target_mask)
 
 
 class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
@@ -279,18 +252,8 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         return self
 
     def encode_audio(self, wavs, wav_lens=None):
-        """Audio -> LLM-width embeddings of the valid stacked frames.
-
-        Arguments
-        ---------
-        wavs, wav_lens : torch.Tensor
-            Waveforms and relative lengths.
-
-        Returns
-        -------
-        embeddings, mask : torch.Tensor
-            ``[batch, frames / k, llm_size]`` and ``[batch, frames / k]``.
-        """
+        """Audio -> LLM-width embeddings ``[batch, frames / k, llm_size]`` of the
+        stacked frames, and their ``[batch, frames / k]`` valid-frame mask."""
         with torch.no_grad():
             hidden, mask = self.encoder.encode(wavs, wav_lens)
         if mask is None:
@@ -308,15 +271,9 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         return self.build_inputs(audio, audio_mask, prompt_ids, prompt_mask, *targets)
 
     def forward(self, wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_lens):
-        """Teacher-forced pass; returns what :func:`target_nll` needs.
-
-        Returns
-        -------
-        dict
-            ``logits`` ``[B, target_len, vocab]`` (logit ``j`` predicts target
-            token ``j``), ``targets``, ``target_mask`` and ``aux_loss`` (scalar,
-            the bridge's balance + z losses; zero for ``dense``).
-        """
+        """Teacher-forced pass: the ``logits`` ``[B, target_len, vocab]`` (logit
+        ``j`` predicts target ``j``), ``targets`` and ``target_mask`` that
+        :func:`target_nll` takes, and the bridge's ``aux_loss`` (zero for ``dense``)."""
         target_mask = relative_to_mask(target_lens, target_ids.shape[1])
         inputs = self._inputs(
             wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_mask
@@ -341,20 +298,8 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
     def generate(
         self, wavs, wav_lens, prompt_ids, prompt_lens, max_new_tokens=32, num_beams=1
     ):
-        """Decodes the answer to the prompt: transformers ``generate`` (KV cache).
-
-        Arguments
-        ---------
-        max_new_tokens : int
-            Most generated tokens.
-        num_beams : int
-            Beam size (1: greedy).
-
-        Returns
-        -------
-        list of list of int
-            Token ids of each answer, without ``<eos>`` and padding.
-        """
+        """The token ids of each answer, without ``<eos>`` and padding, from
+        transformers ``generate`` (KV cache; ``num_beams`` 1: greedy)."""
         inputs = self._inputs(wavs, wav_lens, prompt_ids, prompt_lens)
         collect_aux_loss(self.bridge)
         tokens = unwrap(self.llm).generate(

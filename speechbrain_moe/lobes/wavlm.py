@@ -12,11 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-from speechbrain_moe.lobes.base import (
-    Backbone,
-    lengths_to_mask,
-    unwrap,
-)
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, unwrap
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -176,17 +172,15 @@ class SSLEncoder(Backbone):
     pooling : str
         ``mean`` over valid frames (``cls`` takes the first frame).
     normalize : bool, optional
-        Normalise each clip to zero mean and unit variance (default: the
-        feature-extractor config's ``do_normalize``; True without one).
+        Normalise each clip (default: the feature extractor's ``do_normalize``).
     use_attention_mask : bool, optional
-        Encode each clip independently of its batch (default True); False
-        runs Hugging Face's unmasked pipeline, which depends on the padding.
+        Encode each clip independently of its batch (default True; False:
+        Hugging Face's unmasked pipeline, which depends on the padding).
     apply_spec_augment : bool
-        Keep the model's own time/feature masking in training (off by
-        default; its mask embedding is then dropped: unused under DDP).
+        Keep the model's own masking in training (off: its mask embedding is
+        dropped, unused under DDP).
     layerdrop : float
-        LayerDrop in training (0 by default: DDP rejects adapters without
-        gradient).
+        LayerDrop in training (DDP rejects adapters without gradient).
     sample_rate : int
         Of the input (must match the checkpoint's).
     max_duration : float or None
@@ -232,9 +226,9 @@ class SSLEncoder(Backbone):
         self.model = AutoModel.from_pretrained(
             source, config=config, cache_dir=save_path
         )
-        encoder = getattr(self.model, "encoder", None)
-        if not hasattr(self.model, "_get_feat_extract_output_lengths") or not hasattr(
-            encoder, "layers"
+        layers = getattr(getattr(self.model, "encoder", None), "layers", None)
+        if layers is None or not hasattr(
+            self.model, "_get_feat_extract_output_lengths"
         ):
             raise ValueError(
                 f"{source} ({type(self.model).__name__}) is not a wav2vec2-family "
@@ -280,20 +274,12 @@ class SSLEncoder(Backbone):
             isinstance(m, WavLMAttention) for m in self.model.modules()
         )
         self.output_size = config.hidden_size
-        self.petl_targets = _ssl_targets(
-            config, len(encoder.layers), attention_interface
-        )
+        self.petl_targets = _ssl_targets(config, len(layers), attention_interface)
 
     def prepare(self, wavs, wav_lens=None):
-        """Waveforms as the feature extractor prepares them, and their lengths.
-
-        Returns
-        -------
-        wavs, lengths : torch.Tensor
-            ``[batch, samples]`` cut to the longest valid length, zero past
-            each clip, normalised over its valid samples (``normalize``); and
-            the ``[batch]`` valid samples, in [min_samples, max_samples].
-        """
+        """Waveforms as the feature extractor prepares them (cut to the longest
+        valid length, zero past each clip, each normalised over its valid
+        samples), and the ``[batch]`` valid samples, in [min_samples, max_samples]."""
         advice = "Raise max_duration (None: no cap) or split long recordings."
         name = type(unwrap(self.model)).__name__
         lengths = self._valid_lengths(wavs, wav_lens, advice, name)

@@ -14,11 +14,7 @@ from transformers.masking_utils import (
     create_bidirectional_mask,
 )
 
-from speechbrain_moe.lobes.base import (
-    Backbone,
-    lengths_to_mask,
-    unwrap,
-)
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, unwrap
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -123,8 +119,7 @@ class Whisper(Backbone):
         self.n_fft = extractor.n_fft
         self.hop_length = extractor.hop_length
         self.frame_stride = self.model.conv1.stride[0] * self.model.conv2.stride[0]
-        self.max_encoder_frames = config.max_source_positions
-        self.max_mel_frames = self.max_encoder_frames * self.frame_stride
+        self.max_mel_frames = config.max_source_positions * self.frame_stride
         self.max_samples = self.max_mel_frames * self.hop_length
         self.max_duration = self.max_samples / sample_rate
         self.min_samples = self.n_fft
@@ -148,16 +143,10 @@ class Whisper(Backbone):
         )
 
     def features(self, wavs, wav_lens=None):
-        """Log-mel features, as ``WhisperFeatureExtractor`` computes them.
-
-        Returns
-        -------
-        feats, mel_frames : torch.Tensor
-            ``[batch, num_mel_bins, frames]`` (3000 frames, or with
-            ``trim_to_valid`` the longest valid length rounded up to whole
-            encoder frames; silence past each clip) and the ``[batch]`` frames
-            of real audio, ``ceil(samples / hop)``.
-        """
+        """The log-mel features ``[batch, num_mel_bins, frames]`` that
+        ``WhisperFeatureExtractor`` computes (silence past each clip; 3000
+        frames, or with ``trim_to_valid`` the longest valid length rounded up to
+        whole encoder frames), and the ``[batch]`` real frames."""
         advice = "Split longer recordings in the data preparation to keep the rest."
         lengths = self._valid_lengths(wavs, wav_lens, advice)
         padded = lengths.clamp(min=self.min_samples)

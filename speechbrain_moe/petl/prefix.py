@@ -1,9 +1,6 @@
-"""``prefix``: prefix tuning (Li & Liang, 2021).
-
-Each attention block gets learnable vectors prepended to its keys and values
-(not its queries), through a registered Hugging Face attention function that
-wraps SDPA: every backbone whose attention uses that interface (AST, Whisper,
-wav2vec2, HuBERT).
+"""``prefix``: prefix tuning (Li & Liang, 2021): learnable vectors prepended to
+the keys and values of every attention block, through a registered Hugging Face
+attention function wrapping SDPA (AST, Whisper, wav2vec2, HuBERT).
 """
 
 import torch
@@ -49,12 +46,8 @@ class PrefixAttention(nn.Module):
     ---------
     target_module : torch.nn.Module
         A Hugging Face attention block using the attention interface.
-    num_prefix : int
-        Prefix length.
-    num_heads : int
-        Attention heads of the block.
-    head_dim : int
-        Size of each head.
+    num_prefix, num_heads, head_dim : int
+        Prefix length, attention heads of the block and their size.
     """
 
     def __init__(self, target_module, num_prefix, num_heads, head_dim):

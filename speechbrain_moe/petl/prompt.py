@@ -1,7 +1,6 @@
-"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep).
-
-Every transformer layer gets its own learnable prompt tokens, prepended to
-its input and dropped from its output, so the next layer sees fresh prompts.
+"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep): every layer
+gets its own learnable prompt tokens, prepended to its input and dropped from
+its output.
 """
 
 import torch
@@ -48,10 +47,8 @@ class DeepPromptLayer(nn.Module):
     ---------
     target_module : torch.nn.Module
         A transformer layer taking ``hidden_states`` first.
-    num_prompts : int
-        Prompt tokens for this layer.
-    hidden_size : int
-        Width of the tokens.
+    num_prompts, hidden_size : int
+        Prompt tokens for this layer, and their width.
 
     Example
     -------

@@ -1,7 +1,5 @@
-"""Wrapping a backbone's sub-modules with SpeechBrain's ``AdaptedModel``, which
-freezes the backbone: how every method that adds modules (adapters, LoRA,
-prompts, prefixes) adapts it.
-"""
+"""How every method that adds modules (adapters, LoRA, prompts, prefixes)
+adapts a backbone: SpeechBrain's ``AdaptedModel`` around its sub-modules."""
 
 import fnmatch
 import inspect
