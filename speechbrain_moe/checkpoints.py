@@ -1,9 +1,5 @@
-"""A checkpointer whose checkpoints are complete or ignored, and DDP-safe.
-
-A ``MANIFEST.json`` (size and SHA-256 of every file), written last, marks a
-checkpoint complete; interrupted saves are set aside and damaged ones skipped
-(``docs/design.md``, "Checkpoints").
-"""
+"""A checkpointer whose checkpoints are complete or ignored, and DDP-safe
+(``docs/design.md``, "Checkpoints")."""
 
 import hashlib
 import json
@@ -87,11 +83,10 @@ def _check_finite(recoverables):
 
 
 class Checkpointer(checkpoints.Checkpointer):
-    """SpeechBrain's checkpointer with complete-or-ignored checkpoints.
-
-    Same arguments as :class:`speechbrain.utils.checkpoints.Checkpointer`.
-    Every DDP rank uses the main process's checkpoint folder, and a checkpoint
-    of non-finite weights is refused.
+    """SpeechBrain's checkpointer (same arguments) with complete-or-ignored
+    checkpoints: a ``MANIFEST.json`` (size and SHA-256 of every file), written
+    last, marks one complete. Every DDP rank uses the main process's folder,
+    and a checkpoint of non-finite weights is refused.
 
     Example
     -------

@@ -1,9 +1,5 @@
-"""K-fold cross-validation of a recipe (ESC-50: 5 folds, UrbanSound8K: 10).
-
-``train.py`` runs once per fold into ``<output_folder>/fold<k>``; after every
-finished fold ``<output_folder>/cross_validation.json`` is rewritten, so a
-failing fold leaves the finished ones on disk.
-"""
+"""K-fold cross-validation of a recipe (ESC-50: 5 folds, UrbanSound8K: 10); a
+failing fold leaves the finished ones in ``cross_validation.json``."""
 
 import argparse
 import json
@@ -49,7 +45,7 @@ def read_test_accuracy(train_log):
     -------
     >>> import tempfile
     >>> log = os.path.join(tempfile.mkdtemp(), "train_log.txt")
-    >>> _ = open(log, "w").write("Epoch loaded: 2 - test loss: 1.0, test accuracy: 0.75\\n")
+    >>> _ = open(log, "w").write("test loss: 1.0, test accuracy: 0.75\\n")
     >>> read_test_accuracy(log)
     0.75
     """
@@ -107,11 +103,10 @@ def _run_folds(script, hparams_file, folds, output_folder, extra_args, launcher)
 
 
 def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
-    """Runs every fold of a recipe and reports test accuracy mean ± std.
-
-    The command line of a recipe's ``cross_validate.py``: ``HPARAMS
-    --output_folder=DIR --data_folder=DATA [--folds=1,2] [--nproc=2] [other
-    train.py arguments]``; the folds are checked before anything runs.
+    """Runs every fold of a recipe into ``<output_folder>/fold<k>`` and reports
+    test accuracy mean ± std: the command line of its ``cross_validate.py``,
+    ``HPARAMS --output_folder=DIR --data_folder=DATA [--folds=1,2] [--nproc=2]
+    [train.py arguments]``.
 
     Arguments
     ---------

@@ -1,9 +1,6 @@
-"""The HyperPyYAML files of PETL methods (``hparams/petl/``) and LLM bridges
-(``hparams/bridges/``): shipped in the package, or a user's own.
-
-Their top-level plain keys are the settings (overridable as a recipe's keys);
-one more key builds what they describe.
-"""
+"""The HyperPyYAML files of PETL methods and LLM bridges, shipped in the package
+(``hparams/petl/``, ``hparams/bridges/``) or a user's own: their top-level plain
+keys are settings, one more key builds what they describe."""
 
 import io
 import os

@@ -110,7 +110,7 @@ def check_data_folder(data_folder, required, dataset, where):
 
 
 def split_files(save_folder):
-    """The train/valid/test manifests of a preparation.
+    """The train/valid/test manifest paths of a preparation, by split.
 
     Arguments
     ---------
@@ -120,7 +120,6 @@ def split_files(save_folder):
     Returns
     -------
     dict
-        Split -> CSV path.
 
     Example
     -------
@@ -150,12 +149,8 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
 
     Example
     -------
-    >>> fold_options("/data", 5, None, 5)["valid_fold"]
-    1
-    >>> fold_options("/data", 6, None, 5)
-    Traceback (most recent call last):
-    ...
-    ValueError: test_fold must be between 1 and 5, got 6; set --fold ...
+    >>> fold_options("/data", 5, None, 5)
+    {'data_folder': '/data', 'test_fold': 5, 'valid_fold': 1}
     """
     if valid_fold is None:
         valid_fold = int(test_fold) % num_folds + 1
@@ -176,8 +171,7 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
 
 def scan_clips(clips, dataset):
     """Keeps the usable clips, with their duration; logs the others by name
-    (unreadable, empty, NaN/inf, or digitally silent: no information about
-    the label, almost always a broken export).
+    (unreadable, empty, NaN/inf, or digitally silent: a broken export).
 
     Arguments
     ---------
@@ -189,7 +183,6 @@ def scan_clips(clips, dataset):
     Returns
     -------
     list of dict
-        The usable clips with ``duration`` added.
 
     Example
     -------
@@ -198,8 +191,6 @@ def scan_clips(clips, dataset):
     >>> for name, value in [("ok", 0.1), ("silent", 0.0), ("nan", np.nan)]:
     ...     clips.append({"ID": name, "wav": os.path.join(folder, name + ".wav")})
     ...     sf.write(clips[-1]["wav"], np.full(1600, value), 16000, subtype="FLOAT")
-    >>> clips.append({"ID": "empty", "wav": os.path.join(folder, "empty.wav")})
-    >>> open(clips[-1]["wav"], "wb").close()
     >>> [(clip["ID"], clip["duration"]) for clip in scan_clips(clips, "Demo")]
     [('ok', 0.1)]
     """
@@ -225,7 +216,7 @@ def scan_clips(clips, dataset):
 
 
 def fold_split(options):
-    """The split of a clip in a cross-validation preparation.
+    """The split of a clip in a cross-validation preparation, from its ``fold``.
 
     Arguments
     ---------
@@ -235,7 +226,6 @@ def fold_split(options):
     Returns
     -------
     callable
-        ``clip -> "train" | "valid" | "test"`` from the clip's ``fold``.
 
     Example
     -------
@@ -248,7 +238,8 @@ def fold_split(options):
 
 
 def write_manifests(clips, save_folder, options, dataset, split_of):
-    """Writes the train/valid/test manifests and records the options.
+    """Writes the train/valid/test manifests and records the options (an
+    identical preparation is then skipped).
 
     Arguments
     ---------
@@ -257,11 +248,11 @@ def write_manifests(clips, save_folder, options, dataset, split_of):
     save_folder : str
         Where the manifests go.
     options : dict
-        The preparation's options (an identical preparation is skipped).
+        The preparation's options.
     dataset : str
         Data set name, for messages.
     split_of : callable
-        ``clip -> split name``, e.g. :func:`fold_split`.
+        ``clip -> split name``, e.g. from :func:`fold_split`.
 
     Returns
     -------

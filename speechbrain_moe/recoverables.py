@@ -69,17 +69,7 @@ class TrainableState:
 
     @staticmethod
     def format_description(description):
-        """One line of text for :meth:`describe` (in messages).
-
-        Arguments
-        ---------
-        description : dict or None
-            A description.
-
-        Returns
-        -------
-        str
-        """
+        """One line of text for a :meth:`describe` result (or None), for messages."""
         if not description:
             return "an unknown model (file without description)"
         return ", ".join(f"{k} {v!r}" for k, v in description.items())

@@ -112,6 +112,17 @@ def collect_aux_loss(model):
 
 
 @contextmanager
+def _setting(modules, attribute, value):
+    """Sets ``attribute`` of every module to ``value`` for one ``with`` block."""
+    for module in modules:
+        setattr(module, attribute, value)
+    try:
+        yield
+    finally:
+        for module in modules:
+            setattr(module, attribute, None)
+
+
 def token_mask(model, mask):
     """Gives ``mask`` (``[batch, time]``, True for real tokens) to every
     module of ``model`` with a ``token_mask`` attribute, for one ``with`` block.
@@ -127,16 +138,9 @@ def token_mask(model, mask):
     True
     """
     modules = [m for m in model.modules() if hasattr(m, "token_mask")]
-    for module in modules:
-        module.token_mask = mask
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.token_mask = None
+    return _setting(modules, "token_mask", mask)
 
 
-@contextmanager
 def record_routing(model, callback):
     """Streams the routing weights of every router of ``model`` to
     ``callback(layer_name, stats)``, for one ``with`` block; ``stats`` holds
@@ -150,15 +154,10 @@ def record_routing(model, callback):
     >>> seen
     [('0', torch.Size([2, 5]))]
     """
-    modules = list(routed_modules(model))
-    for name, module in modules:
+    for name, module in routed_modules(model):
         module.routing_name = name
-        module.routing_sink = callback
-    try:
-        yield
-    finally:
-        for _, module in modules:
-            module.routing_sink = None
+    modules = [module for _, module in routed_modules(model)]
+    return _setting(modules, "routing_sink", callback)
 
 
 def track_load(model, enabled=True):

@@ -1,9 +1,6 @@
-"""What every backbone lobe shares: :class:`Backbone` and valid-token helpers.
-
-Conventions of every lobe: ``wavs`` are ``[batch, samples]``, ``wav_lens``
-relative lengths in (0, 1] (None: every clip fills the batch), hidden states
-``[batch, time, channels]``, masks True on tokens of real audio. How each
-backbone treats padding and long clips: ``docs/fidelity.md``.
+"""What every backbone lobe shares. Conventions: ``wavs`` ``[batch, samples]``,
+``wav_lens`` relative lengths in (0, 1] (None: full), hidden states ``[batch,
+time, channels]``, masks True on real tokens; padding: ``docs/fidelity.md``.
 """
 
 import os
@@ -97,13 +94,10 @@ def unwrap(module):
 
 
 class Backbone(TrainableState, nn.Module):
-    """Base class of backbone lobes.
-
-    A lobe loads its Hugging Face model into the attribute named by
-    ``petl_root_name``, sets ``petl_targets``, ``output_size``,
-    ``sample_rate``, ``max_duration`` and ``max_samples`` (None: no cap), and
-    implements :meth:`encode`. PETL methods adapt it in place; its
-    checkpoints hold only what trains.
+    """Base class of backbone lobes: each loads its Hugging Face model into the
+    attribute named by ``petl_root_name``, sets ``petl_targets``,
+    ``output_size``, ``sample_rate``, ``max_duration`` and ``max_samples``
+    (None: no cap), and implements :meth:`encode`.
 
     Arguments
     ---------
@@ -228,14 +222,8 @@ class Backbone(TrainableState, nn.Module):
         return masked_mean(hidden, mask)
 
     def describe(self):
-        """The lobe, its shape and its PETL method with settings.
+        """The lobe, its shape and its PETL method with settings, as a dict.
 
-        Returns
-        -------
-        dict
-
-        Example
-        -------
         >>> class Tiny(Backbone):
         ...     output_size = 4
         >>> Tiny().describe()
@@ -256,8 +244,6 @@ class Backbone(TrainableState, nn.Module):
     def format_description(description):
         """One line of text for a :meth:`describe` result (or None), for messages.
 
-        Example
-        -------
         >>> Backbone.format_description({"model": "AST", "hidden_size": 32,
         ...     "num_layers": 2, "petl_method": "adapter",
         ...     "petl_settings": {"bottleneck": 4}})

@@ -49,14 +49,10 @@ class ModularWavLMAttention(WavLMAttention):
     ):
         """Same inputs and outputs as ``WavLMAttention``'s (mask: 1 = real)."""
         batch, time, _ = hidden_states.shape
-
-        def heads(x):
-            """[batch, time, d] -> [batch, heads, time, head_dim]."""
-            return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)
-
-        query = heads(self.q_proj(hidden_states))
-        key = heads(self.k_proj(hidden_states))
-        value = heads(self.v_proj(hidden_states))
+        query, key, value = (
+            proj(hidden_states).view(batch, time, self.num_heads, -1).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         bias = gated_position_bias.view(batch, self.num_heads, time, time)
         bias = bias.to(query.dtype)
         if attention_mask is not None:

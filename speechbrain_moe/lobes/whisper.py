@@ -1,8 +1,5 @@
-"""The Whisper encoder (Radford et al., 2022) as a SpeechBrain lobe.
-
-By default it runs on each clip's own frames, not on 30 s of padding
-(``docs/fidelity.md``, "Whisper"); never under ``no_grad``, so that adapters
-inside it get gradients.
+"""The Whisper encoder (Radford et al., 2022) as a SpeechBrain lobe, run on each
+clip's own frames rather than 30 s of padding (``docs/fidelity.md``, "Whisper").
 """
 
 import logging
@@ -55,7 +52,8 @@ def _load_extractor(source, save_path, num_mel_bins):
 
 
 class Whisper(Backbone):
-    """Hugging Face Whisper encoder (decoder dropped) behind waveforms + lengths.
+    """Hugging Face Whisper encoder (decoder dropped) behind waveforms + lengths,
+    never under ``no_grad``, so that adapters inside it get gradients.
 
     At most 30 s (``max_duration``) are encoded: longer clips are cut, with a
     warning. A clip shorter than one STFT window (``min_samples``) counts as
@@ -161,8 +159,7 @@ class Whisper(Backbone):
         else:
             frames, total = self.max_mel_frames, self.max_samples
         wavs = wavs[:, :total].float()
-        wavs = F.pad(wavs, (0, total - wavs.shape[1]))
-        wavs = wavs * lengths_to_mask(lengths, total)
+        wavs = F.pad(wavs, (0, total - wavs.shape[1])) * lengths_to_mask(lengths, total)
         stft = torch.stft(
             wavs, self.n_fft, self.hop_length, window=self.window, return_complex=True
         )
@@ -185,9 +182,9 @@ class Whisper(Backbone):
         hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
         hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
         hidden = F.dropout(hidden, p=encoder.dropout, training=self.training)
-        attention_mask = None
-        if padded:
-            attention_mask = _attention_mask(encoder.config, hidden, mask)
+        attention_mask = (
+            _attention_mask(encoder.config, hidden, mask) if padded else None
+        )
         for layer in encoder.layers:
             out = layer(hidden, attention_mask)
             hidden = out[0] if isinstance(out, tuple) else out
