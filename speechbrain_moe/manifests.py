@@ -39,18 +39,6 @@ def _check_audio(path):
     return info.frames / info.samplerate, None
 
 
-def _write_manifest(path, rows):
-    """Writes a SpeechBrain CSV manifest atomically (``ID, wav, duration,
-    class_name``, then the other columns)."""
-    extra = sorted({k for row in rows for k in row} - set(MANIFEST_FIELDS))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.tmp", "w", newline="") as fout:
-        writer = csv.DictWriter(fout, fieldnames=MANIFEST_FIELDS + extra)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(f"{path}.tmp", path)
-
-
 def skip_preparation(save_folder, files, options):
     """Whether a preparation already wrote ``files`` with the same ``options``.
 
@@ -269,7 +257,13 @@ def write_manifests(clips, save_folder, options, dataset, split_of):
                 f"{dataset} preparation found no usable audio for {split} "
                 f"(options {options}); check the data folder."
             )
-        _write_manifest(path, rows[split])
+        extra = sorted({k for row in rows[split] for k in row} - set(MANIFEST_FIELDS))
+        os.makedirs(save_folder, exist_ok=True)
+        with open(f"{path}.tmp", "w", newline="") as fout:  # atomic
+            writer = csv.DictWriter(fout, fieldnames=MANIFEST_FIELDS + extra)
+            writer.writeheader()
+            writer.writerows(rows[split])
+        os.replace(f"{path}.tmp", path)
         logger.info("Wrote %s (%d clips)", path, len(rows[split]))
     with open(os.path.join(save_folder, OPTIONS_FILE), "w") as fout:
         json.dump(options, fout, indent=1, sort_keys=True)

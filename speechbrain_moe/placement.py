@@ -109,10 +109,8 @@ class ParallelAdapter(_Placement):
         ``adapter(input_size, output_size=..., **adapter_kwargs)``.
     adapter_kwargs : dict, optional
         Settings of the adapter.
-    input_size : int, optional
-        Override the inferred input size.
-    output_size : int, optional
-        Override the inferred output size.
+    input_size, output_size : int, optional
+        Override the inferred sizes.
 
     Example
     -------

@@ -200,20 +200,15 @@ def load_statistics(load):
     >>> load_statistics(torch.tensor([1.0, 1.0, 1.0, 1.0]))
     {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.25}
     """
-    load = load.double()
-    total = float(load.sum())
-    n = load.numel()
-    if total <= 0 or n == 0:
+    load, n = load.double(), load.numel()
+    if float(load.sum()) <= 0:
         return {"cv": 0.0, "entropy": 0.0, "max_share": 0.0}
-    share = load / total
-    cv = float(load.std(unbiased=False) / load.mean())
+    share = load / load.sum()
     nz = share[share > 0]
     entropy = float(-(nz * nz.log()).sum()) / math.log(n) if n > 1 else 1.0
-    return {
-        "cv": round(cv, 6),
-        "entropy": round(entropy, 6),
-        "max_share": round(float(share.max()), 6),
-    }
+    cv = float(load.std(unbiased=False) / load.mean())
+    stats = {"cv": cv, "entropy": entropy, "max_share": float(share.max())}
+    return {key: round(value, 6) for key, value in stats.items()}
 
 
 def pop_load_stats(model):

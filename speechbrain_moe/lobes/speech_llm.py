@@ -256,8 +256,9 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         stacked frames, and their ``[batch, frames / k]`` valid-frame mask."""
         with torch.no_grad():
             hidden, mask = self.encoder.encode(wavs, wav_lens)
-        if mask is None:
-            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        mask = (
+            torch.ones_like(hidden[..., 0], dtype=torch.bool) if mask is None else mask
+        )
         hidden = hidden.detach() * mask.unsqueeze(-1).to(hidden.dtype)
         stacked = self.downsampler(hidden)
         lengths = (mask.sum(1) // self.downsampling_factor).clamp(min=1)
@@ -329,10 +330,8 @@ def target_nll(logits, targets, target_mask):
     ---------
     logits : torch.Tensor
         ``[batch, len, vocab]``; ``logits[:, j]`` predicts ``targets[:, j]``.
-    targets : torch.Tensor
-        ``[batch, len]`` token ids.
-    target_mask : torch.Tensor
-        ``[batch, len]`` bool, True for tokens that count.
+    targets, target_mask : torch.Tensor
+        ``[batch, len]`` token ids, and True for those that count.
 
     Returns
     -------

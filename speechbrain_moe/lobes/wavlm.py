@@ -146,14 +146,6 @@ def _ssl_targets(config, num_layers, attention_interface):
     )
 
 
-def _receptive_field(config):
-    """Samples the convolutional front end reads for one frame."""
-    field, jump = 1, 1
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        field, jump = field + (kernel - 1) * jump, jump * stride
-    return field
-
-
 class SSLEncoder(Backbone):
     """A wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0), any Hugging
     Face model of the family (``AutoModel``), behind waveforms + lengths.
@@ -248,7 +240,10 @@ class SSLEncoder(Backbone):
         )
         self.use_attention_mask = use_attention_mask is None or bool(use_attention_mask)
         self.first_conv = (config.conv_kernel[0], config.conv_stride[0])
-        self.min_samples = _receptive_field(config)
+        field, jump = 1, 1  # the shortest clip: the front end's receptive field
+        for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+            field, jump = field + (kernel - 1) * jump, jump * stride
+        self.min_samples = field
         self.max_duration = max_duration
         self.max_samples = (
             None if max_duration is None else round(max_duration * sample_rate)

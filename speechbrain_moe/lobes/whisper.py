@@ -86,8 +86,8 @@ class Whisper(Backbone):
     (torch.Size([2, 50, 32]), [50, 25], torch.Size([2, 32]))
     >>> Whisper(folder, trim_to_valid=False).encode(wavs)[0].shape
     torch.Size([2, 1500, 32])
-    >>> whisper.max_duration, whisper.min_samples, whisper.petl_targets.lora
-    (30.0, 400, ['layers.0.self_attn.q_proj', 'layers.0.self_attn.v_proj'])
+    >>> whisper.max_duration, whisper.min_samples
+    (30.0, 400)
     """
 
     def __init__(

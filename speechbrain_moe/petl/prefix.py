@@ -92,11 +92,8 @@ def prefix_tuning(backbone, num_prefix=10):
     )
     if not num_heads:
         raise ValueError("prefix tuning: cannot read the number of attention heads.")
-    kwargs = {
-        "num_prefix": num_prefix,
-        "num_heads": num_heads,
-        "head_dim": targets.hidden_size // num_heads,
-    }
+    head_dim = targets.hidden_size // num_heads
+    kwargs = dict(num_prefix=num_prefix, num_heads=num_heads, head_dim=head_dim)
     wrap_modules(backbone, PrefixAttention, "attention", kwargs)
     root.set_attn_implementation(ATTENTION_NAME)
     return backbone

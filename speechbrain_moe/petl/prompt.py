@@ -66,17 +66,16 @@ class DeepPromptLayer(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts."""
-        prompts = self.prompts.to(hidden_states.dtype)
-        x = torch.cat(
-            [prompts.expand(hidden_states.shape[0], -1, -1), hidden_states], 1
+        prompts = self.prompts.to(hidden_states.dtype).expand(
+            len(hidden_states), -1, -1
         )
+        x = torch.cat([prompts, hidden_states], dim=1)
         args = list(args)
         if args and isinstance(args[0], torch.Tensor):
             args[0] = extend_attention_mask(args[0], self.num_prompts)
-        if isinstance(kwargs.get("attention_mask"), torch.Tensor):
-            kwargs["attention_mask"] = extend_attention_mask(
-                kwargs["attention_mask"], self.num_prompts
-            )
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            kwargs["attention_mask"] = extend_attention_mask(mask, self.num_prompts)
         out = self.pretrained_module(x, *args, **kwargs)
         if isinstance(out, torch.Tensor):
             return out[:, self.num_prompts :]
