@@ -84,9 +84,8 @@ def _check_finite(recoverables):
 
 class Checkpointer(checkpoints.Checkpointer):
     """SpeechBrain's checkpointer (same arguments) with complete-or-ignored
-    checkpoints: a ``MANIFEST.json`` (size and SHA-256 of every file), written
-    last, marks one complete. Every DDP rank uses the main process's folder,
-    and a checkpoint of non-finite weights is refused.
+    checkpoints: a ``MANIFEST.json`` (sizes and SHA-256), written last, marks
+    one complete. Non-finite weights are refused.
 
     Example
     -------

@@ -22,9 +22,8 @@ def _parse_folds(text, num_folds):
     valid = all(1 <= f <= num_folds for f in folds)
     if not folds or not valid or len(set(folds)) != len(folds):
         raise ValueError(
-            f"--folds={text}: folds must be whole numbers from 1 to {num_folds}, "
-            f"comma-separated and distinct, e.g. --folds=1,2 (default: all "
-            f"{num_folds})."
+            f"--folds={text}: folds must be whole numbers from 1 to {num_folds}, comma-"
+            f"separated and distinct, e.g. --folds=1,2 (default: all {num_folds})."
         )
     return folds
 
@@ -116,9 +115,9 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
         Folds of the data set.
     prepare_folds : callable, optional
         ``prepare_folds(data_folder, {fold: fold_folder})`` writes every
-        fold's manifests at once; ``train.py`` then skips its preparation.
+        fold's manifests at once.
     argv : list of str, optional
-        Arguments (default ``sys.argv[1:]``).
+        Default: ``sys.argv[1:]``.
 
     Returns
     -------

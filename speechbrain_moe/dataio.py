@@ -15,9 +15,8 @@ logger = get_logger(__name__)
 
 OUTPUT_KEYS = ["id", "sig", "label", "label_encoded"]
 TRAINING_HINT = (
-    "The manifest is out of date or the data moved: delete the manifests and "
-    "re-run the data preparation (it reports and skips unusable files), or "
-    "restore the file."
+    "The manifest is out of date or the data moved: delete the manifests and re-run "
+    "the data preparation (it reports and skips unusable files), or restore the file."
 )
 
 
@@ -109,11 +108,10 @@ def classification_datasets(
     Arguments
     ---------
     csv_files : dict
-        Split -> manifest (columns ``ID``, ``wav``, ``duration`` and
-        ``label_column``); the ``train`` split defines the classes.
+        Split -> manifest; the ``train`` split defines the classes.
     label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
-        An empty encoder, filled from ``label_encoder_file`` (written from the
-        training set on the main process if it does not exist yet).
+        An empty encoder, filled from ``label_encoder_file`` (written first
+        from the training set, on the main process, when missing).
     label_encoder_file : str
         Where the classes are saved.
     sample_rate, max_seconds

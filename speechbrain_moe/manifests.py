@@ -108,11 +108,6 @@ def split_files(save_folder):
     Returns
     -------
     dict
-
-    Example
-    -------
-    >>> split_files("out")["train"]
-    'out/train.csv'
     """
     return {
         s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
@@ -226,8 +221,7 @@ def fold_split(options):
 
 
 def write_manifests(clips, save_folder, options, dataset, split_of):
-    """Writes the train/valid/test manifests and records the options (an
-    identical preparation is then skipped).
+    """Writes the train/valid/test manifests and records the options.
 
     Arguments
     ---------
@@ -236,7 +230,7 @@ def write_manifests(clips, save_folder, options, dataset, split_of):
     save_folder : str
         Where the manifests go.
     options : dict
-        The preparation's options.
+        The preparation's options (an identical preparation is skipped).
     dataset : str
         Data set name, for messages.
     split_of : callable

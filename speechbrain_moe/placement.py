@@ -105,8 +105,7 @@ class ParallelAdapter(_Placement):
     target_module : torch.nn.Module
         The pretrained sub-module (frozen by ``AdaptedModel``).
     adapter : type or callable
-        Adapter class (or ``functools.partial``) called as
-        ``adapter(input_size, output_size=..., **adapter_kwargs)``.
+        ``adapter(input_size, output_size=..., **adapter_kwargs)`` builds it.
     adapter_kwargs : dict, optional
         Settings of the adapter.
     input_size, output_size : int, optional

@@ -1,6 +1,5 @@
-"""What our models and runs put into checkpoints: the trained tensors only
-(:class:`TrainableState`) and the random generators (:class:`RandomState`).
-"""
+"""What our models and runs put into checkpoints: the trained tensors only, and
+the random generators."""
 
 import os
 import random
@@ -28,12 +27,9 @@ def _load_file(path):
 
 @checkpoints.register_checkpoint_hooks
 class TrainableState:
-    """Mixin of ``torch.nn.Module`` classes: checkpoints of the trained part.
-
-    A checkpoint holds the trainable tensors (and the buffers of modules that
-    train) with :meth:`describe`; loading checks names and shapes and says
-    what differs. Put it first among the base classes (``class
-    Lobe(TrainableState, nn.Module)``) so that the checkpointer finds its hooks.
+    """Mixin of ``torch.nn.Module`` classes, first among the bases: checkpoints
+    of the trainable tensors (and the buffers of modules that train) with
+    :meth:`describe`; loading checks names and shapes and says what differs.
 
     Example
     -------
@@ -96,12 +92,11 @@ class TrainableState:
             if k in current and v.shape != current[k].shape
         ]
         if missing or unknown or shapes:
+            trained, this = map(self.format_description, (description, self.describe()))
             raise RuntimeError(
-                f"{path} was trained on {self.format_description(description)}, but "
-                f"this model is {self.format_description(self.describe())}: the "
-                f"file lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), has "
-                f"unknown {unknown[:5]}, shape mismatches {shapes[:5]}. "
-                f"{self.load_hint}"
+                f"{path} was trained on {trained}, but this model is {this}: the file "
+                f"lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), has unknown "
+                f"{unknown[:5]}, shape mismatches {shapes[:5]}. {self.load_hint}"
             )
         self.load_state_dict(saved, strict=False)
 
@@ -133,8 +128,7 @@ class RandomState:
     Example
     -------
     >>> import tempfile
-    >>> state = RandomState()
-    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
+    >>> state, path = RandomState(), os.path.join(tempfile.mkdtemp(), "rng.ckpt")
     >>> _ = torch.manual_seed(0)
     >>> state.save(path)
     >>> first = torch.rand(2)

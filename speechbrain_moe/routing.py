@@ -1,7 +1,5 @@
 """The channel between routed modules deep in an encoder and the ``Brain``:
-auxiliary losses, padding masks and routing statistics (off by default and
-free when off).
-"""
+auxiliary losses, padding masks, routing statistics (free when off)."""
 
 import math
 from contextlib import contextmanager
@@ -222,8 +220,8 @@ def pop_load_stats(model):
     Returns
     -------
     dict
-        ``{"layers": {name: stats}, "mean": stats}``; empty when nothing was
-        counted. In DDP the counts are summed over ranks first.
+        ``{"layers": {name: stats}, "mean": stats}`` (empty: nothing counted),
+        the counts summed over DDP ranks.
 
     Example
     -------

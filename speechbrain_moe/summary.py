@@ -17,7 +17,7 @@ def count_parameters(modules, head_names=("classifier", "head")):
     -------
     dict
         ``total``, ``trainable``, ``trainable_no_head`` and ``components``
-        (name -> ``{"total", "trainable"}``). Shared parameters count once.
+        (name -> ``{"total", "trainable"}``); shared parameters count once.
 
     Example
     -------

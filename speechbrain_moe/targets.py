@@ -27,8 +27,7 @@ class PetlTargets:
     grid_height : int
         Rows of the token grid (AST: frequency patches; 1-D encoders: 1).
     attention_interface : bool
-        Whether attention goes through Hugging Face's attention-function
-        interface (needed by prefix tuning; WavLM's does not).
+        Whether attention uses Hugging Face's attention interface (prefix tuning).
 
     Example
     -------

@@ -48,13 +48,11 @@ class AST(Backbone):
     Arguments
     ---------
     source, save_path : str
-        Hub id or local folder of an AST checkpoint (``ASTModel`` or
-        ``ASTForAudioClassification``), and the hub cache folder.
+        Hub id or local folder of an AST checkpoint, and the hub cache folder.
     max_frames : int
         Fbank frames after padding/cutting (AST's ``max_length``).
     pooling : str
-        ``mean`` over real tokens (special tokens included) or ``cls`` (the
-        mean of the CLS and distillation tokens, as ``ASTModel``'s pooler).
+        ``mean`` over real tokens or ``cls`` (``ASTModel``'s pooler).
     sample_rate : int
         Of the input (must be 16000, as AST's).
 
@@ -101,10 +99,9 @@ class AST(Backbone):
         )
         if new_time != old_time:
             emb = self.model.embeddings
-            with torch.no_grad():
-                resized = _resize_position_embeddings(
-                    emb.position_embeddings.data, self.freq_patches, old_time, new_time
-                )
+            resized = _resize_position_embeddings(
+                emb.position_embeddings.data, self.freq_patches, old_time, new_time
+            )
             emb.position_embeddings = torch.nn.Parameter(resized)
             config.max_length = max_frames
         self.time_patches = new_time

@@ -153,23 +153,12 @@ class Backbone(TrainableState, nn.Module):
         return config
 
     def encode(self, wavs, wav_lens=None):
-        """Encodes a batch of waveforms.
-
-        Arguments
-        ---------
-        wavs, wav_lens : torch.Tensor
-            Waveforms and relative lengths.
-
-        Returns
-        -------
-        hidden, mask : torch.Tensor
-            ``[batch, tokens, output_size]``, and ``[batch, tokens]`` True for
-            tokens of real audio.
-        """
+        """Encodes a batch of waveforms into ``hidden`` ``[batch, tokens,
+        output_size]`` and ``mask`` ``[batch, tokens]``, True on real audio."""
         raise NotImplementedError
 
     def _check_rate(self, name, expected, sample_rate):
-        """Records ``sample_rate``, or raises unless it is ``expected``."""
+        """Records ``sample_rate``; raises unless it is ``expected``."""
         if sample_rate != expected:
             raise ValueError(
                 f"{name} expects {expected} Hz audio, got sample_rate={sample_rate}. "

@@ -44,8 +44,7 @@ def load_bridge(bridge, overrides=None):
     Arguments
     ---------
     bridge : str
-        ``dense``, ``moe_adapter``, ``soft_moa`` (shipped in
-        ``speechbrain_moe/hparams/bridges/``) or the path of a bridge YAML
+        ``dense``, ``moe_adapter``, ``soft_moa`` or the path of a bridge YAML
         file, whose ``bridge`` key builds ``bridge(input_size, output_size)``.
     overrides : dict, optional
         New values for some of its settings, e.g. ``{"top_k": 2}``.
@@ -53,8 +52,7 @@ def load_bridge(bridge, overrides=None):
     Returns
     -------
     functools.partial
-        ``(input_size, output_size) -> torch.nn.Module``, with the name and
-        settings recorded as ``bridge_name`` and ``bridge_settings``.
+        ``(input_size, output_size) -> Module``, with ``bridge_settings``.
 
     Example
     -------
@@ -113,14 +111,10 @@ def _layout(embed, prefixes, target_ids=None, target_mask=None):
 
 class SpeechPromptLayout:
     """Mixin laying out :class:`SpeechLLM`'s LLM input: the prefix ``[<bos>]
-    <audio start> audio <audio end> prompt`` left-padded, so that every prefix
-    ends in the same column, then ``target <eos>`` right-padded. Positions
-    follow the attention mask, so padding never changes a sample's result.
-
-    The host holds ``llm``, ``bos_index`` and the ``audio_start`` /
-    ``audio_end`` markers, trainable embeddings of the LLM width (the frozen
-    vocabulary is never resized).
-    """
+    <audio start> audio <audio end> prompt`` left-padded (all prefixes end in
+    the same column), then ``target <eos>`` right-padded; positions follow the
+    attention mask, so padding never changes a result. The host holds ``llm``,
+    ``bos_index`` and the trainable ``audio_start`` / ``audio_end`` markers."""
 
     @property
     def embed_tokens(self):
@@ -169,17 +163,16 @@ class SpeechPromptLayout:
 class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
     """Frozen encoder -> ConcatDownsampler -> bridge -> frozen causal LM.
 
-    The LLM reads :class:`SpeechPromptLayout`'s layout. Checkpoints hold what
-    trains (bridge, audio markers, LoRA) and the bridge's buffers. Inputs:
-    ``wavs`` and token ids ``[batch, len]``, each with relative lengths.
+    The audio markers are LLM-width embeddings, so the frozen vocabulary is
+    never resized; checkpoints hold what trains (bridge, markers, LoRA).
+    Inputs: ``wavs`` and token ids ``[batch, len]``, with relative lengths.
 
     Arguments
     ---------
     encoder : Backbone
         Audio encoder lobe; frozen, run without gradient.
     llm : torch.nn.Module
-        Causal LM accepting ``inputs_embeds`` (transformers), frozen here; or
-        an ``AdaptedModel`` around one, which decides itself what trains.
+        Causal LM taking ``inputs_embeds``, frozen (or an ``AdaptedModel``).
     bridge : callable
         ``bridge(input_size, output_size)`` builds the bridge.
     downsampling_factor : int
@@ -238,11 +231,8 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
 
     def describe(self):
         """The bridge and its settings (what a checkpoint must match)."""
-        return {
-            "model": "SpeechLLM",
-            "bridge": self.bridge_name,
-            "bridge_settings": self.bridge_settings,
-        }
+        bridge = {"bridge": self.bridge_name, "bridge_settings": self.bridge_settings}
+        return {"model": "SpeechLLM", **bridge}
 
     def train(self, mode=True):
         """Sets training mode; the frozen encoder and LLM stay in eval mode."""

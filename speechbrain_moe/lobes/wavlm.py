@@ -1,7 +1,5 @@
-"""wav2vec2-family encoders (WavLM, HuBERT, wav2vec 2.0) as a SpeechBrain lobe.
-
-Each clip is encoded as it is alone and unpadded (``docs/fidelity.md``,
-"wav2vec2 family"); which LayerNorm feeds which block: ``docs/design.md``.
+"""wav2vec2-family encoders (WavLM, HuBERT, wav2vec 2.0) as a SpeechBrain lobe,
+each clip encoded as alone and unpadded (``docs/fidelity.md``, ``docs/design.md``).
 """
 
 import logging
@@ -162,11 +160,9 @@ class SSLEncoder(Backbone):
     normalize : bool, optional
         Normalise each clip (default: the feature extractor's ``do_normalize``).
     use_attention_mask : bool, optional
-        Encode each clip independently of its batch (default True; False:
-        Hugging Face's unmasked pipeline, which depends on the padding).
+        Encode each clip independently of its batch (default True).
     apply_spec_augment : bool
-        Keep the model's own masking in training (off: its mask embedding is
-        dropped, unused under DDP).
+        Keep the model's own masking in training (off: unused under DDP).
     layerdrop : float
         LayerDrop in training (DDP rejects adapters without gradient).
     sample_rate : int

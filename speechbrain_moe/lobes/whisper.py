@@ -55,18 +55,15 @@ class Whisper(Backbone):
     """Hugging Face Whisper encoder (decoder dropped) behind waveforms + lengths,
     never under ``no_grad``, so that adapters inside it get gradients.
 
-    At most 30 s (``max_duration``) are encoded: longer clips are cut, with a
-    warning. A clip shorter than one STFT window (``min_samples``) counts as
-    zero-padded to it.
+    Clips longer than 30 s (``max_duration``) are cut, with a warning; shorter
+    than one STFT window (``min_samples``), zero-padded.
 
     Arguments
     ---------
     source, save_path : str
-        Hub id or local folder of a Whisper checkpoint (its mel filters from
-        its ``preprocessor_config.json``, if any), and the hub cache folder.
+        Hub id or local folder of a Whisper checkpoint, and the hub cache folder.
     trim_to_valid : bool
-        Run the encoder on the batch's longest valid length only, each clip
-        attending to its own frames (default), instead of 30 s of padding.
+        Run the encoder on each clip's own frames, not on 30 s of padding.
     pooling : str
         Only ``mean`` (over valid encoder frames): Whisper has no CLS token.
     sample_rate : int
@@ -121,11 +118,8 @@ class Whisper(Backbone):
         self.max_samples = self.max_mel_frames * self.hop_length
         self.max_duration = self.max_samples / sample_rate
         self.min_samples = self.n_fft
-        self.register_buffer(
-            "mel_filters",
-            torch.as_tensor(extractor.mel_filters, dtype=torch.float32),
-            persistent=False,
-        )
+        filters = torch.as_tensor(extractor.mel_filters, dtype=torch.float32)
+        self.register_buffer("mel_filters", filters, persistent=False)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.output_size = config.d_model
         layers = [f"layers.{i}" for i in range(config.encoder_layers)]

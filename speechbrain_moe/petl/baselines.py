@@ -1,7 +1,5 @@
-"""Baselines that only choose which backbone parameters train (the classifier
-head, outside the backbone, always trains). Each takes a backbone lobe and
-returns it.
-"""
+"""Baselines that only choose which parameters of a backbone lobe (returned)
+train; the classifier head, outside the backbone, always trains."""
 
 from speechbrain_moe.targets import petl_root
 

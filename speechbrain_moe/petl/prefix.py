@@ -1,6 +1,5 @@
-"""``prefix``: prefix tuning (Li & Liang, 2021): learnable vectors prepended to
-the keys and values of every attention block, through a registered Hugging Face
-attention function wrapping SDPA (AST, Whisper, wav2vec2, HuBERT).
+"""``prefix``: prefix tuning (Li & Liang, 2021): learnable keys and values in
+every attention block, through a Hugging Face attention function wrapping SDPA.
 """
 
 import torch

@@ -1,7 +1,5 @@
-"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep): every layer
-gets its own learnable prompt tokens, prepended to its input and dropped from
-its output.
-"""
+"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep): learnable tokens
+prepended to each layer's input and dropped from its output."""
 
 import torch
 import torch.nn as nn

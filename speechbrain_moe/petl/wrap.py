@@ -42,11 +42,9 @@ def wrap_modules(
     -------
     >>> from speechbrain.nnet.adapters import LoRA
     >>> from speechbrain_moe.targets import PetlTargets
-    >>> holder = torch.nn.Module()
-    >>> holder.model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    >>> holder.petl_root_name = "model"
-    >>> holder.petl_targets = PetlTargets(hidden_size=4, lora=["0"])
-    >>> type(wrap_modules(holder, LoRA, "lora").model.adapted_model[0]).__name__
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))  # adapted root: itself
+    >>> model.petl_targets = PetlTargets(hidden_size=4, lora=["0"])
+    >>> type(wrap_modules(model, LoRA, "lora")[0]).__name__
     'LoRA'
     """
     name, root, record = petl_root(backbone)
@@ -81,14 +79,12 @@ def insert_adapters(
     backbone : torch.nn.Module
         A backbone lobe, adapted in place and returned.
     adapter : callable
-        ``adapter(input_size, output_size=..., **extra)`` builds one adapter;
-        ``extra`` holds the backbone's ``num_prefix_tokens`` and
-        ``grid_height`` when the adapter takes them (Convpass).
+        ``adapter(input_size, output_size=..., **extra)``, ``extra`` the
+        backbone's ``num_prefix_tokens`` and ``grid_height`` if it takes them.
     placement : str
         See :meth:`~speechbrain_moe.targets.PetlTargets.locations`.
     mode : str
-        ``parallel`` (``target(x) + A(x)``) or ``sequential``
-        (``t + A(t)``, ``t = target(x)``).
+        ``parallel`` (``target(x) + A(x)``) or ``sequential`` (``t + A(t)``).
     train_norms : bool
         Also train the LayerNorms whose output the adapters read.
     """
