@@ -90,8 +90,7 @@ class Checkpointer(checkpoints.Checkpointer):
     Example
     -------
     >>> import tempfile
-    >>> model = torch.nn.Linear(2, 2)
-    >>> ckpt = Checkpointer(tempfile.mkdtemp(), recoverables={"model": model})
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"model": torch.nn.Linear(2, 2)})
     >>> saved = ckpt.save_checkpoint()
     >>> sorted(p.name for p in saved.path.iterdir())
     ['CKPT.yaml', 'MANIFEST.json', 'model.ckpt']

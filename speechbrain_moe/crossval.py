@@ -57,7 +57,13 @@ def read_test_accuracy(train_log):
 
 def _write_summary(path, results, **extra):
     """Writes (atomically) and returns the folds' accuracies, their mean and
-    sample standard deviation (n - 1 in the denominator; 0 for one fold)."""
+    sample standard deviation (n - 1 in the denominator; 0 for one fold).
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "cv.json")
+    >>> _write_summary(path, {1: 0.5, 2: 0.7})["std"]
+    0.1414...
+    """
     values = list(results.values())
     summary = {
         "folds": dict(results),

@@ -89,8 +89,8 @@ def load_hparams(kind, name, overrides=None):
     Example
     -------
     >>> hparams, settings = load_hparams("petl", "dense_moa", {"num_experts": 4})
-    >>> settings["num_experts"], callable(hparams["petl"])
-    (4, True)
+    >>> sorted(settings), settings["num_experts"], callable(hparams["petl"])
+    (['bottleneck', 'mode', 'num_experts', 'placement', 'train_norms'], 4, True)
     """
     text = _read_text(kind, name)
     overrides = {} if overrides is None else overrides

@@ -187,11 +187,9 @@ class RandomState:
         """Loads this rank's generator state (now, or at the next batch)."""
         own = _rank_path(path)
         state = _load_file(own if os.path.isfile(own) else path)
+        self.pending = None if end_of_epoch else state
         if end_of_epoch:
-            self.pending = None
             self.restore(state)
-        else:
-            self.pending = state
 
 
 checkpoints.register_checkpoint_hooks(RandomState, save_on_main_only=False)

@@ -41,9 +41,8 @@ def _resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefi
 class AST(Backbone):
     """Hugging Face ``ASTModel`` behind waveforms + relative lengths.
 
-    Its input is the normalised Kaldi fbank of ``ASTFeatureExtractor``, padded
-    or cut to ``max_frames``; longer clips (``max_duration``) are cut, with a
-    warning, and clips shorter than one 25 ms window zero-padded.
+    Its input is ``ASTFeatureExtractor``'s fbank, padded or cut to ``max_frames``
+    (longer clips are cut, with a warning; clips under 25 ms, zero-padded).
 
     Arguments
     ---------

@@ -16,13 +16,7 @@ from speechbrain_moe.targets import PetlTargets
 
 logger = logging.getLogger(__name__)
 
-SSL_MODEL_TYPES = (
-    "wavlm",
-    "hubert",
-    "wav2vec2",
-    "wav2vec2-conformer",
-    "data2vec-audio",
-)
+MODEL_TYPES = ("wavlm", "hubert", "wav2vec2", "wav2vec2-conformer", "data2vec-audio")
 
 
 class ModularWavLMAttention(WavLMAttention):
@@ -203,7 +197,7 @@ class SSLEncoder(Backbone):
         from transformers import AutoFeatureExtractor, AutoModel
 
         config = self._load_config(
-            source, save_path, SSL_MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
+            source, save_path, MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
         )
         config.layerdrop = layerdrop
         config.apply_spec_augment = apply_spec_augment

@@ -1,9 +1,6 @@
-"""Parameter-efficient fine-tuning methods, each defined by one YAML file.
-
-A method is a HyperPyYAML file (shipped in ``speechbrain_moe/hparams/petl/``,
-or a user's own): its top-level plain keys are its settings, its ``petl`` key
-a function ``petl(backbone, **settings)`` that adapts a backbone lobe in place
-and returns it. A recipe only needs :func:`apply_method`::
+"""Parameter-efficient fine-tuning methods, each a HyperPyYAML file (shipped in
+``hparams/petl/`` or a user's own): its plain keys are settings, its ``petl``
+key adapts a backbone lobe in place and returns it. In a recipe::
 
     backbone: !apply:speechbrain_moe.petl.apply_method
         backbone: !new:speechbrain_moe.lobes.ast.AST
@@ -57,6 +54,9 @@ def apply_method(backbone, method, overrides=None):
     >>> model = apply_method(torch.nn.Linear(2, 2), "linear")
     >>> any(p.requires_grad for p in model.parameters()), model.petl_method
     (False, 'linear')
+    >>> apply_method(model, "bitfit")
+    Traceback (most recent call last):
+    ValueError: This Linear is already adapted with petl_method 'linear'; ...
     """
     previous = getattr(backbone, "petl_method", None)
     if previous is not None:
