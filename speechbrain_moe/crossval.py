@@ -22,8 +22,9 @@ def _parse_folds(text, num_folds):
     valid = all(1 <= f <= num_folds for f in folds)
     if not folds or not valid or len(set(folds)) != len(folds):
         raise ValueError(
-            f"--folds={text}: folds must be whole numbers from 1 to {num_folds}, comma-"
-            f"separated and distinct, e.g. --folds=1,2 (default: all {num_folds})."
+            f"--folds={text}: folds must be whole numbers from 1 to {num_folds}, "
+            f"comma-separated and distinct, e.g. --folds=1,2 (default: all "
+            f"{num_folds})."
         )
     return folds
 

@@ -145,10 +145,10 @@ class Backbone(TrainableState, nn.Module):
             ) from err
         if config.model_type not in model_types:
             raise ValueError(
-                f"backbone_source {source} holds a {config.model_type!r} model, but the "
-                f"{lobe} lobe loads {' / '.join(model_types)} models. Use the recipe "
-                "YAML of that backbone (hparams/ast.yaml, whisper.yaml or wavlm.yaml) "
-                "or another source."
+                f"backbone_source {source} holds a {config.model_type!r} model, but "
+                f"the {lobe} lobe loads {' / '.join(model_types)} models. Use the "
+                "recipe YAML of that backbone (hparams/ast.yaml, whisper.yaml or "
+                "wavlm.yaml) or another source."
             )
         return config
 

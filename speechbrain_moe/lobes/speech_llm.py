@@ -52,7 +52,8 @@ def load_bridge(bridge, overrides=None):
     Returns
     -------
     functools.partial
-        ``(input_size, output_size) -> Module``, with ``bridge_settings``.
+        ``(input_size, output_size) -> Module``, with ``bridge_name`` and
+        ``bridge_settings`` attributes.
 
     Example
     -------
@@ -246,9 +247,8 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         stacked frames, and their ``[batch, frames / k]`` valid-frame mask."""
         with torch.no_grad():
             hidden, mask = self.encoder.encode(wavs, wav_lens)
-        mask = (
-            torch.ones_like(hidden[..., 0], dtype=torch.bool) if mask is None else mask
-        )
+        if mask is None:
+            mask = torch.ones_like(hidden[..., 0], dtype=torch.bool)
         hidden = hidden.detach() * mask.unsqueeze(-1).to(hidden.dtype)
         stacked = self.downsampler(hidden)
         lengths = (mask.sum(1) // self.downsampling_factor).clamp(min=1)

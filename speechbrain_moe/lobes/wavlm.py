@@ -139,8 +139,8 @@ def _ssl_targets(config, num_layers, attention_interface):
 
 
 class SSLEncoder(Backbone):
-    """A wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0), any Hugging
-    Face model of the family (``AutoModel``), behind waveforms + lengths.
+    """Any wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0; loaded with
+    ``AutoModel``) behind waveforms + relative lengths.
 
     Clips longer than ``max_duration`` are cut, with a warning; clips shorter
     than the front end's receptive field (``min_samples``) are zero-padded.
@@ -205,9 +205,8 @@ class SSLEncoder(Backbone):
             source, config=config, cache_dir=save_path
         )
         layers = getattr(getattr(self.model, "encoder", None), "layers", None)
-        if layers is None or not hasattr(
-            self.model, "_get_feat_extract_output_lengths"
-        ):
+        frames_of = getattr(self.model, "_get_feat_extract_output_lengths", None)
+        if layers is None or frames_of is None:
             raise ValueError(
                 f"{source} ({type(self.model).__name__}) is not a wav2vec2-family "
                 "encoder (WavLM, HuBERT, wav2vec2). Use the AST or Whisper lobe for "
@@ -222,9 +221,8 @@ class SSLEncoder(Backbone):
         except (OSError, ValueError):
             logger.warning("No feature-extractor config in %s; normalising.", source)
             extractor = None
-        self._check_rate(
-            source, getattr(extractor, "sampling_rate", 16000), sample_rate
-        )
+        rate = getattr(extractor, "sampling_rate", 16000)
+        self._check_rate(source, rate, sample_rate)
         self.normalize = bool(
             getattr(extractor, "do_normalize", True) if normalize is None else normalize
         )

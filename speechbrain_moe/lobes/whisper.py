@@ -55,8 +55,8 @@ class Whisper(Backbone):
     """Hugging Face Whisper encoder (decoder dropped) behind waveforms + lengths,
     never under ``no_grad``, so that adapters inside it get gradients.
 
-    Clips longer than 30 s (``max_duration``) are cut, with a warning; shorter
-    than one STFT window (``min_samples``), zero-padded.
+    Clips longer than 30 s (``max_duration``) are cut, with a warning; clips
+    shorter than one STFT window (``min_samples``) count as zero-padded.
 
     Arguments
     ---------
