@@ -1,8 +1,4 @@
-"""speechbrain-moe: mixtures of adapters and PETL baselines for SpeechBrain.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""speechbrain-moe: mixtures of adapters and PETL baselines for SpeechBrain."""
 
 from speechbrain_moe.petl import apply_method, available_methods
 from speechbrain_moe.routing import collect_aux_loss

@@ -1,29 +1,5 @@
-"""A checkpointer whose checkpoints are complete or ignored, and DDP-safe.
-
-SpeechBrain's :class:`~speechbrain.utils.checkpoints.Checkpointer` writes a
-checkpoint's meta file (``CKPT.yaml``) first and the recoverables' files
-after it, so a process killed while saving leaves a folder that looks like a
-checkpoint but holds half-written weights. :class:`Checkpointer` keeps
-SpeechBrain's behaviour and adds, through public methods only:
-
-* a ``MANIFEST.json`` written *last* (after every rank has written its files),
-  listing every file with its size and SHA-256: a folder without it is an
-  interrupted save, a file whose size or checksum differs is damaged;
-* :meth:`Checkpointer.list_checkpoints` lists complete checkpoints only, so
-  recovery and deletion never see anything else; and because the manifest is
-  written between two barriers, every DDP rank lists the same checkpoints
-  before any deletion (upstream deletes with a broadcast per checkpoint);
-* :meth:`Checkpointer.recover_if_possible` moves interrupted saves aside (into
-  ``set_aside/``, never deleting weights) and falls back from a damaged
-  checkpoint to the newest intact one, with a warning naming the damaged file;
-  with no intact one left it stops with an error naming it;
-* every DDP rank uses the main process's checkpoint folder (``--debug`` gives
-  each rank its own temporary folder otherwise), and a checkpoint of
-  non-finite weights is refused.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""A checkpointer whose checkpoints are complete or ignored, and DDP-safe
+(``docs/design.md``, "Checkpoints")."""
 
 import hashlib
 import json
@@ -53,23 +29,8 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def write_manifest(folder):
-    """Writes ``MANIFEST.json`` (size and SHA-256 of every file) atomically.
-
-    Arguments
-    ---------
-    folder : pathlib.Path
-        A checkpoint folder whose files are all written.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "CKPT.yaml").write_text("end-of-epoch: true\\n")
-    >>> write_manifest(folder)
-    >>> checkpoint_problem(folder) is None
-    True
-    """
+def _write_manifest(folder):
+    """Writes ``MANIFEST.json`` of a checkpoint folder's files, atomically."""
     files = {
         path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
         for path in sorted(folder.iterdir())
@@ -83,32 +44,9 @@ def write_manifest(folder):
     os.replace(pending, folder / MANIFEST)
 
 
-def checkpoint_problem(folder, verify_checksums=False):
-    """Why a checkpoint folder cannot be loaded, or None when it is intact.
-
-    Arguments
-    ---------
-    folder : pathlib.Path
-        A ``CKPT+...`` folder.
-    verify_checksums : bool
-        Also compare every file's SHA-256 (reads every file).
-
-    Returns
-    -------
-    str or None
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "CKPT.yaml").write_text("end-of-epoch: true\\n")
-    >>> checkpoint_problem(folder)
-    'interrupted while saving (no MANIFEST.json)'
-    >>> write_manifest(folder)
-    >>> _ = (folder / "CKPT.yaml").write_text("")
-    >>> checkpoint_problem(folder)
-    'CKPT.yaml has 0 bytes, 19 were written'
-    """
+def _problem(folder, verify_checksums=False):
+    """Why a checkpoint folder cannot be loaded (None: intact); checksums are
+    compared only with ``verify_checksums`` (it reads every file)."""
     manifest = folder / MANIFEST
     if not (folder / checkpoints.METAFNAME).is_file():
         return "interrupted while saving or deleting (no CKPT.yaml)"
@@ -130,23 +68,8 @@ def checkpoint_problem(folder, verify_checksums=False):
     return None
 
 
-def _interrupted(problem):
-    """Whether a problem is an interrupted save (never loadable, set aside)."""
-    return problem.startswith("interrupted")
-
-
-def check_finite(recoverables):
-    """Raises before a checkpoint of non-finite weights is written.
-
-    Arguments
-    ---------
-    recoverables : dict
-        Name -> object; the ``torch.nn.Module`` ones are checked.
-
-    Example
-    -------
-    >>> check_finite({"model": torch.nn.Linear(2, 2)})
-    """
+def _check_finite(recoverables):
+    """Raises before a checkpoint of non-finite trainable weights is written."""
     for name, obj in recoverables.items():
         if not isinstance(obj, torch.nn.Module):
             continue
@@ -160,16 +83,14 @@ def check_finite(recoverables):
 
 
 class Checkpointer(checkpoints.Checkpointer):
-    """SpeechBrain's checkpointer with complete-or-ignored checkpoints.
-
-    Same arguments as :class:`speechbrain.utils.checkpoints.Checkpointer`;
-    see the module docstring for what differs.
+    """SpeechBrain's checkpointer (same arguments) with complete-or-ignored
+    checkpoints: a ``MANIFEST.json`` (sizes and SHA-256), written last, marks
+    one complete. Non-finite weights are refused.
 
     Example
     -------
     >>> import tempfile
-    >>> model = torch.nn.Linear(2, 2)
-    >>> ckpt = Checkpointer(tempfile.mkdtemp(), recoverables={"model": model})
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"model": torch.nn.Linear(2, 2)})
     >>> saved = ckpt.save_checkpoint()
     >>> sorted(p.name for p in saved.path.iterdir())
     ['CKPT.yaml', 'MANIFEST.json', 'model.ckpt']
@@ -180,56 +101,43 @@ class Checkpointer(checkpoints.Checkpointer):
     True
     >>> sorted(p.name for p in (ckpt.checkpoints_dir / "set_aside").iterdir())
     ['CKPT+killed-while-saving']
+    >>> _ = (saved.path / "model.ckpt").write_bytes(b"")
+    >>> _problem(saved.path)
+    'model.ckpt has 0 bytes, ... were written'
     """
 
-    def share_folder(self):
+    def _share_folder(self):
         """Makes every DDP rank use the main process's checkpoint folder."""
         self.checkpoints_dir = pathlib.Path(ddp_broadcast(str(self.checkpoints_dir)))
 
     def save_checkpoint(
         self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
-        """Saves a checkpoint; it counts once its manifest is written.
-
-        Arguments
-        ---------
-        meta : dict
-            Added to the meta file (plain Python values).
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-        name : str, optional
-            Custom checkpoint name.
-        verbosity : int
-            Logging level.
-
-        Returns
-        -------
-        speechbrain.utils.checkpoints.Checkpoint or None
-            None on processes other than the main one.
-        """
-        self.share_folder()
-        check_finite(self.recoverables)
+        """SpeechBrain's ``save_checkpoint``; it counts once its manifest is written."""
+        self._share_folder()
+        _check_finite(self.recoverables)
         saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         ddp_barrier()  # every rank has written its files
         if saved is not None:
-            write_manifest(saved.path)
+            _write_manifest(saved.path)
         ddp_barrier()  # every rank sees the complete checkpoint from here on
         return saved
 
-    def list_checkpoints(self):
-        """The complete checkpoints (manifest present, sizes as written).
-
-        Returns
-        -------
-        list of speechbrain.utils.checkpoints.Checkpoint
-        """
-        found = []
+    def _folders(self):
+        """The ``CKPT+...`` folders, sorted by name."""
         if not self.checkpoints_dir.is_dir():
-            return found
-        for folder in sorted(self.checkpoints_dir.iterdir()):
-            if not folder.name.startswith(checkpoints.CKPT_PREFIX):
-                continue
-            if not folder.is_dir() or checkpoint_problem(folder) is not None:
+            return []
+        return [
+            folder
+            for folder in sorted(self.checkpoints_dir.iterdir())
+            if folder.is_dir() and folder.name.startswith(checkpoints.CKPT_PREFIX)
+        ]
+
+    def list_checkpoints(self):
+        """The complete checkpoints only (manifest present, sizes as written)."""
+        found = []
+        for folder in self._folders():
+            if _problem(folder) is not None:
                 continue
             with open(folder / checkpoints.METAFNAME, encoding="utf-8") as fin:
                 meta = yaml.safe_load(fin)
@@ -246,25 +154,16 @@ class Checkpointer(checkpoints.Checkpointer):
     ):
         """Sets unusable checkpoints aside, then recovers as SpeechBrain does.
 
-        Arguments
-        ---------
-        importance_key, max_key, min_key, ckpt_predicate
-            As SpeechBrain's ``recover_if_possible``.
-
-        Returns
-        -------
-        speechbrain.utils.checkpoints.Checkpoint or None
+        A damaged checkpoint falls back to the newest intact one; with none
+        left, a ``RuntimeError`` names the damaged files.
         """
-        self.share_folder()
+        self._share_folder()
         problems = {}
-        if if_main_process() and self.checkpoints_dir.is_dir():
-            for folder in sorted(self.checkpoints_dir.iterdir()):
-                if folder.is_dir() and folder.name.startswith(checkpoints.CKPT_PREFIX):
-                    problem = checkpoint_problem(folder, verify_checksums=True)
-                    if problem:
-                        problems[str(folder)] = problem
-        problems = ddp_broadcast(problems)
-        damaged = {k: v for k, v in problems.items() if not _interrupted(v)}
+        if if_main_process():
+            for folder in self._folders():
+                problems[str(folder)] = _problem(folder, verify_checksums=True)
+        problems = ddp_broadcast({k: v for k, v in problems.items() if v})
+        damaged = {k: v for k, v in problems.items() if not v.startswith("interrupted")}
         keys = dict(importance_key=importance_key, max_key=max_key, min_key=min_key)
         intact = [
             c
@@ -286,15 +185,8 @@ class Checkpointer(checkpoints.Checkpointer):
         )
 
     def set_aside(self, folder, why):
-        """Moves an unusable checkpoint folder into ``set_aside/`` (main only).
-
-        Arguments
-        ---------
-        folder : pathlib.Path
-            The checkpoint folder.
-        why : str
-            What is wrong with it (logged).
-        """
+        """Moves an unusable checkpoint ``folder`` into ``set_aside/``, logging
+        ``why`` (main process only)."""
         target = self.checkpoints_dir / SET_ASIDE / folder.name
         suffix = 0
         while target.exists():

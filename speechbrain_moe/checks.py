@@ -1,8 +1,4 @@
-"""Argument checks whose messages name the problem and the fix.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Argument checks whose messages name the problem and the fix."""
 
 
 def check_positive(owner, **values):
@@ -26,7 +22,6 @@ def check_positive(owner, **values):
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(
-                f"{owner}: {name} must be a positive integer, got {value!r}. "
-                f"Set {name} to 1 or more (in the method's YAML or with "
-                "--petl_overrides)."
+                f"{owner}: {name} must be a positive integer, got {value!r}. Set "
+                f"{name} to 1 or more (in the method's YAML or with --petl_overrides)."
             )

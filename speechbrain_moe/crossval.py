@@ -1,16 +1,5 @@
-"""K-fold cross-validation of a recipe (ESC-50: 5 folds, UrbanSound8K: 10).
-
-A recipe's ``cross_validate.py`` calls :func:`cross_validation_main`: the
-folds are checked before anything runs, the data is prepared once for all
-folds (the recipe passes its preparation), then ``train.py`` runs once per
-fold into ``<output_folder>/fold<k>``. After every finished fold a line is
-printed and ``<output_folder>/cross_validation.json`` is rewritten, so a
-failing fold leaves the finished ones on disk. The reported spread is the
-*sample* standard deviation over folds (n - 1 in the denominator).
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""K-fold cross-validation of a recipe (ESC-50: 5 folds, UrbanSound8K: 10); a
+failing fold leaves the finished ones in ``cross_validation.json``."""
 
 import argparse
 import json
@@ -24,38 +13,14 @@ import sys
 ACCURACY = re.compile(r"test accuracy: ([-+0-9.eE]+)")
 
 
-def parse_folds(text, num_folds):
-    """The fold numbers of ``--folds``, checked against the data set.
-
-    Arguments
-    ---------
-    text : str
-        Comma-separated fold numbers, e.g. ``"1,3"``.
-    num_folds : int
-        Folds of the data set.
-
-    Returns
-    -------
-    list of int
-
-    Example
-    -------
-    >>> parse_folds("1, 3", 5)
-    [1, 3]
-    >>> parse_folds("1,9", 5)
-    Traceback (most recent call last):
-    ...
-    ValueError: --folds=1,9: folds must be whole numbers from 1 to 5, ...
-    """
+def _parse_folds(text, num_folds):
+    """The distinct fold numbers of ``--folds`` (e.g. ``"1,3"``), checked."""
     try:
         folds = [int(f) for f in str(text).split(",") if f.strip()]
     except ValueError:
         folds = []
-    if (
-        not folds
-        or any(not 1 <= f <= num_folds for f in folds)
-        or (len(set(folds)) != len(folds))
-    ):
+    valid = all(1 <= f <= num_folds for f in folds)
+    if not folds or not valid or len(set(folds)) != len(folds):
         raise ValueError(
             f"--folds={text}: folds must be whole numbers from 1 to {num_folds}, "
             f"comma-separated and distinct, e.g. --folds=1,2 (default: all "
@@ -80,7 +45,7 @@ def read_test_accuracy(train_log):
     -------
     >>> import tempfile
     >>> log = os.path.join(tempfile.mkdtemp(), "train_log.txt")
-    >>> _ = open(log, "w").write("Epoch loaded: 2 - test loss: 1.0, test accuracy: 0.75\\n")
+    >>> _ = open(log, "w").write("test loss: 1.0, test accuracy: 0.75\\n")
     >>> read_test_accuracy(log)
     0.75
     """
@@ -91,60 +56,31 @@ def read_test_accuracy(train_log):
     return float(found[-1])
 
 
-def summarize(results):
-    """Mean and sample standard deviation of per-fold accuracies.
+def _write_summary(path, results, **extra):
+    """Writes (atomically) and returns the folds' accuracies, their mean and
+    sample standard deviation (n - 1 in the denominator; 0 for one fold).
 
-    Arguments
-    ---------
-    results : dict
-        Fold -> test accuracy.
-
-    Returns
-    -------
-    dict
-        ``folds``, ``mean``, ``std`` (sample std; 0 for one fold) and
-        ``std_kind``.
-
-    Example
-    -------
-    >>> round(summarize({1: 0.5, 2: 0.7})["std"], 4)
-    0.1414
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "cv.json")
+    >>> _write_summary(path, {1: 0.5, 2: 0.7})["std"]
+    0.1414...
     """
     values = list(results.values())
-    return {
+    summary = {
         "folds": dict(results),
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         "std_kind": "sample (n - 1)",
+        **extra,
     }
+    with open(f"{path}.tmp", "w", encoding="utf-8") as fout:
+        json.dump(summary, fout, indent=1)
+    os.replace(f"{path}.tmp", path)
+    return summary
 
 
-def cross_validate(
-    script, hparams_file, folds, output_folder, extra_args=(), launcher=None
-):
-    """Runs ``script`` once per fold and reports test accuracy mean ± std.
-
-    Arguments
-    ---------
-    script : str
-        The recipe's ``train.py``.
-    hparams_file : str
-        Its YAML.
-    folds : list of int
-        Fold numbers (``--fold`` of the recipe).
-    output_folder : str
-        Fold ``k`` writes to ``<output_folder>/fold<k>``.
-    extra_args : list of str
-        Further arguments of ``train.py`` (``--data_folder=...`` etc.).
-    launcher : list of str, optional
-        Command prefix (default: this Python; e.g. torchrun for DDP).
-
-    Returns
-    -------
-    dict
-        See :func:`summarize`.
-    """
-    launcher = list(launcher) if launcher else [sys.executable]
+def _run_folds(script, hparams_file, folds, output_folder, extra_args, launcher):
+    """Runs ``script`` once per fold; returns the summary of the test accuracies."""
     summary_file = os.path.join(output_folder, "cross_validation.json")
     os.makedirs(output_folder, exist_ok=True)
     results = {}
@@ -155,18 +91,15 @@ def cross_validate(
         print(f"fold {fold}: {' '.join(cmd)}", flush=True)
         proc = subprocess.run(cmd, check=False)
         if proc.returncode != 0:
-            summary = summarize(results)
-            summary["failed_fold"] = fold
-            _write(summary_file, summary)
+            _write_summary(summary_file, results, failed_fold=fold)
             raise SystemExit(
                 f"Fold {fold} failed (exit {proc.returncode}); the finished folds "
                 f"are in {summary_file}. Fix the error above and re-run with "
                 f"--folds set to the remaining folds."
             )
         results[fold] = read_test_accuracy(os.path.join(fold_folder, "train_log.txt"))
-        _write(summary_file, summarize(results))
+        summary = _write_summary(summary_file, results)
         print(f"fold {fold}: test accuracy {results[fold]:.4f}", flush=True)
-    summary = summarize(results)
     print(
         f"{len(results)}-fold cross-validation: test accuracy {summary['mean']:.4f} "
         f"± {summary['std']:.4f} (sample std)",
@@ -175,18 +108,11 @@ def cross_validate(
     return summary
 
 
-def _write(path, summary):
-    """Writes the summary JSON atomically."""
-    with open(f"{path}.tmp", "w", encoding="utf-8") as fout:
-        json.dump(summary, fout, indent=1)
-    os.replace(f"{path}.tmp", path)
-
-
 def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
-    """Command line of a recipe's ``cross_validate.py``.
-
-    ``cross_validate.py HPARAMS --output_folder=DIR --data_folder=DATA
-    [--folds=1,2] [--nproc=2] [other train.py arguments]``
+    """Runs every fold of a recipe into ``<output_folder>/fold<k>`` and reports
+    test accuracy mean ± std: the command line of its ``cross_validate.py``,
+    ``HPARAMS --output_folder=DIR --data_folder=DATA [--folds=1,2] [--nproc=2]
+    [train.py arguments]``.
 
     Arguments
     ---------
@@ -196,15 +122,14 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
         Folds of the data set.
     prepare_folds : callable, optional
         ``prepare_folds(data_folder, {fold: fold_folder})`` writes every
-        fold's manifests at once (the data is scanned once); ``train.py`` then
-        finds them and skips its own preparation.
+        fold's manifests at once.
     argv : list of str, optional
-        Arguments (default ``sys.argv[1:]``).
+        Default: ``sys.argv[1:]``.
 
     Returns
     -------
     dict
-        See :func:`summarize`.
+        ``folds`` (fold -> test accuracy), ``mean``, ``std``, ``std_kind``.
     """
     parser = argparse.ArgumentParser(
         description="Runs every fold of a recipe and reports mean ± std accuracy."
@@ -217,7 +142,7 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        folds = parse_folds(args.folds, num_folds)
+        folds = _parse_folds(args.folds, num_folds)
     except ValueError as err:
         parser.error(str(err))
     if prepare_folds is not None:
@@ -225,11 +150,11 @@ def cross_validation_main(script, num_folds, prepare_folds=None, argv=None):
             args.data_folder,
             {f: os.path.join(args.output_folder, f"fold{f}") for f in folds},
         )
-    launcher = None
+    launcher = [sys.executable]
     if args.nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launcher += ["-m", "torch.distributed.run", "--standalone"]
         launcher.append(f"--nproc_per_node={args.nproc}")
     extra = [f"--data_folder={args.data_folder}", *rest]
-    return cross_validate(
+    return _run_folds(
         script, args.hparams_file, folds, args.output_folder, extra, launcher
     )

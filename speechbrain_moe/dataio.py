@@ -1,15 +1,5 @@
-"""Reading clips and building the classification recipes' datasets.
-
-* :func:`read_clip`: one audio file as a mono waveform at the model's rate
-  (SpeechBrain's audio I/O, mixed down, resampled), cut to the backbone's
-  maximum duration with a warning naming the file, and errors that say which
-  file is wrong and what to do;
-* :func:`classification_datasets`: SpeechBrain ``DynamicItemDataset``s of
-  a recipe's manifests yielding ``sig`` and ``label_encoded``.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Reading clips and building the classification recipes' datasets, with
+errors naming the file at fault."""
 
 import csv
 import functools
@@ -23,10 +13,10 @@ from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 
+OUTPUT_KEYS = ["id", "sig", "label", "label_encoded"]
 TRAINING_HINT = (
-    "The manifest is out of date or the data moved: delete the manifests and "
-    "re-run the data preparation (it reports and skips unusable files), or "
-    "restore the file."
+    "The manifest is out of date or the data moved: delete the manifests and re-run "
+    "the data preparation (it reports and skips unusable files), or restore the file."
 )
 
 
@@ -37,14 +27,15 @@ def _resampler(orig, new):
 
 
 def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
-    """Reads an audio file as a mono float waveform at ``sample_rate``.
+    """Reads an audio file (any format SpeechBrain's ``audio_io`` reads) as a
+    mono float waveform ``[samples]``, resampled to ``sample_rate``.
 
     Arguments
     ---------
     path : str
-        Audio file (any format SpeechBrain's ``audio_io`` reads).
+        Audio file.
     sample_rate : int
-        Rate of the result (the file is resampled when it differs).
+        Rate of the result.
     max_seconds : float, optional
         Longer clips are cut to this duration, with a warning naming them.
     hint : str
@@ -53,22 +44,14 @@ def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
     Returns
     -------
     torch.Tensor
-        ``[samples]``.
 
     Example
     -------
-    >>> import tempfile
-    >>> import soundfile as sf
+    >>> import tempfile, soundfile as sf
     >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
     >>> sf.write(path, torch.zeros(44100, 2).numpy(), 44100)
-    >>> read_clip(path).shape
-    torch.Size([16000])
-    >>> read_clip(path, max_seconds=0.5).shape
-    torch.Size([8000])
-    >>> read_clip("/nonexistent.wav", hint="Fix the path.")
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: Audio file /nonexistent.wav does not exist. Fix the path.
+    >>> read_clip(path).shape, read_clip(path, max_seconds=0.5).shape
+    (torch.Size([16000]), torch.Size([8000]))
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Audio file {path} does not exist. {hint}")
@@ -93,28 +76,8 @@ def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
     return sig
 
 
-def check_manifest(csv_path, column="wav", max_listed=5):
-    """Raises a clear error for an empty manifest or missing audio files.
-
-    Arguments
-    ---------
-    csv_path : str
-        A SpeechBrain CSV manifest.
-    column : str
-        Column holding the audio paths.
-    max_listed : int
-        How many missing files the message lists.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> out = os.path.join(tempfile.mkdtemp(), "train.csv")
-    >>> _ = open(out, "w").write("ID,wav,duration,class_name\\n")
-    >>> check_manifest(out)
-    Traceback (most recent call last):
-    ...
-    ValueError: The manifest .../train.csv has no rows. ...
-    """
+def _check_manifest(csv_path, column="wav", max_listed=5):
+    """Raises a clear error for an empty manifest or missing audio files."""
     with open(csv_path, newline="", encoding="utf-8") as fin:
         rows = list(csv.DictReader(fin))
     if not rows:
@@ -139,23 +102,20 @@ def classification_datasets(
     max_seconds=None,
     label_column="class_name",
 ):
-    """Datasets yielding ``id``, ``sig`` (mono, ``sample_rate``) and
+    """Datasets yielding ``id``, ``sig`` (see :func:`read_clip`), ``label`` and
     ``label_encoded``.
 
     Arguments
     ---------
     csv_files : dict
-        Split -> manifest (columns ``ID``, ``wav``, ``duration`` and
-        ``label_column``); the ``train`` split defines the classes.
+        Split -> manifest; the ``train`` split defines the classes.
     label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
-        An empty encoder, filled from ``label_encoder_file`` (written from the
-        training set on the main process if it does not exist yet).
+        An empty encoder, filled from ``label_encoder_file`` (written first
+        from the training set, on the main process, when missing).
     label_encoder_file : str
         Where the classes are saved.
-    sample_rate : int
-        Rate the audio is resampled to.
-    max_seconds : float, optional
-        Clips are cut to this duration (the backbone's maximum).
+    sample_rate, max_seconds
+        As for :func:`read_clip`.
     label_column : str
         Manifest column holding the class name.
 
@@ -180,11 +140,10 @@ def classification_datasets(
 
     datasets = {}
     for split, path in csv_files.items():
-        check_manifest(path)
-        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(path)
-        datasets[split].add_dynamic_item(audio_pipeline)
-        datasets[split].add_dynamic_item(label_pipeline)
-        datasets[split].set_output_keys(["id", "sig", "label", "label_encoded"])
+        _check_manifest(path)
+        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            path, {}, [audio_pipeline, label_pipeline], OUTPUT_KEYS
+        )
 
     def write_classes():
         """Saves the training set's classes (main process, first run)."""

@@ -1,16 +1,6 @@
-"""The HyperPyYAML files shipped inside the package, and users' own.
-
-PETL methods (``hparams/petl/<name>.yaml``) and LLM bridges
-(``hparams/bridges/<name>.yaml``) are HyperPyYAML files that *build* what
-they describe: their top-level plain keys are the settings, one more key holds
-the object or function they define. A user picks one by name (a file shipped
-in the package, found with :mod:`importlib.resources`, so it works from an
-installed wheel) or by the path of their own file, and overrides settings the
-way SpeechBrain overrides a recipe's keys.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""The HyperPyYAML files of PETL methods and LLM bridges, shipped in the package
+(``hparams/petl/``, ``hparams/bridges/``) or a user's own: their top-level plain
+keys are settings, one more key builds what they describe."""
 
 import io
 import os
@@ -33,11 +23,6 @@ def packaged_names(kind):
     Returns
     -------
     list of str
-
-    Example
-    -------
-    >>> packaged_names("bridges")
-    ['dense', 'moe_adapter', 'soft_moa']
     """
     folder = resources.files("speechbrain_moe") / "hparams" / kind
     return sorted(
@@ -47,80 +32,40 @@ def packaged_names(kind):
     )
 
 
-def read_hparams_text(kind, name):
-    """The text of a packaged file (by name) or of a user's file (by path).
-
-    Arguments
-    ---------
-    kind : str
-        ``petl`` or ``bridges``.
-    name : str
-        A packaged name (``soft_moa``) or the path of a YAML file.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> "num_experts" in read_hparams_text("petl", "soft_moa")
-    True
-    >>> read_hparams_text("petl", "soft_mao")
-    Traceback (most recent call last):
-    ...
-    ValueError: Unknown PETL method 'soft_mao'. Valid names: adapter, bitfit, ...
-    """
+def _read_text(kind, name):
+    """The text of a packaged file (by name) or of a user's file (by path)."""
     if not isinstance(name, str) or not name:
         raise ValueError(
             f"A {KINDS[kind]} is named by a string (a packaged name or the path "
             f"of a YAML file), got {name!r}."
         )
+    names = packaged_names(kind)
     if name.endswith((".yaml", ".yml")) or os.sep in name:
         if not os.path.isfile(name):
             raise FileNotFoundError(
-                f"The {KINDS[kind]} file {name} does not exist. Give the path of "
-                f"your YAML file, or one of the packaged names: "
-                f"{', '.join(packaged_names(kind))}."
+                f"The {KINDS[kind]} file {name} does not exist. Give the path of your "
+                f"YAML file, or one of the packaged names: {', '.join(names)}."
             )
         with open(name, encoding="utf-8") as fin:
             return fin.read()
-    if name not in packaged_names(kind):
+    if name not in names:
         raise ValueError(
-            f"Unknown {KINDS[kind]} {name!r}. Valid names: "
-            f"{', '.join(packaged_names(kind))}; or give the path of your own "
-            "YAML file."
+            f"Unknown {KINDS[kind]} {name!r}. Valid names: {', '.join(names)}; or "
+            "give the path of your own YAML file."
         )
     path = resources.files("speechbrain_moe") / "hparams" / kind / f"{name}.yaml"
     return path.read_text(encoding="utf-8")
 
 
-def settings_of(text):
-    """The settings of a method/bridge file: its top-level plain keys.
-
-    Arguments
-    ---------
-    text : str
-        The YAML text.
-
-    Returns
-    -------
-    dict
-        Key -> value as written (references left unresolved).
-
-    Example
-    -------
-    >>> settings_of("rank: 8\\nalpha: !ref <rank>\\npetl: !name:len\\n")
-    {'rank': 8, 'alpha': '<rank>'}
-    """
+def _settings_of(text):
+    """The top-level plain keys of a YAML text, as written (``!ref`` unresolved)."""
     tree = ruamel.yaml.YAML().load(text) or {}
     settings = {}
     for key, value in tree.items():
-        tag = getattr(getattr(value, "tag", None), "value", None)
-        if tag and tag.startswith(("!new:", "!name:", "!apply:", "!module:")):
-            continue
-        if key.startswith("__"):
-            continue
-        settings[key] = getattr(value, "value", value)
+        tag = getattr(getattr(value, "tag", None), "value", None) or ""
+        builds = tag.startswith(("!new:", "!name:", "!apply:", "!module:"))
+        if not builds and not key.startswith("__"):
+            settings[key] = getattr(value, "value", value)
     return settings
 
 
@@ -132,36 +77,29 @@ def load_hparams(kind, name, overrides=None):
     kind : str
         ``petl`` or ``bridges``.
     name : str
-        Packaged name or path (see :func:`read_hparams_text`).
+        A packaged name (``soft_moa``) or the path of a YAML file.
     overrides : dict, optional
         New values of some settings, e.g. ``{"num_experts": 8}``.
 
     Returns
     -------
-    hparams : dict
-        The loaded file (objects built).
-    settings : dict
-        The resolved values of its settings (plain Python values).
+    hparams, settings : dict
+        The loaded file (objects built) and its settings' resolved values.
 
     Example
     -------
     >>> hparams, settings = load_hparams("petl", "dense_moa", {"num_experts": 4})
-    >>> settings["num_experts"], callable(hparams["petl"])
-    (4, True)
-    >>> load_hparams("petl", "dense_moa", {"experts": 4})
-    Traceback (most recent call last):
-    ...
-    ValueError: PETL method 'dense_moa' has no setting(s) ['experts']. Valid settings: ...
+    >>> sorted(settings), settings["num_experts"], callable(hparams["petl"])
+    (['bottleneck', 'mode', 'num_experts', 'placement', 'train_norms'], 4, True)
     """
-    text = read_hparams_text(kind, name)
+    text = _read_text(kind, name)
     overrides = {} if overrides is None else overrides
     if not isinstance(overrides, dict):
         raise ValueError(
-            f"The overrides of {KINDS[kind]} {name!r} must be a mapping of settings "
-            f'to values, e.g. --petl_overrides="{{num_experts: 8}}", got '
-            f"{overrides!r}."
+            f"The overrides of {KINDS[kind]} {name!r} must be a mapping of settings to "
+            f'values, e.g. --petl_overrides="{{num_experts: 8}}", got {overrides!r}.'
         )
-    valid = settings_of(text)
+    valid = _settings_of(text)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(

@@ -1,27 +1,5 @@
-"""Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``.
-
-``ParallelAdapter`` computes ``target(x) + adapter(x)``; ``SequentialAdapter``
-computes ``t + adapter(t)`` with ``t = target(x)``. Both work around any
-sub-module, including Hugging Face blocks that return tuples (only the first
-element is adapted). Which sub-modules are wrapped (Pfeiffer: attention or
-FFN; Houlsby: both) is decided by :func:`speechbrain_moe.petl.insert_adapters` from the
-backbone's :class:`~speechbrain_moe.targets.PetlTargets`.
-
-Example
--------
->>> from speechbrain.nnet.adapters import AdaptedModel
->>> from speechbrain_moe.adapters import SoftMoA
->>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
->>> adapted = AdaptedModel(
-...     model, ParallelAdapter, target_layers=["1"],
-...     adapter_kwargs={"adapter": SoftMoA, "adapter_kwargs": {"num_experts": 4}},
-... )
->>> x = torch.randn(2, 5, 8)
->>> torch.allclose(adapted(x), model[1](model[0](x)))  # zero-init: same output
-True
-
-Authors
- * speechbrain-moe contributors 2026
+"""Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``,
+around any sub-module (of a tuple output, only the first element is adapted).
 """
 
 import torch
@@ -29,12 +7,9 @@ import torch.nn as nn
 
 
 def infer_sizes(module):
-    """Input and output feature sizes of a module an adapter is placed around.
-
-    Looks, in order, at ``in_features``/``out_features`` (linear layers),
-    ``embed_dim`` (Whisper / wav2vec2 attention), ``hidden_size``, the
-    module's ``config`` (``hidden_size`` or ``d_model``), and finally the first
-    linear layer inside it.
+    """Input and output feature sizes of a module an adapter is placed around:
+    its ``in_features``/``out_features``, ``embed_dim``, ``hidden_size``, its
+    config's ``hidden_size`` or ``d_model``, or else its first linear layer.
 
     Arguments
     ---------
@@ -96,15 +71,11 @@ def _add_to_first(output, delta):
     )
 
 
-def _first(output):
-    """The tensor output, or the first element of a tuple output."""
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
 class _Placement(nn.Module):
     """Shared construction of the placement wrappers."""
 
-    token_mask = None
+    token_mask = None  # set by speechbrain_moe.routing.token_mask
+    reads_output = False  # the adapter reads (and writes) the output size
 
     def __init__(
         self,
@@ -117,14 +88,13 @@ class _Placement(nn.Module):
         super().__init__()
         self.pretrained_module = target_module
         in_size, out_size = infer_sizes(target_module)
-        in_size = input_size or in_size
         out_size = output_size or out_size
+        in_size = out_size if self.reads_output else input_size or in_size
         kwargs = dict(adapter_kwargs or {})
-        param = next(target_module.parameters(), None)
         self.adapter = adapter(in_size, output_size=out_size, **kwargs)
+        param = next(target_module.parameters(), None)
         if param is not None:
             self.adapter.to(device=param.device)
-        self.token_mask = None
 
 
 class ParallelAdapter(_Placement):
@@ -135,21 +105,22 @@ class ParallelAdapter(_Placement):
     target_module : torch.nn.Module
         The pretrained sub-module (frozen by ``AdaptedModel``).
     adapter : type or callable
-        Adapter class (or ``functools.partial``) called as
-        ``adapter(input_size, output_size=..., **adapter_kwargs)``.
+        ``adapter(input_size, output_size=..., **adapter_kwargs)`` builds it.
     adapter_kwargs : dict, optional
         Settings of the adapter.
-    input_size : int, optional
-        Override the inferred input size.
-    output_size : int, optional
-        Override the inferred output size.
+    input_size, output_size : int, optional
+        Override the inferred sizes.
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import BottleneckAdapter
-    >>> layer = ParallelAdapter(torch.nn.Linear(8, 4), BottleneckAdapter, {"bottleneck": 2})
-    >>> layer(torch.randn(3, 8)).shape
-    torch.Size([3, 4])
+    >>> from speechbrain.nnet.adapters import AdaptedModel
+    >>> from speechbrain_moe.adapters import SoftMoA
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    >>> adapted = AdaptedModel(model, ParallelAdapter, target_layers=["1"],
+    ...     adapter_kwargs={"adapter": SoftMoA, "adapter_kwargs": {"num_experts": 4}})
+    >>> x = torch.randn(2, 5, 8)
+    >>> torch.allclose(adapted(x), model[1](model[0](x)))  # zero-init: same output
+    True
     """
 
     def forward(self, *args, **kwargs):
@@ -163,19 +134,8 @@ class ParallelAdapter(_Placement):
 class SequentialAdapter(_Placement):
     """``t + adapter(t)`` with ``t = target(x)``: the adapter reads the output.
 
-    Arguments
-    ---------
-    target_module : torch.nn.Module
-        The pretrained sub-module (frozen by ``AdaptedModel``).
-    adapter : type or callable
-        Adapter class (or ``functools.partial``); reads and writes the
-        target's output size.
-    adapter_kwargs : dict, optional
-        Settings of the adapter.
-    input_size : int, optional
-        Unused (the adapter reads the target's output).
-    output_size : int, optional
-        Override the inferred output size.
+    Arguments as :class:`ParallelAdapter`; the adapter reads and writes the
+    target's output size (``input_size`` is unused).
 
     Example
     -------
@@ -185,21 +145,12 @@ class SequentialAdapter(_Placement):
     torch.Size([3, 4])
     """
 
-    def __init__(
-        self,
-        target_module,
-        adapter,
-        adapter_kwargs=None,
-        input_size=None,
-        output_size=None,
-    ):
-        out_size = output_size or infer_sizes(target_module)[1]
-        super().__init__(target_module, adapter, adapter_kwargs, out_size, out_size)
+    reads_output = True
 
     def forward(self, *args, **kwargs):
         """Runs the target, then adapts its output residually."""
         output = self.pretrained_module(*args, **kwargs)
-        hidden = _first(output)
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
         return _add_to_first(output, self.adapter(hidden, mask=self.token_mask))
 
 

@@ -1,18 +1,5 @@
-"""What our modules and runs put into checkpoints.
-
-* :class:`TrainableState` is the checkpoint behaviour of every model of this
-  package (backbone lobes, the speech-LLM): a checkpoint holds only what
-  trains (and the buffers of modules that train, e.g. a router's selection
-  bias), with a description of the model it came from; loading checks names
-  and shapes and says what differs. The pretrained weights come from their
-  source again.
-* :class:`RandomState` holds the random number generators (``random``, NumPy,
-  torch CPU and CUDA), so that a resumed run draws exactly what an
-  uninterrupted one would.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""What our models and runs put into checkpoints: the trained tensors only, and
+the random generators."""
 
 import os
 import random
@@ -23,6 +10,7 @@ from speechbrain.utils import checkpoints
 
 # Entry of a checkpoint holding TrainableState.describe().
 DESCRIPTION_KEY = "__description__"
+NUMPY_FIELDS = ("name", "keys", "pos", "has_gauss", "cached_gaussian")
 
 
 def _load_file(path):
@@ -39,10 +27,9 @@ def _load_file(path):
 
 @checkpoints.register_checkpoint_hooks
 class TrainableState:
-    """Mixin of ``torch.nn.Module`` classes: checkpoints of the trained part.
-
-    Put it first among the base classes (``class Lobe(TrainableState,
-    nn.Module)``) so that SpeechBrain's checkpointer finds its hooks.
+    """Mixin of ``torch.nn.Module`` classes, first among the bases: checkpoints
+    of the trainable tensors (and the buffers of modules that train) with
+    :meth:`describe`; loading checks names and shapes and says what differs.
 
     Example
     -------
@@ -60,13 +47,8 @@ class TrainableState:
     """
 
     def trainable_state_dict(self):
-        """Trainable parameters plus the buffers of modules that train.
-
-        Returns
-        -------
-        dict
-            Name -> tensor (detached copies).
-        """
+        """Copies of the trainable parameters and of the buffers of modules
+        that train, by name."""
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         for prefix, module in self.named_modules():
             if any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -78,55 +60,26 @@ class TrainableState:
     load_hint = "Load it onto the model (and settings) it was trained with."
 
     def describe(self):
-        """What a checkpoint must match, as plain values (saved with it).
-
-        Returns
-        -------
-        dict
-        """
+        """What a checkpoint must match, as a dict of plain values (saved with it)."""
         return {"model": type(self).__name__}
 
     @staticmethod
     def format_description(description):
-        """One line of text for :meth:`describe` (in messages).
-
-        Arguments
-        ---------
-        description : dict or None
-            A description.
-
-        Returns
-        -------
-        str
-        """
+        """One line of text for a :meth:`describe` result (or None), for messages."""
         if not description:
             return "an unknown model (file without description)"
         return ", ".join(f"{k} {v!r}" for k, v in description.items())
 
     @checkpoints.mark_as_saver
     def save_trainable(self, path):
-        """Saves the trained tensors and :meth:`describe`.
-
-        Arguments
-        ---------
-        path : str
-            Destination.
-        """
+        """Saves the trained tensors and :meth:`describe` to ``path``."""
         saved = self.trainable_state_dict()
         saved[DESCRIPTION_KEY] = self.describe()
         torch.save(saved, path)
 
     @checkpoints.mark_as_loader
     def load_trainable(self, path, end_of_epoch=False):
-        """Loads what :meth:`save_trainable` wrote, checking names and shapes.
-
-        Arguments
-        ---------
-        path : str
-            A file written by :meth:`save_trainable`.
-        end_of_epoch : bool
-            Unused.
-        """
+        """Loads what :meth:`save_trainable` wrote, checking names and shapes."""
         del end_of_epoch
         saved = dict(_load_file(path))
         description = saved.pop(DESCRIPTION_KEY, None)
@@ -139,38 +92,24 @@ class TrainableState:
             if k in current and v.shape != current[k].shape
         ]
         if missing or unknown or shapes:
+            trained, this = map(self.format_description, (description, self.describe()))
             raise RuntimeError(
-                f"{path} was trained on {self.format_description(description)}, but "
-                f"this model is {self.format_description(self.describe())}: the "
-                f"file lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), has "
-                f"unknown {unknown[:5]}, shape mismatches {shapes[:5]}. "
-                f"{self.load_hint}"
+                f"{path} was trained on {trained}, but this model is {this}: the file "
+                f"lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), has unknown "
+                f"{unknown[:5]}, shape mismatches {shapes[:5]}. {self.load_hint}"
             )
         self.load_state_dict(saved, strict=False)
 
     @checkpoints.mark_as_transfer
     def transfer_trainable(self, path):
-        """Loads the trained tensors for a ``Pretrainer`` (inference).
-
-        Arguments
-        ---------
-        path : str
-            A file written by :meth:`save_trainable`.
-        """
+        """Loads the trained tensors for a ``Pretrainer`` (inference)."""
         self.load_trainable(path)
 
 
-def _to_plain(value):
-    """Nested tuples -> nested lists (for ``weights_only`` loading)."""
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _to_tuple(value):
-    """Nested lists -> nested tuples (inverse of :func:`_to_plain`)."""
-    if isinstance(value, list):
-        return tuple(_to_tuple(v) for v in value)
+def _nested(value, kind):
+    """Nested tuples and lists as ``kind`` (lists load with ``weights_only``)."""
+    if isinstance(value, (tuple, list)):
+        return kind(_nested(v, kind) for v in value)
     return value
 
 
@@ -181,20 +120,15 @@ def _rank_path(path):
 
 
 class RandomState:
-    """Recoverable state of the random number generators (every DDP rank its
-    own file).
-
-    On recovery from an end-of-epoch checkpoint the state is restored at once;
-    from an intra-epoch checkpoint it is restored by :meth:`apply_pending`
-    just before the next training batch, so that the draws made when the data
-    loader's iterator is created (which an uninterrupted run made before the
-    checkpoint) do not shift it.
+    """Recoverable state of the random generators (``random``, NumPy, torch
+    CPU and CUDA; every DDP rank its own file), so that a resumed run draws
+    exactly what an uninterrupted one would. From an intra-epoch checkpoint it
+    is restored by :meth:`apply_pending`, before the next training batch.
 
     Example
     -------
     >>> import tempfile
-    >>> state = RandomState()
-    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
+    >>> state, path = RandomState(), os.path.join(tempfile.mkdtemp(), "rng.ckpt")
     >>> _ = torch.manual_seed(0)
     >>> state.save(path)
     >>> first = torch.rand(2)
@@ -210,22 +144,13 @@ class RandomState:
 
     @staticmethod
     def capture():
-        """The current state of every generator, as tensors and plain types.
-
-        Returns
-        -------
-        dict
-        """
-        np_state = np.random.get_state()
+        """The current state of every generator, as tensors and plain types."""
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        keys = torch.from_numpy(keys.astype(np.int64))
+        numpy = (name, keys, int(pos), int(has_gauss), float(cached))
         state = {
-            "python": _to_plain(random.getstate()),
-            "numpy": {
-                "name": np_state[0],
-                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
+            "python": _nested(random.getstate(), list),
+            "numpy": dict(zip(NUMPY_FIELDS, numpy)),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -234,36 +159,18 @@ class RandomState:
 
     @staticmethod
     def restore(state):
-        """Sets every generator to ``state`` (from :meth:`capture`).
-
-        Arguments
-        ---------
-        state : dict
-            A captured state.
-        """
-        random.setstate(_to_tuple(state["python"]))
-        np_state = state["numpy"]
-        np.random.set_state(
-            (
-                np_state["name"],
-                np_state["keys"].numpy().astype(np.uint32),
-                np_state["pos"],
-                np_state["has_gauss"],
-                np_state["cached_gaussian"],
-            )
-        )
+        """Sets every generator to a ``state`` from :meth:`capture`."""
+        random.setstate(_nested(state["python"], tuple))
+        numpy = [state["numpy"][field] for field in NUMPY_FIELDS]
+        numpy[1] = numpy[1].numpy().astype(np.uint32)
+        np.random.set_state(tuple(numpy))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
     def apply_pending(self):
-        """Restores a state recovered from an intra-epoch checkpoint.
-
-        Returns
-        -------
-        bool
-            Whether a state was pending.
-        """
+        """Restores a state recovered from an intra-epoch checkpoint; returns
+        whether one was pending."""
         if self.pending is None:
             return False
         self.restore(self.pending)
@@ -272,33 +179,17 @@ class RandomState:
 
     @checkpoints.mark_as_saver
     def save(self, path):
-        """Saves this rank's generator state.
-
-        Arguments
-        ---------
-        path : str
-            Destination (rank r > 0 writes ``<path>.rank<r>``).
-        """
+        """Saves this rank's generator state (rank r > 0: to ``<path>.rank<r>``)."""
         torch.save(self.capture(), _rank_path(path))
 
     @checkpoints.mark_as_loader
     def recover(self, path, end_of_epoch=True):
-        """Loads this rank's generator state (now, or at the next batch).
-
-        Arguments
-        ---------
-        path : str
-            The file :meth:`save` wrote on the main process.
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-        """
+        """Loads this rank's generator state (now, or at the next batch)."""
         own = _rank_path(path)
         state = _load_file(own if os.path.isfile(own) else path)
+        self.pending = None if end_of_epoch else state
         if end_of_epoch:
-            self.pending = None
             self.restore(state)
-        else:
-            self.pending = state
 
 
 checkpoints.register_checkpoint_hooks(RandomState, save_on_main_only=False)

@@ -1,20 +1,5 @@
-"""What every routed module shares: auxiliary losses, padding masks, statistics.
-
-The mixtures sit deep inside a pretrained encoder, far from the ``Brain`` that
-trains them. This module is the thin channel between the two:
-
-* :func:`collect_aux_loss` sums (and clears) the auxiliary losses that the
-  routers of a model produced in the last forward pass;
-* :func:`token_mask` tells every mask-aware adapter of a model which tokens of
-  the current batch are padding;
-* :func:`record_routing` streams per-token routing weights to a callback (for
-  the analysis tools), and :func:`track_load` / :func:`pop_load_stats` keep
-  cheap per-expert load counters for logging. Both are off by default and cost
-  nothing when off.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""The channel between routed modules deep in an encoder and the ``Brain``:
+auxiliary losses, padding masks, routing statistics (free when off)."""
 
 import math
 from contextlib import contextmanager
@@ -24,22 +9,21 @@ import torch.nn as nn
 
 
 class RoutedModule(nn.Module):
-    """Base class of modules that route tokens to experts.
-
-    Subclasses call :meth:`report` once per forward with the contribution
-    weight of each expert to each token, and may set ``self.aux_loss``.
+    """Base class of modules that route tokens to experts: subclasses call
+    :meth:`report` once per forward and may set ``self.aux_loss``.
 
     Arguments
     ---------
     num_experts : int
-        Number of experts the module routes to.
+        Experts the module routes to.
 
     Example
     -------
     >>> module = RoutedModule(num_experts=2)
+    >>> _ = track_load(module)
     >>> module.report(torch.tensor([[[0.25, 0.75]]]), None)
-    >>> module.aux_loss is None
-    True
+    >>> module.load_sum
+    tensor([0.2500, 0.7500])
     """
 
     def __init__(self, num_experts):
@@ -50,7 +34,6 @@ class RoutedModule(nn.Module):
         self.routing_name = ""
         self.tracking_load = False
         self.register_buffer("load_sum", torch.zeros(num_experts), persistent=False)
-        self.register_buffer("load_tokens", torch.zeros(()), persistent=False)
 
     def report(self, weights, mask, **extra):
         """Hands this batch's routing weights to the active recorders.
@@ -58,7 +41,7 @@ class RoutedModule(nn.Module):
         Arguments
         ---------
         weights : torch.Tensor
-            Contribution of each expert to each token, ``[batch, time, experts]``.
+            ``[batch, time, experts]`` contribution of each expert to each token.
         mask : torch.Tensor or None
             ``[batch, time]``, True for real tokens (None: all real).
         **extra : torch.Tensor
@@ -68,12 +51,9 @@ class RoutedModule(nn.Module):
             return
         weights = weights.detach().float()
         if mask is None:
-            mask = torch.ones(
-                weights.shape[:-1], dtype=torch.bool, device=weights.device
-            )
+            mask = torch.ones_like(weights[..., 0], dtype=torch.bool)
         if self.tracking_load:
             self.load_sum += (weights * mask.unsqueeze(-1)).sum(dim=(0, 1))
-            self.load_tokens += mask.sum()
         if self.routing_sink is not None:
             stats = {"weights": weights, "mask": mask}
             stats.update({k: v.detach() for k, v in extra.items()})
@@ -88,15 +68,9 @@ def routed_modules(model):
     model : torch.nn.Module
         Any model (DDP-wrapped modules included).
 
-    Yields
-    ------
-    tuple
-        Qualified name and module.
-
     Example
     -------
-    >>> from speechbrain_moe.adapters import DenseMoA
-    >>> [name for name, _ in routed_modules(nn.Sequential(DenseMoA(8)))]
+    >>> [name for name, _ in routed_modules(nn.Sequential(RoutedModule(2)))]
     ['0']
     """
     for name, module in model.named_modules():
@@ -119,98 +93,69 @@ def collect_aux_loss(model):
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import SparseMoE
-    >>> moe = SparseMoE(8, num_experts=4, top_k=2, balance_loss_weight=0.01)
-    >>> _ = moe(torch.randn(2, 5, 8))
-    >>> float(collect_aux_loss(moe)) > 0
-    True
-    >>> float(collect_aux_loss(moe))  # cleared after collection
-    0.0
+    >>> model = nn.Sequential(RoutedModule(2), RoutedModule(2))
+    >>> model[0].aux_loss = model[1].aux_loss = torch.tensor(0.5)
+    >>> float(collect_aux_loss(model)), float(collect_aux_loss(model))
+    (1.0, 0.0)
     """
-    total = None
+    losses = []
     for _, module in routed_modules(model):
         if module.aux_loss is not None:
-            total = module.aux_loss if total is None else total + module.aux_loss
+            losses.append(module.aux_loss)
             module.aux_loss = None
-    if total is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else None
-        return torch.zeros((), device=device)
-    return total
+    if losses:
+        return sum(losses[1:], losses[0])
+    param = next(model.parameters(), None)
+    return torch.zeros((), device=None if param is None else param.device)
 
 
 @contextmanager
-def token_mask(model, mask):
-    """Tells the mask-aware modules of ``model`` which tokens are padding.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Model containing placement wrappers (or any module with a
-        ``token_mask`` attribute).
-    mask : torch.Tensor or None
-        ``[batch, time]`` boolean, True for real tokens.
-
-    Yields
-    ------
-    None
-
-    Example
-    -------
-    >>> from speechbrain_moe.placement import ParallelAdapter
-    >>> from speechbrain_moe.adapters import SoftMoA
-    >>> layer = ParallelAdapter(nn.Linear(8, 8), adapter=SoftMoA)
-    >>> with token_mask(layer, torch.ones(2, 5, dtype=torch.bool)):
-    ...     y = layer(torch.randn(2, 5, 8))
-    >>> layer.token_mask is None
-    True
-    """
-    modules = [m for m in model.modules() if hasattr(m, "token_mask")]
+def _setting(modules, attribute, value):
+    """Sets ``attribute`` of every module to ``value`` for one ``with`` block."""
     for module in modules:
-        module.token_mask = mask
+        setattr(module, attribute, value)
     try:
         yield
     finally:
         for module in modules:
-            module.token_mask = None
+            setattr(module, attribute, None)
 
 
-@contextmanager
-def record_routing(model, callback):
-    """Streams the routing weights of every router to ``callback``.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Model containing routed modules.
-    callback : callable
-        Called as ``callback(layer_name, stats)`` after each router's forward,
-        ``stats`` holding ``weights`` ``[batch, time, experts]``, ``mask``
-        ``[batch, time]`` and method-specific entries.
-
-    Yields
-    ------
-    None
+def token_mask(model, mask):
+    """Gives ``mask`` (``[batch, time]``, True for real tokens) to every
+    module of ``model`` with a ``token_mask`` attribute, for one ``with`` block.
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import DenseMoA
-    >>> model = nn.Sequential(DenseMoA(8, num_experts=3))
-    >>> seen = []
-    >>> with record_routing(model, lambda name, s: seen.append(s["weights"].shape)):
-    ...     _ = model(torch.randn(2, 5, 8))
-    >>> seen
-    [torch.Size([2, 5, 3])]
+    >>> layer = nn.Linear(2, 2)
+    >>> layer.token_mask = None
+    >>> with token_mask(layer, torch.ones(1, 3, dtype=torch.bool)):
+    ...     layer.token_mask.shape
+    torch.Size([1, 3])
+    >>> layer.token_mask is None
+    True
     """
-    modules = list(routed_modules(model))
-    for name, module in modules:
+    modules = [m for m in model.modules() if hasattr(m, "token_mask")]
+    return _setting(modules, "token_mask", mask)
+
+
+def record_routing(model, callback):
+    """Streams the routing weights of every router of ``model`` to
+    ``callback(layer_name, stats)``, for one ``with`` block; ``stats`` holds
+    ``weights`` ``[batch, time, experts]``, ``mask`` and method-specific entries.
+
+    Example
+    -------
+    >>> model, seen = nn.Sequential(RoutedModule(3)), []
+    >>> with record_routing(model, lambda name, s: seen.append((name, s["mask"].shape))):
+    ...     model[0].report(torch.rand(2, 5, 3), None)
+    >>> seen
+    [('0', torch.Size([2, 5]))]
+    """
+    for name, module in routed_modules(model):
         module.routing_name = name
-        module.routing_sink = callback
-    try:
-        yield
-    finally:
-        for _, module in modules:
-            module.routing_sink = None
+    modules = [module for _, module in routed_modules(model)]
+    return _setting(modules, "routing_sink", callback)
 
 
 def track_load(model, enabled=True):
@@ -221,24 +166,17 @@ def track_load(model, enabled=True):
     model : torch.nn.Module
         Model containing routed modules.
     enabled : bool
-        Whether to count.
+        Whether to count (see :func:`pop_load_stats`).
 
     Returns
     -------
     int
         Number of routed modules found.
-
-    Example
-    -------
-    >>> from speechbrain_moe.adapters import SoftMoA
-    >>> track_load(nn.Sequential(SoftMoA(8)))
-    1
     """
-    count = 0
-    for _, module in routed_modules(model):
+    modules = list(routed_modules(model))
+    for _, module in modules:
         module.tracking_load = enabled
-        count += 1
-    return count
+    return len(modules)
 
 
 def load_statistics(load):
@@ -247,7 +185,7 @@ def load_statistics(load):
     Arguments
     ---------
     load : torch.Tensor
-        Non-negative load of each expert, shape ``[experts]``.
+        ``[experts]`` non-negative load of each expert.
 
     Returns
     -------
@@ -260,20 +198,15 @@ def load_statistics(load):
     >>> load_statistics(torch.tensor([1.0, 1.0, 1.0, 1.0]))
     {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.25}
     """
-    load = load.double()
-    total = float(load.sum())
-    n = load.numel()
-    if total <= 0 or n == 0:
+    load, n = load.double(), load.numel()
+    if float(load.sum()) <= 0:
         return {"cv": 0.0, "entropy": 0.0, "max_share": 0.0}
-    share = load / total
-    cv = float(load.std(unbiased=False) / load.mean())
+    share = load / load.sum()
     nz = share[share > 0]
     entropy = float(-(nz * nz.log()).sum()) / math.log(n) if n > 1 else 1.0
-    return {
-        "cv": round(cv, 6),
-        "entropy": round(entropy, 6),
-        "max_share": round(float(share.max()), 6),
-    }
+    cv = float(load.std(unbiased=False) / load.mean())
+    stats = {"cv": cv, "entropy": entropy, "max_share": float(share.max())}
+    return {key: round(value, 6) for key, value in stats.items()}
 
 
 def pop_load_stats(model):
@@ -287,17 +220,17 @@ def pop_load_stats(model):
     Returns
     -------
     dict
-        ``{"layers": {name: stats}, "mean": stats}``; empty when nothing was
-        counted. In DDP the counts are summed over ranks first.
+        ``{"layers": {name: stats}, "mean": stats}`` (empty: nothing counted),
+        the counts summed over DDP ranks.
 
     Example
     -------
-    >>> from speechbrain_moe.adapters import DenseMoA
-    >>> model = nn.Sequential(DenseMoA(8, num_experts=2))
-    >>> _ = track_load(model)
-    >>> _ = model(torch.randn(2, 5, 8))
-    >>> sorted(pop_load_stats(model)["mean"])
-    ['cv', 'entropy', 'max_share']
+    >>> model = nn.Sequential(RoutedModule(2))
+    >>> track_load(model)
+    1
+    >>> model[0].report(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), None)
+    >>> pop_load_stats(model)["mean"]
+    {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.5}
     """
     layers = {}
     for name, module in routed_modules(model):
@@ -307,7 +240,6 @@ def pop_load_stats(model):
         if float(load.sum()) > 0:
             layers[name] = load_statistics(load)
         module.load_sum.zero_()
-        module.load_tokens.zero_()
     if not layers:
         return {}
     mean = {

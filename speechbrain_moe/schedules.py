@@ -1,8 +1,4 @@
-"""Learning-rate schedules of the recipes.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Learning-rate schedules of the recipes."""
 
 import math
 
@@ -10,17 +6,13 @@ import math
 class CosineLR:
     """Cosine learning-rate decay over the whole run, optional linear warm-up.
 
-    Stateless: the rate is a function of the training progress alone (the
-    recipes' Brain sets it at the start of each epoch from the epoch counter,
-    which SpeechBrain's checkpointer restores), so a resumed run follows the
-    same schedule without a recoverable of its own.
+    Stateless (a function of the training progress alone), so a resumed run
+    follows the same schedule without a recoverable of its own.
 
     Arguments
     ---------
-    lr : float
-        Peak learning rate.
-    min_lr : float
-        Final learning rate.
+    lr, min_lr : float
+        Peak and final learning rates.
     warmup_fraction : float
         Share of the run spent warming up linearly from 0 (0 for none).
 
@@ -39,27 +31,14 @@ class CosineLR:
                 f"CosineLR needs lr > 0, min_lr >= 0 and 0 <= warmup_fraction < 1; "
                 f"got lr={lr}, min_lr={min_lr}, warmup_fraction={warmup_fraction}."
             )
-        self.lr = lr
-        self.min_lr = min_lr
-        self.warmup_fraction = warmup_fraction
+        self.lr, self.min_lr, self.warmup_fraction = lr, min_lr, warmup_fraction
 
     def __call__(self, progress):
-        """The learning rate at ``progress`` in [0, 1] of the run.
-
-        Arguments
-        ---------
-        progress : float
-            Fraction of the training done (epochs done / epochs).
-
-        Returns
-        -------
-        float
-        """
+        """The learning rate when ``progress`` (epochs done / epochs) of the
+        training is done."""
         progress = min(max(float(progress), 0.0), 1.0)
         if progress < self.warmup_fraction:
             return self.lr * progress / self.warmup_fraction
-        span = 1.0 - self.warmup_fraction
-        done = (progress - self.warmup_fraction) / span if span > 0 else 1.0
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (
-            1 + math.cos(math.pi * done)
-        )
+        done = (progress - self.warmup_fraction) / (1.0 - self.warmup_fraction)
+        cosine = 1 + math.cos(math.pi * done)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * cosine

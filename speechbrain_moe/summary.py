@@ -1,8 +1,4 @@
-"""Trainable-parameter summary, like peft's ``print_trainable_parameters``.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Trainable-parameter summary, like peft's ``print_trainable_parameters``."""
 
 import torch.nn as nn
 
@@ -13,23 +9,20 @@ def count_parameters(modules, head_names=("classifier", "head")):
     Arguments
     ---------
     modules : torch.nn.Module or dict
-        A model, or a dict / ``ModuleDict`` of named components (as a
-        ``Brain``'s ``modules``).
+        A model, or named components (as a ``Brain``'s ``modules``).
     head_names : tuple of str
-        Components (top-level names) counted as the classifier head.
+        Components counted as the classifier head.
 
     Returns
     -------
     dict
         ``total``, ``trainable``, ``trainable_no_head`` and ``components``
-        (name -> ``{"total", "trainable"}``). Shared parameters count once.
+        (name -> ``{"total", "trainable"}``); shared parameters count once.
 
     Example
     -------
-    >>> m = nn.ModuleDict({"encoder": nn.Linear(4, 4), "classifier": nn.Linear(4, 2)})
-    >>> m.encoder.requires_grad_(False)
-    Linear(in_features=4, out_features=4, bias=True)
-    >>> c = count_parameters(m)
+    >>> c = count_parameters(nn.ModuleDict({"encoder": nn.Linear(4, 4).requires_grad_(False),
+    ...                                     "classifier": nn.Linear(4, 2)}))
     >>> c["total"], c["trainable"], c["trainable_no_head"]
     (30, 10, 0)
     """
@@ -37,25 +30,20 @@ def count_parameters(modules, head_names=("classifier", "head")):
         items = list(modules.named_children()) or [("model", modules)]
     else:
         items = list(modules.items())
-    seen = set()
-    components = {}
-    total = trainable = head = 0
+    seen, components = set(), {}
     for name, module in items:
-        comp_total = comp_train = 0
-        for param in module.parameters():
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            comp_total += param.numel()
-            if param.requires_grad:
-                comp_train += param.numel()
-        components[name] = {"total": comp_total, "trainable": comp_train}
-        total += comp_total
-        trainable += comp_train
-        if name in head_names:
-            head += comp_train
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        components[name] = {
+            "total": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+        }
+    trainable = sum(c["trainable"] for c in components.values())
+    head = sum(
+        components[name]["trainable"] for name in components if name in head_names
+    )
     return {
-        "total": total,
+        "total": sum(c["total"] for c in components.values()),
         "trainable": trainable,
         "trainable_no_head": trainable - head,
         "components": components,
@@ -68,7 +56,7 @@ def format_parameters(counts):
     Arguments
     ---------
     counts : dict
-        Output of :func:`count_parameters`.
+        From :func:`count_parameters`.
 
     Returns
     -------

@@ -1,14 +1,5 @@
-"""What a backbone tells the PETL methods about its insides.
-
-A backbone lobe exposes ``petl_root`` (the ``nn.Module`` the methods adapt,
-usually the Hugging Face encoder) and ``petl_targets``, a
-:class:`PetlTargets` naming, relative to that root, the sub-modules each
-method needs. Methods never look at Hugging Face class names; a new backbone
-only has to fill this record.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""What a backbone tells the PETL methods about its insides, so that they
+never look at Hugging Face class names."""
 
 from dataclasses import dataclass, field
 
@@ -23,26 +14,20 @@ class PetlTargets:
         Width d of the transformer.
     layers : list of str
         The transformer layers, in order (deep prompt tuning wraps them).
-    attention : list of str
-        Each layer's self-attention block; it must take the output of the
-        layer's pre-attention LayerNorm as its first input.
-    attention_norm : list of str
-        The LayerNorm feeding each attention block.
-    ffn : list of str
-        Each layer's feed-forward block (empty if the backbone has none as a
-        single sub-module).
-    ffn_norm : list of str
-        The LayerNorm feeding each feed-forward block.
+    attention, attention_norm : list of str
+        Each layer's self-attention block (taking the output of its
+        pre-attention LayerNorm first), and that LayerNorm.
+    ffn, ffn_norm : list of str
+        Each layer's feed-forward block (none if it is not one sub-module),
+        and the LayerNorm feeding it.
     lora : list of str
-        Linear layers LoRA adapts (by default the query and value projections).
+        Linear layers LoRA adapts (usually the query and value projections).
     num_prefix_tokens : int
         Special tokens before the content tokens (AST: CLS + distillation = 2).
     grid_height : int
         Rows of the token grid (AST: frequency patches; 1-D encoders: 1).
     attention_interface : bool
-        Whether the attention blocks compute attention through Hugging Face's
-        attention-function interface (needed by prefix tuning; WavLM's
-        relative-position attention does not).
+        Whether attention uses Hugging Face's attention interface (prefix tuning).
 
     Example
     -------
@@ -63,35 +48,24 @@ class PetlTargets:
     attention_interface: bool = True
 
     def locations(self, placement):
-        """Modules to wrap and LayerNorms that feed them, for a placement.
-
-        Arguments
-        ---------
-        placement : str
-            ``pfeiffer_attention`` (one adapter per layer, beside the
-            attention: the Soft-MoA paper's default), ``pfeiffer_ffn`` (beside
-            the FFN) or ``houlsby`` (both).
-
-        Returns
-        -------
-        tuple of list
-            ``(modules, norms)``.
-        """
-        if placement == "pfeiffer_attention":
-            return list(self.attention), list(self.attention_norm)
-        if placement in ("pfeiffer_ffn", "houlsby"):
-            if not self.ffn:
-                raise ValueError(
-                    f"placement={placement!r} needs a feed-forward sub-module, but "
-                    "this backbone has none as a single module. Use "
-                    "placement: pfeiffer_attention."
-                )
-            if placement == "pfeiffer_ffn":
-                return list(self.ffn), list(self.ffn_norm)
-            return (
-                list(self.attention) + list(self.ffn),
-                list(self.attention_norm) + list(self.ffn_norm),
+        """``(modules, norms)``: the modules to wrap for a ``placement`` and the
+        LayerNorms feeding them. ``pfeiffer_attention``: beside each attention
+        block (the Soft-MoA paper's default); ``pfeiffer_ffn``: beside each
+        feed-forward block; ``houlsby``: both."""
+        attention = (list(self.attention), list(self.attention_norm))
+        ffn = (list(self.ffn), list(self.ffn_norm))
+        if placement in ("pfeiffer_ffn", "houlsby") and not self.ffn:
+            raise ValueError(
+                f"placement={placement!r} needs a feed-forward sub-module, but "
+                "this backbone has none as a single module. Use "
+                "placement: pfeiffer_attention."
             )
+        if placement == "pfeiffer_attention":
+            return attention
+        if placement == "pfeiffer_ffn":
+            return ffn
+        if placement == "houlsby":
+            return attention[0] + ffn[0], attention[1] + ffn[1]
         raise ValueError(
             f"Unknown placement {placement!r}; choose pfeiffer_attention, "
             "pfeiffer_ffn or houlsby."
@@ -99,19 +73,17 @@ class PetlTargets:
 
 
 def petl_root(backbone):
-    """Returns ``(attribute_name, root_module, targets)`` of a backbone lobe.
+    """``(petl_root_name, root module, petl_targets)`` of a backbone lobe.
 
     Arguments
     ---------
     backbone : torch.nn.Module
-        A lobe with a ``petl_targets`` record and ``petl_root_name``, the name
-        of its attribute holding the module to adapt (``None``: the lobe
-        itself is the root).
+        A lobe with ``petl_targets`` and ``petl_root_name``, the attribute
+        holding the module to adapt (absent or None: the lobe itself).
 
     Returns
     -------
     tuple
-        ``(str or None, nn.Module, PetlTargets)``.
 
     Example
     -------
@@ -131,28 +103,3 @@ def petl_root(backbone):
     name = getattr(backbone, "petl_root_name", None)
     root = backbone if name is None else getattr(backbone, name)
     return name, root, targets
-
-
-def set_petl_root(backbone, name, module):
-    """Puts ``module`` (e.g. an ``AdaptedModel``) where the root was.
-
-    Arguments
-    ---------
-    backbone : torch.nn.Module
-        The lobe.
-    name : str or None
-        ``petl_root_name`` of the lobe (None: nothing to replace).
-    module : torch.nn.Module
-        The new root.
-
-    Example
-    -------
-    >>> import torch
-    >>> holder = torch.nn.Module()
-    >>> holder.model = torch.nn.Linear(2, 2)
-    >>> set_petl_root(holder, "model", torch.nn.Identity())
-    >>> holder.model
-    Identity()
-    """
-    if name is not None:
-        setattr(backbone, name, module)

@@ -1,87 +1,29 @@
-"""Audio Spectrogram Transformer (Gong et al., 2021) as a SpeechBrain lobe.
-
-The lobe takes 16 kHz waveforms and relative lengths, computes the 128-bin
-Kaldi fbank that ``ASTFeatureExtractor`` computes (25 ms Hanning window, 10 ms
-shift, no dither), normalises it with the AudioSet statistics of the
-checkpoints, pads or cuts it to ``max_frames``, and runs Hugging Face's
-``ASTModel``. For ``max_frames`` other than the checkpoint's, the time axis of
-the 2-D position-embedding grid is centre-cropped (shorter) or interpolated
-(longer), as the original AST does.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""Audio Spectrogram Transformer (Gong et al., 2021) as a SpeechBrain lobe."""
 
 import torch
 import torch.nn.functional as F
-from speechbrain.utils.logger import get_logger
 from torchaudio.compliance import kaldi
 
-from speechbrain_moe.lobes.base import (
-    Backbone,
-    checked_lengths,
-    lengths_to_mask,
-    load_config,
-)
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
-
-logger = get_logger(__name__)
 
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
 
-def time_patches(frames, patch_size=16, stride=10):
-    """Number of patch columns AST makes from ``frames`` fbank frames.
-
-    Arguments
-    ---------
-    frames : int
-        Fbank frames.
-    patch_size : int
-        Patch size.
-    stride : int
-        Time stride.
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> time_patches(100), time_patches(1024)
-    (9, 101)
-    """
+def _time_patches(frames, patch_size, stride):
+    """Number of patch columns AST makes from ``frames`` fbank frames."""
     return (frames - patch_size) // stride + 1
 
 
-def resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix=2):
-    """Adapts AST's 2-D position embeddings to another number of time patches.
+def _resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix=2):
+    """AST's 2-D position embeddings ``[1, num_prefix + freq * time, d]`` for
+    another number of time patches: the time axis of the grid centre-cropped
+    (shorter) or bilinearly interpolated (longer), as the original AST does.
 
-    Arguments
-    ---------
-    pos : torch.Tensor
-        ``[1, num_prefix + freq * old_time, d]``.
-    freq_patches : int
-        Rows of the patch grid.
-    old_time : int
-        Columns the embeddings were trained for.
-    new_time : int
-        Columns wanted.
-    num_prefix : int
-        Special tokens in front (kept as they are).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[1, num_prefix + freq * new_time, d]``: a centre crop when shorter,
-        a bilinear interpolation when longer.
-
-    Example
-    -------
     >>> pos = torch.arange(2 + 2 * 5).float().view(1, -1, 1)
-    >>> resize_position_embeddings(pos, 2, 5, 3)[0, :, 0].tolist()
+    >>> _resize_position_embeddings(pos, 2, 5, 3)[0, :, 0].tolist()
     [0.0, 1.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0]
     """
     prefix, grid = pos[:, :num_prefix], pos[:, num_prefix:]
@@ -99,40 +41,31 @@ def resize_position_embeddings(pos, freq_patches, old_time, new_time, num_prefix
 class AST(Backbone):
     """Hugging Face ``ASTModel`` behind waveforms + relative lengths.
 
+    Its input is ``ASTFeatureExtractor``'s fbank, padded or cut to ``max_frames``
+    (longer clips are cut, with a warning; clips under 25 ms, zero-padded).
+
     Arguments
     ---------
-    source : str
-        Hub id or local folder of an AST checkpoint (``ASTModel`` or
-        ``ASTForAudioClassification``).
-    save_path : str, optional
-        Cache folder for hub downloads.
+    source, save_path : str
+        Hub id or local folder of an AST checkpoint, and the hub cache folder.
     max_frames : int
         Fbank frames after padding/cutting (AST's ``max_length``).
     pooling : str
-        ``mean`` over real tokens (special tokens included) or ``cls`` (the
-        mean of the CLS and distillation tokens, as ``ASTModel``'s pooler).
+        ``mean`` over real tokens or ``cls`` (``ASTModel``'s pooler).
     sample_rate : int
-        Sample rate of the input waveforms (must be 16000, as AST's).
-
-    Clips longer than ``max_duration`` (the audio that ``max_frames`` frames
-    cover) are cut, with a warning; clips shorter than one 25 ms window are
-    zero-padded to it; a clip without samples raises ``ValueError``.
+        Of the input (must be 16000, as AST's).
 
     Example
     -------
     >>> from transformers import ASTConfig, ASTModel
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> cfg = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-    ...                 intermediate_size=64, max_length=100)
-    >>> ASTModel(cfg).save_pretrained(folder)
-    >>> ast = AST(folder, max_frames=60)
-    >>> wavs = torch.randn(2, 16000)
+    >>> ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...     intermediate_size=64, max_length=100)).save_pretrained(folder)
+    >>> ast, wavs = AST(folder, max_frames=60), torch.randn(2, 16000)
     >>> hidden, mask = ast.encode(wavs, torch.tensor([1.0, 0.2]))
-    >>> hidden.shape, mask.sum(1).tolist()
-    (torch.Size([2, 62, 32]), [62, 26])
-    >>> ast(wavs).shape
-    torch.Size([2, 32])
+    >>> hidden.shape, mask.sum(1).tolist(), ast(wavs).shape
+    (torch.Size([2, 62, 32]), [62, 26], torch.Size([2, 32]))
     """
 
     def __init__(
@@ -141,12 +74,8 @@ class AST(Backbone):
         super().__init__(pooling=pooling)
         from transformers import ASTModel
 
-        if sample_rate != 16000:
-            raise ValueError(
-                f"AST expects 16 kHz audio, got sample_rate={sample_rate}. Resample "
-                "in the data pipeline (the recipes do) and set sample_rate: 16000."
-            )
-        config = load_config(
+        self._check_rate("AST", 16000, sample_rate)
+        config = self._load_config(
             source, save_path, ("audio-spectrogram-transformer",), "AST"
         )
         self.model = ASTModel.from_pretrained(
@@ -154,30 +83,29 @@ class AST(Backbone):
         )
         self.num_mel_bins = config.num_mel_bins
         self.max_frames = max_frames
-        self.patch_size = config.patch_size
         self.time_stride = config.time_stride
         self.freq_patches = (
             config.num_mel_bins - config.patch_size
         ) // config.frequency_stride + 1
-        new_time = time_patches(max_frames, config.patch_size, config.time_stride)
+        new_time = _time_patches(max_frames, config.patch_size, config.time_stride)
         if new_time < 1:
             raise ValueError(
                 f"max_frames={max_frames} is shorter than one AST patch "
                 f"({config.patch_size} frames); use at least {config.patch_size}."
             )
-        old_time = time_patches(
+        old_time = _time_patches(
             config.max_length, config.patch_size, config.time_stride
         )
         if new_time != old_time:
             emb = self.model.embeddings
-            with torch.no_grad():
-                resized = resize_position_embeddings(
-                    emb.position_embeddings.data, self.freq_patches, old_time, new_time
-                )
+            resized = _resize_position_embeddings(
+                emb.position_embeddings.data, self.freq_patches, old_time, new_time
+            )
             emb.position_embeddings = torch.nn.Parameter(resized)
             config.max_length = max_frames
         self.time_patches = new_time
         self.max_duration = ((max_frames - 1) * 160 + 400) / 16000
+        self.max_samples = int(self.max_duration * 16000)
         self.output_size = config.hidden_size
         layers = [f"layers.{i}" for i in range(config.num_hidden_layers)]
         self.petl_targets = PetlTargets(
@@ -195,30 +123,10 @@ class AST(Backbone):
         )
 
     def features(self, wavs, wav_lens=None):
-        """Normalised fbank, as ``ASTFeatureExtractor`` computes it.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        feats : torch.Tensor
-            ``[batch, max_frames, num_mel_bins]``.
-        frames : torch.Tensor
-            ``[batch]`` number of real (non-padded) frames.
-        """
-        lengths = checked_lengths(
-            wavs,
-            wav_lens,
-            int(self.max_duration * 16000),
-            16000,
-            "AST",
-            f"Raise max_frames (now {self.max_frames}) to keep more audio.",
-        )
+        """The normalised fbank ``[batch, max_frames, num_mel_bins]`` that
+        ``ASTFeatureExtractor`` computes, and the ``[batch]`` real frames."""
+        advice = f"Raise max_frames (now {self.max_frames}) to keep more audio."
+        lengths = self._valid_lengths(wavs, wav_lens, advice)
         feats, frames = [], []
         for wav, length in zip(wavs.float(), lengths.tolist()):
             wav = F.pad(wav[:length], (0, max(0, 400 - length)))
@@ -230,54 +138,25 @@ class AST(Backbone):
                 htk_compat=True,
                 use_energy=False,
                 dither=0.0,
-            )
-            frames.append(min(fbank.shape[0], self.max_frames))
-            fbank = fbank[: self.max_frames]
-            fbank = F.pad(fbank, (0, 0, 0, self.max_frames - fbank.shape[0]))
-            feats.append(fbank)
+            )[: self.max_frames]
+            frames.append(fbank.shape[0])
+            feats.append(F.pad(fbank, (0, 0, 0, self.max_frames - fbank.shape[0])))
         feats = (torch.stack(feats) - AUDIOSET_MEAN) / (2 * AUDIOSET_STD)
         return feats.to(wavs.device), torch.tensor(frames, device=wavs.device)
 
     def token_mask(self, frames):
-        """Which of AST's tokens cover real audio.
-
-        Arguments
-        ---------
-        frames : torch.Tensor
-            ``[batch]`` real fbank frames.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 2 + freq_patches * time_patches]``: the two special
-            tokens, then the patch grid (frequency-major, as ASTModel
-            flattens it) where a column is real if it starts on a real frame.
-        """
+        """Which tokens cover real audio, given ``[batch]`` real fbank ``frames``:
+        the two special tokens, then the patch grid (frequency-major, as
+        ``ASTModel`` flattens it), a column real if it starts on a real frame."""
         columns = ((frames + self.time_stride - 1) // self.time_stride).clamp(
             min=1, max=self.time_patches
         )
         grid = lengths_to_mask(columns, self.time_patches)
         grid = grid.unsqueeze(1).expand(-1, self.freq_patches, -1).flatten(1)
-        special = grid.new_ones(grid.shape[0], 2)
-        return torch.cat([special, grid], dim=1)
+        return torch.cat([grid.new_ones(grid.shape[0], 2), grid], dim=1)
 
     def encode(self, wavs, wav_lens=None):
-        """Token sequence of AST and its real-token mask.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        hidden : torch.Tensor
-            ``[batch, 2 + freq * time, d]``.
-        mask : torch.Tensor
-            ``[batch, 2 + freq * time]``.
-        """
+        """:meth:`Backbone.encode`: two special tokens, then the patch grid."""
         feats, frames = self.features(wavs, wav_lens)
         mask = self.token_mask(frames)
         with token_mask(self.model, mask):
@@ -285,19 +164,7 @@ class AST(Backbone):
         return hidden, mask
 
     def forward(self, wavs, wav_lens=None):
-        """Pooled embedding ``[batch, d]`` (``cls`` = mean of the two special tokens).
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at 16 kHz.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-        """
+        """:meth:`Backbone.forward`; ``cls`` averages the two special tokens."""
         if self.pooling == "cls":
             hidden, _ = self.encode(wavs, wav_lens)
             return hidden[:, :2].mean(1)

@@ -1,14 +1,6 @@
-"""What every backbone lobe shares: loading, valid-token pooling, checkpoints.
-
-A lobe subclasses :class:`Backbone`, loads its Hugging Face model (with
-:func:`load_config` first, which turns the usual mistakes into clear errors)
-into the attribute named by ``petl_root_name``, fills ``petl_targets`` and
-implements :meth:`Backbone.encode`. PETL methods then adapt it in place
-(:func:`speechbrain_moe.petl.apply_method`); its checkpoints hold only what
-trains (:class:`~speechbrain_moe.recoverables.TrainableState`).
-
-Authors
- * speechbrain-moe contributors 2026
+"""What every backbone lobe shares. Conventions: ``wavs`` ``[batch, samples]``,
+``wav_lens`` relative lengths in (0, 1] (None: full), hidden states ``[batch,
+time, channels]``, masks True on real tokens; padding: ``docs/fidelity.md``.
 """
 
 import os
@@ -28,12 +20,12 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def lengths_to_mask(lengths, max_len):
-    """Boolean mask ``[batch, max_len]`` from absolute lengths.
+    """Boolean mask ``[batch, max_len]``, True on the first ``lengths`` positions.
 
     Arguments
     ---------
     lengths : torch.Tensor
-        ``[batch]`` number of real positions.
+        ``[batch]`` absolute lengths.
     max_len : int
         Width of the mask.
 
@@ -58,7 +50,7 @@ def masked_mean(hidden, mask):
     hidden : torch.Tensor
         ``[batch, time, channels]``.
     mask : torch.Tensor or None
-        ``[batch, time]``, True for real tokens.
+        ``[batch, time]`` (None: every token is real).
 
     Returns
     -------
@@ -83,7 +75,7 @@ def unwrap(module):
     Arguments
     ---------
     module : torch.nn.Module
-        A model or an ``AdaptedModel`` around it.
+        A model, or an ``AdaptedModel`` around it.
 
     Returns
     -------
@@ -101,131 +93,11 @@ def unwrap(module):
     return module
 
 
-def checked_lengths(wavs, wav_lens, max_samples, sample_rate, backbone, advice):
-    """Valid samples of each clip: checked, and cut to ``max_samples`` with a
-    warning naming each clip cut.
-
-    Arguments
-    ---------
-    wavs : torch.Tensor
-        ``[batch, samples]``.
-    wav_lens : torch.Tensor or None
-        Relative lengths in (0, 1] (None: all clips fill the batch).
-    max_samples : int or None
-        Longest clip encoded (None: no cap).
-    sample_rate : int
-        For durations in messages.
-    backbone : str
-        Name of the backbone (for messages).
-    advice : str
-        What to do about long clips (for the warning).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch]`` long, at least 1 (a clip without samples raises a
-        ``ValueError`` naming it) and at most ``max_samples``.
-
-    Example
-    -------
-    >>> checked_lengths(torch.zeros(2, 100), torch.tensor([1.0, 0.5]), 80, 100,
-    ...     "Whisper", "Split long recordings.")
-    tensor([80, 50])
-    >>> checked_lengths(torch.zeros(2, 100), torch.tensor([1.0, 0.0]), None, 100,
-    ...     "Whisper", "")
-    Traceback (most recent call last):
-    ...
-    ValueError: Clip 1 of the batch is empty (wav_lens[1] = 0 of 100 samples); Whisper cannot encode it. Remove empty or unreadable audio files from the data set (e.g. filter on duration in the data preparation) or fix the relative lengths.
-    """
-    if wavs.dim() != 2:
-        raise ValueError(
-            f"{backbone} expects waveforms [batch, samples], got shape "
-            f"{tuple(wavs.shape)}; mix multi-channel audio down to mono."
-        )
-    samples = wavs.shape[1]
-    if wav_lens is None:
-        lengths = torch.full((wavs.shape[0],), samples, device=wavs.device)
-    else:
-        wav_lens = wav_lens.to(wavs.device).float()
-        lengths = (wav_lens * samples).round().long().clamp(max=samples)
-    cap = samples if max_samples is None else max_samples
-    empty, long = torch.stack([(lengths < 1).any(), (lengths > cap).any()]).tolist()
-    if empty:
-        i = int((lengths < 1).nonzero()[0, 0])
-        raise ValueError(
-            f"Clip {i} of the batch is empty (wav_lens[{i}] = "
-            f"{0 if wav_lens is None else float(wav_lens[i]):g} of {samples} "
-            f"samples); {backbone} cannot encode it. Remove empty or unreadable "
-            "audio files from the data set (e.g. filter on duration in the data "
-            "preparation) or fix the relative lengths."
-        )
-    for i in (lengths > cap).nonzero()[:, 0].tolist() if long else []:
-        logger.warning(
-            f"Clip {i} of the batch lasts {int(lengths[i]) / sample_rate:.2f} s; "
-            f"{backbone} encodes at most {cap / sample_rate:.2f} s (max_duration), "
-            f"so only its first {cap / sample_rate:.2f} s are used. {advice}"
-        )
-    return lengths.clamp(max=cap)
-
-
-def load_config(source, save_path, model_types, lobe):
-    """The Hugging Face config of ``source``, checked to fit the lobe.
-
-    Arguments
-    ---------
-    source : str
-        A local folder (``save_pretrained`` layout) or a hub id.
-    save_path : str or None
-        Cache folder for hub downloads.
-    model_types : tuple of str
-        Accepted ``config.model_type`` values.
-    lobe : str
-        The lobe's name (for messages).
-
-    Returns
-    -------
-    transformers.PretrainedConfig
-
-    Example
-    -------
-    >>> load_config("/no/such/folder", None, ("whisper",), "Whisper")
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: backbone_source /no/such/folder is not a folder ...
-    """
-    from transformers import AutoConfig
-
-    source = str(source)
-    if not os.path.isdir(source) and not HUB_ID.match(source):
-        raise FileNotFoundError(
-            f"backbone_source {source} is not a folder (and not a hub id such as "
-            "'openai/whisper-base'). Point --backbone_source at the folder holding "
-            "the model's config.json, or give a hub id."
-        )
-    try:
-        config = AutoConfig.from_pretrained(source, cache_dir=save_path)
-    except (OSError, ValueError) as err:
-        raise OSError(
-            f"Cannot load the model config of backbone_source {source!r} ({err}). "
-            "A folder needs the config.json written by save_pretrained; a hub id "
-            "needs the network or a cache (HF_HUB_OFFLINE=1 with the model in "
-            "save_path)."
-        ) from err
-    if config.model_type not in model_types:
-        raise ValueError(
-            f"backbone_source {source} holds a {config.model_type!r} model, but the "
-            f"{lobe} lobe loads {' / '.join(model_types)} models. Use the recipe "
-            "YAML of that backbone (hparams/ast.yaml, whisper.yaml or wavlm.yaml) "
-            "or another source."
-        )
-    return config
-
-
 class Backbone(TrainableState, nn.Module):
-    """Base class of backbone lobes.
-
-    Subclasses set ``petl_root_name``, ``petl_targets`` and ``output_size``,
-    and implement :meth:`encode`.
+    """Base class of backbone lobes: each loads its Hugging Face model into the
+    attribute named by ``petl_root_name``, sets ``petl_targets``,
+    ``output_size``, ``sample_rate``, ``max_duration`` and ``max_samples``
+    (None: no cap), and implements :meth:`encode`.
 
     Arguments
     ---------
@@ -237,6 +109,7 @@ class Backbone(TrainableState, nn.Module):
     petl_targets = None
     output_size = None
     max_duration = None
+    max_samples = None
     load_hint = (
         "Load it onto the backbone_source and petl_method (with the same "
         "settings) it was trained with."
@@ -248,53 +121,98 @@ class Backbone(TrainableState, nn.Module):
             raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLINGS}.")
         self.pooling = pooling
 
+    @staticmethod
+    def _load_config(source, save_path, model_types, lobe):
+        """The Hugging Face config of ``source`` (a folder or a hub id), with
+        clear errors when it is missing or of another model type."""
+        from transformers import AutoConfig
+
+        source = str(source)
+        if not os.path.isdir(source) and not HUB_ID.match(source):
+            raise FileNotFoundError(
+                f"backbone_source {source} is not a folder (and not a hub id such as "
+                "'openai/whisper-base'). Point --backbone_source at the folder holding "
+                "the model's config.json, or give a hub id."
+            )
+        try:
+            config = AutoConfig.from_pretrained(source, cache_dir=save_path)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"Cannot load the model config of backbone_source {source!r} ({err}). "
+                "A folder needs the config.json written by save_pretrained; a hub id "
+                "needs the network or a cache (HF_HUB_OFFLINE=1 with the model in "
+                "save_path)."
+            ) from err
+        if config.model_type not in model_types:
+            raise ValueError(
+                f"backbone_source {source} holds a {config.model_type!r} model, but "
+                f"the {lobe} lobe loads {' / '.join(model_types)} models. Use the "
+                "recipe YAML of that backbone (hparams/ast.yaml, whisper.yaml or "
+                "wavlm.yaml) or another source."
+            )
+        return config
+
     def encode(self, wavs, wav_lens=None):
-        """Encodes a batch of waveforms.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        hidden : torch.Tensor
-            ``[batch, tokens, output_size]``.
-        mask : torch.Tensor
-            ``[batch, tokens]``, True for tokens of real audio.
-        """
+        """Encodes a batch of waveforms into ``hidden`` ``[batch, tokens,
+        output_size]`` and ``mask`` ``[batch, tokens]``, True on real audio."""
         raise NotImplementedError
 
+    def _check_rate(self, name, expected, sample_rate):
+        """Records ``sample_rate``; raises unless it is ``expected``."""
+        if sample_rate != expected:
+            raise ValueError(
+                f"{name} expects {expected} Hz audio, got sample_rate={sample_rate}. "
+                "Resample in the data pipeline (the recipes do) and set "
+                f"sample_rate: {expected}."
+            )
+        self.sample_rate = sample_rate
+
+    def _valid_lengths(self, wavs, wav_lens, advice, name=None):
+        """Valid samples of each clip, in [1, ``max_samples``]: a clip without
+        samples raises, a longer one is cut with a warning ending in ``advice``."""
+        name = name or type(self).__name__
+        if wavs.dim() != 2:
+            raise ValueError(
+                f"{name} expects waveforms [batch, samples], got shape "
+                f"{tuple(wavs.shape)}; mix multi-channel audio down to mono."
+            )
+        samples = wavs.shape[1]
+        if wav_lens is None:
+            lengths = torch.full((wavs.shape[0],), samples, device=wavs.device)
+        else:
+            wav_lens = wav_lens.to(wavs.device).float()
+            lengths = (wav_lens * samples).round().long().clamp(max=samples)
+        cap = samples if self.max_samples is None else self.max_samples
+        # One device sync for both checks.
+        empty, long = torch.stack([(lengths < 1).any(), (lengths > cap).any()]).tolist()
+        if empty:
+            i = int((lengths < 1).nonzero()[0, 0])
+            raise ValueError(
+                f"Clip {i} of the batch is empty (wav_lens[{i}] = "
+                f"{0 if wav_lens is None else float(wav_lens[i]):g} of {samples} "
+                f"samples); {name} cannot encode it. Remove empty or unreadable "
+                "audio files from the data set (e.g. filter on duration in the data "
+                "preparation) or fix the relative lengths."
+            )
+        rate = self.sample_rate
+        for i in (lengths > cap).nonzero()[:, 0].tolist() if long else []:
+            logger.warning(
+                f"Clip {i} of the batch lasts {int(lengths[i]) / rate:.2f} s; "
+                f"{name} encodes at most {cap / rate:.2f} s (max_duration), "
+                f"so only its first {cap / rate:.2f} s are used. {advice}"
+            )
+        return lengths.clamp(max=cap)
+
     def forward(self, wavs, wav_lens=None):
-        """Pooled utterance embedding ``[batch, output_size]``.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-        """
+        """Pooled utterance embedding ``[batch, output_size]`` of :meth:`encode`."""
         hidden, mask = self.encode(wavs, wav_lens)
         if self.pooling == "cls":
             return hidden[:, 0]
         return masked_mean(hidden, mask)
 
     def describe(self):
-        """The lobe, its shape and its PETL method with settings.
+        """The lobe, its shape and its PETL method with settings, as a dict.
 
-        Returns
-        -------
-        dict
-
-        Example
-        -------
         >>> class Tiny(Backbone):
         ...     output_size = 4
         >>> Tiny().describe()
@@ -313,19 +231,8 @@ class Backbone(TrainableState, nn.Module):
 
     @staticmethod
     def format_description(description):
-        """One line of text for :meth:`describe` (in messages).
+        """One line of text for a :meth:`describe` result (or None), for messages.
 
-        Arguments
-        ---------
-        description : dict or None
-            A description.
-
-        Returns
-        -------
-        str
-
-        Example
-        -------
         >>> Backbone.format_description({"model": "AST", "hidden_size": 32,
         ...     "num_layers": 2, "petl_method": "adapter",
         ...     "petl_settings": {"bottleneck": 4}})

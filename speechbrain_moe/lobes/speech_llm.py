@@ -1,30 +1,6 @@
-"""Audio encoder -> frame stacking -> bridge -> decoder-only LLM.
-
-The speech-LLM of the MoE-Adapter paper, as a SpeechBrain lobe:
-
-* a frozen audio encoder lobe (any :class:`speechbrain_moe.lobes.base.Backbone`,
-  Whisper by default in the recipe); only its valid frames are used;
-* SpeechBrain's :class:`speechbrain.lobes.downsampling.ConcatDownsampler`
-  stacks ``k`` consecutive frames (``[B, T, d] -> [B, T/k, k d]``);
-* a bridge (:mod:`speechbrain_moe.adapters.bridges`), picked by name with
-  :func:`load_bridge` from the YAML files shipped in
-  ``speechbrain_moe/hparams/bridges/`` (``dense``: the MLP projector of
-  SpeechBrain's own speech-LLM recipe; ``moe_adapter``: fuse linear -> sparse
-  top-k mixture with shared experts -> aggregation + LayerNorm; ``soft_moa``)
-  or by the path of a user's own bridge YAML;
-* a frozen causal LM (built in the recipe's YAML, with SpeechBrain's
-  ``AdaptedModel`` + ``LoRA`` when some of its layers should adapt) reading
-  ``[<bos>] <audio start> audio <audio end> prompt`` and predicting
-  ``target <eos>``. The audio start/end markers are trainable embeddings of the
-  LLM width, so the frozen vocabulary is never resized.
-
-Batches are laid out with the prefix (audio + prompt) *left*-padded and the
-target right-padded, so that every prefix ends in the same column; positions
-follow the attention mask (``cumsum - 1``). Training and decoding therefore
-see identical positions, and padding never changes a sample's result.
-
-Authors
- * speechbrain-moe contributors 2026
+"""The speech-LLM of the MoE-Adapter paper as a SpeechBrain lobe: frozen audio
+encoder -> frame stacking -> bridge -> frozen decoder-only LLM (``LoRA`` on
+some of its layers if wanted); ``docs/design.md``, "Speech-LLM".
 """
 
 import torch
@@ -34,13 +10,13 @@ from speechbrain.lobes.downsampling import ConcatDownsampler
 from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.hparams_files import load_hparams
-from speechbrain_moe.lobes.base import lengths_to_mask
+from speechbrain_moe.lobes.base import lengths_to_mask, unwrap
 from speechbrain_moe.recoverables import TrainableState
 from speechbrain_moe.routing import collect_aux_loss
 
 
 def relative_to_mask(lens, max_len):
-    """Boolean padding mask from SpeechBrain relative lengths.
+    """Boolean padding mask ``[batch, max_len]`` from relative lengths.
 
     Arguments
     ---------
@@ -52,7 +28,6 @@ def relative_to_mask(lens, max_len):
     Returns
     -------
     torch.Tensor
-        ``[batch, max_len]``, True for real positions.
 
     Example
     -------
@@ -69,17 +44,16 @@ def load_bridge(bridge, overrides=None):
     Arguments
     ---------
     bridge : str
-        ``dense``, ``moe_adapter``, ``soft_moa`` (files shipped in the
-        package) or the path of a bridge YAML file (its ``bridge`` key builds
-        ``bridge(input_size, output_size)``).
+        ``dense``, ``moe_adapter``, ``soft_moa`` or the path of a bridge YAML
+        file, whose ``bridge`` key builds ``bridge(input_size, output_size)``.
     overrides : dict, optional
         New values for some of its settings, e.g. ``{"top_k": 2}``.
 
     Returns
     -------
     functools.partial
-        ``(input_size, output_size) -> torch.nn.Module``, with the name and
-        settings recorded as ``bridge_name`` and ``bridge_settings``.
+        ``(input_size, output_size) -> Module``, with ``bridge_name`` and
+        ``bridge_settings`` attributes.
 
     Example
     -------
@@ -97,54 +71,132 @@ def load_bridge(bridge, overrides=None):
     return builder
 
 
-class SpeechLLM(TrainableState, nn.Module):
+def _layout(embed, prefixes, target_ids=None, target_mask=None):
+    """Batches prefixes (per sample, pieces of token ids ``[n]`` or embeddings
+    ``[n, d]``) left-padded, then targets right-padded."""
+    width = max(sum(piece.shape[0] for piece in pieces) for pieces in prefixes)
+    embeds = embed.weight.new_zeros(len(prefixes), width, embed.weight.shape[1])
+    mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+    labels = torch.full_like(mask, -100, dtype=torch.long)
+    for i, pieces in enumerate(prefixes):
+        start = width - sum(piece.shape[0] for piece in pieces)
+        mask[i, start:] = True
+        for piece in pieces:
+            end = start + piece.shape[0]
+            if piece.dim() == 1:  # token ids
+                embeds[i, start:end], labels[i, start:end] = embed(piece), piece
+            else:
+                embeds[i, start:end] = piece
+            start = end
+    loss_mask = torch.zeros_like(mask)
+    if target_ids is not None:
+        if target_mask is None:
+            target_mask = torch.ones_like(target_ids, dtype=torch.bool)
+        embeds = torch.cat([embeds, embed(target_ids * target_mask)], dim=1)
+        mask = torch.cat([mask, target_mask], dim=1)
+        target_labels = target_ids.masked_fill(~target_mask, -100)
+        labels = torch.cat([labels, target_labels], dim=1)
+        # Position t predicts token t + 1: the last prefix position predicts
+        # the first target token.
+        zeros = torch.zeros_like(loss_mask[:, :-1])
+        loss_mask = torch.cat([zeros, target_mask, zeros[:, :1]], dim=1)
+    return {
+        "inputs_embeds": embeds,
+        "attention_mask": mask,
+        "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0),
+        "labels": labels,
+        "loss_mask": loss_mask,
+        "prefix_length": width,
+    }
+
+
+class SpeechPromptLayout:
+    """Mixin laying out :class:`SpeechLLM`'s LLM input: the prefix ``[<bos>]
+    <audio start> audio <audio end> prompt`` left-padded (all prefixes end in
+    the same column), then ``target <eos>`` right-padded; positions follow the
+    attention mask, so padding never changes a result. The host holds ``llm``,
+    ``bos_index`` and the trainable ``audio_start`` / ``audio_end`` markers."""
+
+    @property
+    def embed_tokens(self):
+        """The LLM's (frozen) input embedding table."""
+        return unwrap(self.llm).get_input_embeddings()
+
+    def build_inputs(
+        self,
+        audio,
+        audio_mask,
+        prompt_ids,
+        prompt_mask,
+        target_ids=None,
+        target_mask=None,
+    ):
+        """Lays out ``[<bos>] <audio start> audio <audio end> prompt | target``.
+
+        Arguments
+        ---------
+        audio, audio_mask : torch.Tensor
+            ``[batch, frames, llm_size]`` bridge outputs and their bool mask.
+        prompt_ids, prompt_mask : torch.Tensor
+            ``[batch, prompt_len]`` token ids and bool mask.
+        target_ids, target_mask : torch.Tensor, optional
+            ``[batch, target_len]`` ids ending with ``<eos>`` and bool mask.
+
+        Returns
+        -------
+        dict
+            ``inputs_embeds`` ``[B, S, d]``; ``attention_mask``,
+            ``position_ids``, ``labels`` (-100 but at text tokens) and
+            ``loss_mask`` (True where the *next* token is a target), all
+            ``[B, S]``; ``prefix_length``.
+        """
+        bos = []
+        if self.bos_index is not None:
+            bos = [torch.tensor([self.bos_index], device=audio.device)]
+        start, end = self.audio_start[None], self.audio_end[None]
+        prefixes = [
+            bos + [start, audio[i, : int(n)], end, prompt_ids[i, prompt_mask[i]]]
+            for i, n in enumerate(audio_mask.sum(1))
+        ]
+        return _layout(self.embed_tokens, prefixes, target_ids, target_mask)
+
+
+class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
     """Frozen encoder -> ConcatDownsampler -> bridge -> frozen causal LM.
 
-    Checkpoints hold only what trains (bridge, audio markers, LoRA) plus the
-    bridge's buffers; the encoder and LLM come from their sources again.
+    The audio markers are LLM-width embeddings, so the frozen vocabulary is
+    never resized; checkpoints hold what trains (bridge, markers, LoRA).
+    Inputs: ``wavs`` and token ids ``[batch, len]``, with relative lengths.
 
     Arguments
     ---------
     encoder : Backbone
-        Audio encoder lobe with ``encode(wavs, wav_lens) -> (hidden, mask)``
-        and ``output_size``. Frozen and run without gradient.
+        Audio encoder lobe; frozen, run without gradient.
     llm : torch.nn.Module
-        Causal LM accepting ``inputs_embeds`` (transformers), frozen here; or
-        SpeechBrain's ``AdaptedModel`` around one (e.g. LoRA on some of its
-        layers), which decides itself what trains.
+        Causal LM taking ``inputs_embeds``, frozen (or an ``AdaptedModel``).
     bridge : callable
-        ``bridge(input_size, output_size)`` builds the bridge, e.g.
-        ``load_bridge("moe_adapter")``.
+        ``bridge(input_size, output_size)`` builds the bridge.
     downsampling_factor : int
         Frames stacked by the ConcatDownsampler.
-    bos_index : int, optional
-        Token put first in every sequence (None: none).
-    eos_index : int, optional
-        End-of-sequence token (default: the LLM config's).
-    pad_index : int, optional
-        Padding token of decoded outputs (default: the LLM config's or eos).
+    bos_index, eos_index, pad_index : int, optional
+        First token of every sequence (None: none), end-of-sequence and
+        padding tokens (default: the LLM config's; pad falls back to eos).
 
     Example
     -------
     >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> class Frames(torch.nn.Module):  # stands in for an encoder lobe
-    ...     output_size = 8
-    ...     def encode(self, wavs, wav_lens=None):
-    ...         frames = wavs.unfold(1, 160, 160)[..., :8]
-    ...         return frames, torch.ones(frames.shape[:2], dtype=torch.bool)
+    >>> encoder = torch.nn.Module()  # stands in for an encoder lobe: 8-d frames
+    >>> encoder.output_size, encoder.encode = 8, lambda w, lens: (w.view(2, -1, 8), None)
     >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32,
     ...     num_hidden_layers=1, num_attention_heads=2, vocab_size=32))
     >>> bridge = load_bridge("dense", {"hidden_size": 16})
-    >>> model = SpeechLLM(Frames(), llm, bridge, downsampling_factor=2, bos_index=1)
-    >>> wavs = torch.randn(2, 1600)
-    >>> out = model(wavs, torch.ones(2), torch.tensor([[5, 6, 7]]).repeat(2, 1),
-    ...             torch.ones(2), torch.tensor([[8, 9, 2]]).repeat(2, 1), torch.ones(2))
+    >>> model = SpeechLLM(encoder, llm, bridge, downsampling_factor=2, bos_index=1)
+    >>> wavs, lens, ids = torch.randn(2, 80), torch.ones(2), torch.tensor([[5, 6, 2]] * 2)
+    >>> out = model(wavs, lens, ids, lens, ids, lens)
     >>> out["logits"].shape[:2], out["aux_loss"].shape
     (torch.Size([2, 3]), torch.Size([]))
-    >>> hyps = model.generate(wavs, torch.ones(2), torch.tensor([[5, 6]]).repeat(2, 1),
-    ...                       torch.ones(2), max_new_tokens=3)
-    >>> len(hyps), len(hyps[0]) <= 3
-    (2, True)
+    >>> [len(hyp) <= 3 for hyp in model.generate(wavs, lens, ids, lens, max_new_tokens=3)]
+    [True, True]
     """
 
     def __init__(
@@ -162,14 +214,12 @@ class SpeechLLM(TrainableState, nn.Module):
         if not isinstance(llm, AdaptedModel):
             llm.requires_grad_(False)
         self.llm = llm
-        config = self.causal_lm.config
+        config = unwrap(llm).config
         self.llm_size = config.hidden_size
-        self.eos_index = config.eos_token_id if eos_index is None else eos_index
-        if isinstance(self.eos_index, (list, tuple)):
-            self.eos_index = self.eos_index[0]
-        if pad_index is None:
-            pad_index = config.pad_token_id
-        self.pad_index = self.eos_index if pad_index is None else pad_index
+        eos = config.eos_token_id if eos_index is None else eos_index
+        self.eos_index = eos[0] if isinstance(eos, (list, tuple)) else eos
+        pad = config.pad_token_id if pad_index is None else pad_index
+        self.pad_index = self.eos_index if pad is None else pad
         self.bos_index = bos_index
         self.downsampling_factor = downsampling_factor
         self.downsampler = ConcatDownsampler(downsampling_factor)
@@ -181,193 +231,43 @@ class SpeechLLM(TrainableState, nn.Module):
         self.audio_end = nn.Parameter(torch.randn(self.llm_size) * std)
 
     def describe(self):
-        """The bridge and its settings (what a checkpoint must match).
-
-        Returns
-        -------
-        dict
-        """
-        return {
-            "model": "SpeechLLM",
-            "bridge": self.bridge_name,
-            "bridge_settings": self.bridge_settings,
-        }
-
-    @property
-    def causal_lm(self):
-        """The transformers model (inside LoRA's ``AdaptedModel`` if any)."""
-        return getattr(self.llm, "adapted_model", self.llm)
-
-    @property
-    def embed_tokens(self):
-        """The LLM's (frozen) input embedding table."""
-        return self.causal_lm.get_input_embeddings()
+        """The bridge and its settings (what a checkpoint must match)."""
+        bridge = {"bridge": self.bridge_name, "bridge_settings": self.bridge_settings}
+        return {"model": "SpeechLLM", **bridge}
 
     def train(self, mode=True):
-        """Sets training mode; the frozen encoder and LLM stay in eval mode.
-
-        Arguments
-        ---------
-        mode : bool
-            Training mode of the trainable parts.
-
-        Returns
-        -------
-        SpeechLLM
-        """
+        """Sets training mode; the frozen encoder and LLM stay in eval mode."""
         super().train(mode)
         self.encoder.eval()
         self.llm.eval()
         return self
 
     def encode_audio(self, wavs, wav_lens=None):
-        """Audio -> LLM-width embeddings of the valid stacked frames.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        embeddings : torch.Tensor
-            ``[batch, frames / k, llm_size]``.
-        mask : torch.Tensor
-            ``[batch, frames / k]``, True for frames made of real audio.
-        """
+        """Audio -> LLM-width embeddings ``[batch, frames / k, llm_size]`` of the
+        stacked frames, and their ``[batch, frames / k]`` valid-frame mask."""
         with torch.no_grad():
             hidden, mask = self.encoder.encode(wavs, wav_lens)
         if mask is None:
-            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            mask = torch.ones_like(hidden[..., 0], dtype=torch.bool)
         hidden = hidden.detach() * mask.unsqueeze(-1).to(hidden.dtype)
         stacked = self.downsampler(hidden)
         lengths = (mask.sum(1) // self.downsampling_factor).clamp(min=1)
         stacked_mask = lengths_to_mask(lengths, stacked.shape[1])
-        embeddings = self.bridge(stacked, stacked_mask)
-        return embeddings, stacked_mask
+        return self.bridge(stacked, stacked_mask), stacked_mask
 
-    def build_inputs(
-        self,
-        audio,
-        audio_mask,
-        prompt_ids,
-        prompt_mask,
-        target_ids=None,
-        target_mask=None,
-    ):
-        """Lays out ``[<bos>] <as> audio <ae> prompt | target`` for the LLM.
-
-        Arguments
-        ---------
-        audio : torch.Tensor
-            ``[batch, frames, llm_size]`` bridge outputs.
-        audio_mask : torch.Tensor
-            ``[batch, frames]`` bool.
-        prompt_ids : torch.Tensor
-            ``[batch, prompt_len]`` token ids.
-        prompt_mask : torch.Tensor
-            ``[batch, prompt_len]`` bool.
-        target_ids : torch.Tensor, optional
-            ``[batch, target_len]`` token ids ending with ``<eos>``.
-        target_mask : torch.Tensor, optional
-            ``[batch, target_len]`` bool.
-
-        Returns
-        -------
-        dict
-            ``inputs_embeds`` ``[B, S, D]``, ``attention_mask`` ``[B, S]``,
-            ``position_ids`` ``[B, S]``, ``labels`` ``[B, S]`` (token id at
-            every text position, -100 at audio and padding), ``loss_mask``
-            ``[B, S]`` (True only where the *next* token is a target to be
-            predicted), ``prefix_length`` (int).
-        """
-        batch = audio.shape[0]
-        device = audio.device
-        embed = self.embed_tokens
-        dtype = embed.weight.dtype
-        prompt_emb = embed(prompt_ids)
-        rows, row_labels = [], []
-        for i in range(batch):
-            pieces, labels = [], []
-            if self.bos_index is not None:
-                bos = torch.tensor([self.bos_index], device=device)
-                pieces.append(embed(bos))
-                labels.append(bos)
-            n_audio = int(audio_mask[i].sum())
-            pieces += [
-                self.audio_start.to(dtype).unsqueeze(0),
-                audio[i, :n_audio].to(dtype),
-                self.audio_end.to(dtype).unsqueeze(0),
-                prompt_emb[i, prompt_mask[i]],
-            ]
-            labels += [
-                torch.full((n_audio + 2,), -100, device=device, dtype=torch.long),
-                prompt_ids[i, prompt_mask[i]],
-            ]
-            rows.append(torch.cat(pieces))
-            row_labels.append(torch.cat(labels))
-        prefix = max(r.shape[0] for r in rows)
-        embeds = audio.new_zeros(batch, prefix, self.llm_size, dtype=dtype)
-        mask = torch.zeros(batch, prefix, dtype=torch.bool, device=device)
-        labels = torch.full((batch, prefix), -100, dtype=torch.long, device=device)
-        for i, (row, lab) in enumerate(zip(rows, row_labels)):
-            embeds[i, prefix - row.shape[0] :] = row
-            mask[i, prefix - row.shape[0] :] = True
-            labels[i, prefix - row.shape[0] :] = lab
-        loss_mask = torch.zeros_like(mask)
-        if target_ids is not None:
-            if target_mask is None:
-                target_mask = torch.ones_like(target_ids, dtype=torch.bool)
-            target_labels = target_ids.masked_fill(~target_mask, -100)
-            embeds = torch.cat([embeds, embed(target_ids * target_mask)], dim=1)
-            mask = torch.cat([mask, target_mask], dim=1)
-            labels = torch.cat([labels, target_labels], dim=1)
-            # position t predicts token t + 1: the last prefix position
-            # predicts the first target token.
-            zeros = torch.zeros(batch, prefix - 1, dtype=torch.bool, device=device)
-            loss_mask = torch.cat([zeros, target_mask, zeros[:, :1]], dim=1)
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return {
-            "inputs_embeds": embeds,
-            "attention_mask": mask,
-            "position_ids": position_ids,
-            "labels": labels,
-            "loss_mask": loss_mask,
-            "prefix_length": prefix,
-        }
-
-    def forward(self, wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_lens):
-        """Teacher-forced pass; returns what :func:`target_nll` needs.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor
-            Relative lengths of ``wavs``.
-        prompt_ids : torch.Tensor
-            ``[batch, prompt_len]`` prompt token ids.
-        prompt_lens : torch.Tensor
-            Relative lengths of the prompts.
-        target_ids : torch.Tensor
-            ``[batch, target_len]`` target ids ending with ``<eos>``.
-        target_lens : torch.Tensor
-            Relative lengths of the targets.
-
-        Returns
-        -------
-        dict
-            ``logits`` ``[B, target_len, vocab]`` (logit ``j`` predicts target
-            token ``j``), ``targets``, ``target_mask`` and ``aux_loss`` (scalar,
-            the bridge's balance + z losses; zero for ``dense``).
-        """
+    def _inputs(self, wavs, wav_lens, prompt_ids, prompt_lens, *targets):
+        """Audio and prompt (and target ids and mask) laid out for the LLM."""
         audio, audio_mask = self.encode_audio(wavs, wav_lens)
         prompt_mask = relative_to_mask(prompt_lens, prompt_ids.shape[1])
+        return self.build_inputs(audio, audio_mask, prompt_ids, prompt_mask, *targets)
+
+    def forward(self, wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_lens):
+        """Teacher-forced pass: the ``logits`` ``[B, target_len, vocab]`` (logit
+        ``j`` predicts target ``j``), ``targets`` and ``target_mask`` that
+        :func:`target_nll` takes, and the bridge's ``aux_loss`` (zero for ``dense``)."""
         target_mask = relative_to_mask(target_lens, target_ids.shape[1])
-        inputs = self.build_inputs(
-            audio, audio_mask, prompt_ids, prompt_mask, target_ids, target_mask
+        inputs = self._inputs(
+            wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_mask
         )
         length = target_ids.shape[1]
         out = self.llm(
@@ -387,44 +287,13 @@ class SpeechLLM(TrainableState, nn.Module):
 
     @torch.no_grad()
     def generate(
-        self,
-        wavs,
-        wav_lens,
-        prompt_ids,
-        prompt_lens,
-        max_new_tokens=32,
-        num_beams=1,
+        self, wavs, wav_lens, prompt_ids, prompt_lens, max_new_tokens=32, num_beams=1
     ):
-        """Decodes the answer to the prompt, greedy or beam search.
-
-        This is transformers ``generate`` on ``inputs_embeds`` (KV cache,
-        positions from the attention mask).
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor
-            Relative lengths of ``wavs``.
-        prompt_ids : torch.Tensor
-            ``[batch, prompt_len]`` prompt token ids.
-        prompt_lens : torch.Tensor
-            Relative lengths of the prompts.
-        max_new_tokens : int
-            Most generated tokens.
-        num_beams : int
-            Beam size (1: greedy).
-
-        Returns
-        -------
-        list of list of int
-            Token ids of each answer, without ``<eos>`` and padding.
-        """
-        audio, audio_mask = self.encode_audio(wavs, wav_lens)
-        prompt_mask = relative_to_mask(prompt_lens, prompt_ids.shape[1])
-        inputs = self.build_inputs(audio, audio_mask, prompt_ids, prompt_mask)
+        """The token ids of each answer, without ``<eos>`` and padding, from
+        transformers ``generate`` (KV cache; ``num_beams`` 1: greedy)."""
+        inputs = self._inputs(wavs, wav_lens, prompt_ids, prompt_lens)
         collect_aux_loss(self.bridge)
-        tokens = self.causal_lm.generate(
+        tokens = unwrap(self.llm).generate(
             inputs_embeds=inputs["inputs_embeds"],
             attention_mask=inputs["attention_mask"].long(),
             max_new_tokens=max_new_tokens,
@@ -451,10 +320,8 @@ def target_nll(logits, targets, target_mask):
     ---------
     logits : torch.Tensor
         ``[batch, len, vocab]``; ``logits[:, j]`` predicts ``targets[:, j]``.
-    targets : torch.Tensor
-        ``[batch, len]`` token ids.
-    target_mask : torch.Tensor
-        ``[batch, len]`` bool, True for tokens that count.
+    targets, target_mask : torch.Tensor
+        ``[batch, len]`` token ids, and True for those that count.
 
     Returns
     -------

@@ -1,41 +1,5 @@
-"""wav2vec2-family encoders (WavLM, HuBERT, wav2vec 2.0) as a SpeechBrain lobe.
-
-The lobe loads any Hugging Face model of the family through ``AutoModel``
-(a ``...ForCTC`` checkpoint gives its base model), normalises the waveforms
-as the checkpoint's ``Wav2Vec2FeatureExtractor`` does (over each clip's valid
-samples, when its config says ``do_normalize``), and masks the frames past
-each clip's length for pooling and routing.
-
-Each clip's encoding is independent of its batch (``use_attention_mask``, on
-by default): the first convolution's group norm of "base" models
-(``feat_extract_norm="group"``) takes its statistics over each clip's valid
-frames only (:class:`MaskedGroupNorm`), and the model gets the attention mask
-(it zeroes padded frames before the positional convolution and masks them as
-keys). A batched clip is encoded as it is alone and unpadded, as base models
-were pre-trained (``docs/fidelity.md``).
-
-Bounds: clips longer than ``max_duration`` (30 s by default) are cut, with a
-warning naming them; clips shorter than the convolutional receptive field
-(``min_samples``, 400 samples at 16 kHz) are zero-padded to it; a clip
-without samples raises a ``ValueError`` naming it.
-
-Which LayerNorm feeds which block differs between the two layer layouts:
-
-* post-LN (``do_stable_layer_norm=False``: WavLM/HuBERT/wav2vec2 *base*):
-  ``h = LN(x + attention(x))``; ``y = final_LN(h + feed_forward(h))``. The
-  attention reads the raw hidden states, i.e. the output of the *previous*
-  layer's ``final_layer_norm`` (for layer 0: ``encoder.layer_norm``, applied
-  after the positional convolution), so that is the ``attention_norm``
-  named; the feed-forward reads the layer's own ``layer_norm``.
-* pre-LN (``do_stable_layer_norm=True``: the *large* models):
-  ``h = x + attention(layer_norm(x))``; ``y = h + feed_forward(final_LN(h))``.
-
-WavLM's attention blocks become :class:`ModularWavLMAttention` (the same
-computation, with LoRA-wrappable projections); it does not go through
-Hugging Face's attention interface, so prefix tuning refuses WavLM.
-
-Authors
- * speechbrain-moe contributors 2026
+"""wav2vec2-family encoders (WavLM, HuBERT, wav2vec 2.0) as a SpeechBrain lobe,
+each clip encoded as alone and unpadded (``docs/fidelity.md``, ``docs/design.md``).
 """
 
 import logging
@@ -46,35 +10,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-from speechbrain_moe.lobes.base import (
-    Backbone,
-    checked_lengths,
-    lengths_to_mask,
-    load_config,
-    unwrap,
-)
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, unwrap
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
 logger = logging.getLogger(__name__)
 
-SSL_MODEL_TYPES = (
-    "wavlm",
-    "hubert",
-    "wav2vec2",
-    "wav2vec2-conformer",
-    "data2vec-audio",
-)
+MODEL_TYPES = ("wavlm", "hubert", "wav2vec2", "wav2vec2-conformer", "data2vec-audio")
 
 
 class ModularWavLMAttention(WavLMAttention):
-    """``WavLMAttention`` whose projections are called as modules.
+    """``WavLMAttention`` calling its projections as modules (LoRA-wrappable).
 
-    Hugging Face's version hands ``q_proj.weight`` etc. to
-    ``F.multi_head_attention_forward``, which bypasses or breaks on LoRA
-    wrappers. This one computes the same attention (gated relative position
-    bias, key padding mask, dropout) calling the projections as modules. The
-    lobe swaps the class of existing blocks (the weights stay in place).
+    Hugging Face's hands ``q_proj.weight`` etc. to
+    ``F.multi_head_attention_forward``, which bypasses LoRA wrappers. The lobe
+    swaps the class of existing blocks (the weights stay in place).
 
     Example
     -------
@@ -89,43 +39,20 @@ class ModularWavLMAttention(WavLMAttention):
     def torch_multi_head_self_attention(
         self, hidden_states, attention_mask, gated_position_bias
     ):
-        """Self-attention with additive position bias and key padding mask.
-
-        Arguments
-        ---------
-        hidden_states : torch.Tensor
-            ``[batch, time, embed_dim]``.
-        attention_mask : torch.Tensor or None
-            ``[batch, time]``, 1 for real frames.
-        gated_position_bias : torch.Tensor
-            ``[batch * heads, time, time]``.
-
-        Returns
-        -------
-        tuple
-            ``(output [batch, time, embed_dim], None)``.
-        """
+        """Same inputs and outputs as ``WavLMAttention``'s (mask: 1 = real)."""
         batch, time, _ = hidden_states.shape
-
-        def heads(x):
-            """[batch, time, d] -> [batch, heads, time, head_dim]."""
-            return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)
-
-        query = heads(self.q_proj(hidden_states))
-        key = heads(self.k_proj(hidden_states))
-        value = heads(self.v_proj(hidden_states))
-        bias = gated_position_bias.view(batch, self.num_heads, time, time).to(
-            query.dtype
+        query, key, value = (
+            proj(hidden_states).view(batch, time, self.num_heads, -1).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
+        bias = gated_position_bias.view(batch, self.num_heads, time, time)
+        bias = bias.to(query.dtype)
         if attention_mask is not None:
             padding = attention_mask.ne(1)[:, None, None, :]
             bias = bias.masked_fill(padding, float("-inf"))
+        dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=bias,
-            dropout_p=self.dropout if self.training else 0.0,
+            query, key, value, attn_mask=bias, dropout_p=dropout
         )
         out = out.transpose(1, 2).reshape(batch, time, self.embed_dim)
         return self.out_proj(out), None
@@ -133,10 +60,9 @@ class ModularWavLMAttention(WavLMAttention):
 
 class MaskedGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` over ``[batch, channels, time]`` whose statistics
-    cover each clip's first ``valid_frames`` frames only (set for one forward
-    pass by :func:`masked_front_end`; None: ``nn.GroupNorm``), so padding
-    does not enter them. The lobe swaps the class of the first convolution's
-    norm of "base" models: the pretrained weights stay in place.
+    cover each clip's first ``valid_frames`` frames only (None: plain
+    ``nn.GroupNorm``). The lobe swaps the class of the first convolution's
+    norm of "base" models and sets ``valid_frames`` for each forward pass.
 
     Example
     -------
@@ -152,8 +78,7 @@ class MaskedGroupNorm(nn.GroupNorm):
     valid_frames = None
 
     def forward(self, x):
-        """Normalises ``x`` (``[batch, channels, time]``); padded frames
-        come out as the bias."""
+        """Normalises ``x``; padded frames come out as the bias."""
         if self.valid_frames is None:
             return super().forward(x)
         batch, channels, time = x.shape
@@ -178,28 +103,8 @@ class MaskedGroupNorm(nn.GroupNorm):
 
 
 @contextmanager
-def masked_front_end(model, valid_frames):
-    """Sets the valid frames of every :class:`MaskedGroupNorm` in ``model``.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        The (possibly adapted) model.
-    valid_frames : torch.Tensor or None
-        ``[batch]`` valid output frames of the first convolution.
-
-    Yields
-    ------
-    None
-
-    Example
-    -------
-    >>> norm = nn.GroupNorm(2, 2)
-    >>> norm.__class__ = MaskedGroupNorm
-    >>> with masked_front_end(norm, torch.tensor([3])):
-    ...     norm.valid_frames.tolist()
-    [3]
-    """
+def _masked_front_end(model, valid_frames):
+    """Sets ``valid_frames`` of every :class:`MaskedGroupNorm` in ``model``."""
     norms = [m for m in model.modules() if isinstance(m, MaskedGroupNorm)]
     for norm in norms:
         norm.valid_frames = valid_frames
@@ -210,33 +115,13 @@ def masked_front_end(model, valid_frames):
             norm.valid_frames = None
 
 
-def ssl_targets(config, num_layers, attention_interface):
-    """The :class:`PetlTargets` of a wav2vec2-family model.
-
-    Arguments
-    ---------
-    config : transformers.PretrainedConfig
-        The model's config (``do_stable_layer_norm``: pre-LN layers).
-    num_layers : int
-        Transformer layers.
-    attention_interface : bool
-        Whether attention uses Hugging Face's attention interface.
-
-    Returns
-    -------
-    PetlTargets
-
-    Example
-    -------
-    >>> from transformers import WavLMConfig
-    >>> ssl_targets(WavLMConfig(), 2, False).attention_norm
-    ['encoder.layer_norm', 'encoder.layers.0.final_layer_norm']
-    """
+def _ssl_targets(config, num_layers, attention_interface):
+    """The :class:`PetlTargets` of a wav2vec2-family model."""
     layers = [f"encoder.layers.{i}" for i in range(num_layers)]
-    if getattr(config, "do_stable_layer_norm", False):
+    if getattr(config, "do_stable_layer_norm", False):  # pre-LN ("large")
         attention_norm = [f"{name}.layer_norm" for name in layers]
         ffn_norm = [f"{name}.final_layer_norm" for name in layers]
-    else:
+    else:  # post-LN: attention reads the previous layer's final_layer_norm
         attention_norm = ["encoder.layer_norm"] + [
             f"{name}.final_layer_norm" for name in layers[:-1]
         ]
@@ -249,43 +134,35 @@ def ssl_targets(config, num_layers, attention_interface):
         ffn=[f"{name}.feed_forward" for name in layers],
         ffn_norm=ffn_norm,
         lora=[f"{name}.attention.{p}" for name in layers for p in ("q_proj", "v_proj")],
-        num_prefix_tokens=0,
-        grid_height=1,
         attention_interface=attention_interface,
     )
 
 
 class SSLEncoder(Backbone):
-    """A wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0) behind waveforms
-    + relative lengths.
+    """Any wav2vec2-family encoder (WavLM, HuBERT, wav2vec 2.0; loaded with
+    ``AutoModel``) behind waveforms + relative lengths.
+
+    Clips longer than ``max_duration`` are cut, with a warning; clips shorter
+    than the front end's receptive field (``min_samples``) are zero-padded.
 
     Arguments
     ---------
-    source : str
-        Hub id or local folder of the checkpoint (loaded with ``AutoModel``,
-        with its ``preprocessor_config.json`` when it has one).
-    save_path : str, optional
-        Cache folder for hub downloads.
+    source, save_path : str
+        Hub id or local folder of the checkpoint, and the hub cache folder.
     pooling : str
         ``mean`` over valid frames (``cls`` takes the first frame).
     normalize : bool, optional
-        Zero-mean/unit-variance normalisation of each clip (default: the
-        feature-extractor config's ``do_normalize``; True without one).
+        Normalise each clip (default: the feature extractor's ``do_normalize``).
     use_attention_mask : bool, optional
-        Encode each clip independently of its batch (default True). False
-        runs Hugging Face's unmasked pipeline (what it advises for base
-        checkpoints): outputs then depend on the padding.
+        Encode each clip independently of its batch (default True).
     apply_spec_augment : bool
-        Keep the model's own time/feature masking in training (off by
-        default; its mask embedding is then dropped: unused under DDP).
+        Keep the model's own masking in training (off: unused under DDP).
     layerdrop : float
-        LayerDrop probability in training (0 by default: a dropped layer's
-        adapters get no gradient, which DDP rejects).
+        LayerDrop in training (DDP rejects adapters without gradient).
     sample_rate : int
-        Sample rate of the input waveforms (must match the checkpoint's).
+        Of the input (must match the checkpoint's).
     max_duration : float or None
-        Longest clip encoded, in seconds (default 30; None: no cap): longer
-        clips are cut, with a warning, so none pads a whole batch.
+        Longest clip encoded, in seconds (None: no cap).
 
     Example
     -------
@@ -296,15 +173,12 @@ class SSLEncoder(Backbone):
     ...     num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
     ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
     ...     ).save_pretrained(folder)
-    >>> encoder = WavLM(folder)
-    >>> wavs = torch.randn(2, 16000)
+    >>> encoder, wavs = WavLM(folder), torch.randn(2, 16000)
     >>> hidden, mask = encoder.encode(wavs, torch.tensor([1.0, 0.5]))
-    >>> hidden.shape, mask.sum(1).tolist()
-    (torch.Size([2, 49, 32]), [49, 24])
-    >>> encoder(wavs).shape
-    torch.Size([2, 32])
-    >>> encoder.max_duration, encoder.min_samples
-    (30.0, 400)
+    >>> hidden.shape, mask.sum(1).tolist(), encoder(wavs).shape
+    (torch.Size([2, 49, 32]), [49, 24], torch.Size([2, 32]))
+    >>> encoder.min_samples, encoder.petl_targets.attention_norm
+    (400, ['encoder.layer_norm'])
     """
 
     def __init__(
@@ -322,18 +196,17 @@ class SSLEncoder(Backbone):
         super().__init__(pooling=pooling)
         from transformers import AutoFeatureExtractor, AutoModel
 
-        config = load_config(
-            source, save_path, SSL_MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
+        config = self._load_config(
+            source, save_path, MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
         )
         config.layerdrop = layerdrop
         config.apply_spec_augment = apply_spec_augment
         self.model = AutoModel.from_pretrained(
             source, config=config, cache_dir=save_path
         )
-        encoder = getattr(self.model, "encoder", None)
-        if not hasattr(self.model, "_get_feat_extract_output_lengths") or not hasattr(
-            encoder, "layers"
-        ):
+        layers = getattr(getattr(self.model, "encoder", None), "layers", None)
+        frames_of = getattr(self.model, "_get_feat_extract_output_lengths", None)
+        if layers is None or frames_of is None:
             raise ValueError(
                 f"{source} ({type(self.model).__name__}) is not a wav2vec2-family "
                 "encoder (WavLM, HuBERT, wav2vec2). Use the AST or Whisper lobe for "
@@ -348,26 +221,17 @@ class SSLEncoder(Backbone):
         except (OSError, ValueError):
             logger.warning("No feature-extractor config in %s; normalising.", source)
             extractor = None
-        expected_rate = getattr(extractor, "sampling_rate", 16000)
-        if sample_rate != expected_rate:
-            raise ValueError(
-                f"{source} expects {expected_rate} Hz audio, got "
-                f"sample_rate={sample_rate}. Resample in the data pipeline (the "
-                f"recipes do) and set sample_rate: {expected_rate}."
-            )
-        self.sample_rate = sample_rate
+        rate = getattr(extractor, "sampling_rate", 16000)
+        self._check_rate(source, rate, sample_rate)
         self.normalize = bool(
             getattr(extractor, "do_normalize", True) if normalize is None else normalize
         )
         self.use_attention_mask = use_attention_mask is None or bool(use_attention_mask)
         self.first_conv = (config.conv_kernel[0], config.conv_stride[0])
-        # Shortest clip: the receptive field of the front end (400 samples).
-        self.min_samples, jump = 1, 1
+        field, jump = 1, 1  # the shortest clip: the front end's receptive field
         for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-            self.min_samples, jump = (
-                self.min_samples + (kernel - 1) * jump,
-                jump * stride,
-            )
+            field, jump = field + (kernel - 1) * jump, jump * stride
+        self.min_samples = field
         self.max_duration = max_duration
         self.max_samples = (
             None if max_duration is None else round(max_duration * sample_rate)
@@ -389,34 +253,15 @@ class SSLEncoder(Backbone):
             isinstance(m, WavLMAttention) for m in self.model.modules()
         )
         self.output_size = config.hidden_size
-        self.petl_targets = ssl_targets(
-            config, len(encoder.layers), attention_interface
-        )
+        self.petl_targets = _ssl_targets(config, len(layers), attention_interface)
 
     def prepare(self, wavs, wav_lens=None):
-        """Waveforms as the feature extractor prepares them, and their lengths.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        wavs : torch.Tensor
-            ``[batch, samples]`` cut to the longest valid length, zero past
-            each clip, normalised over its valid samples (``normalize``).
-        lengths : torch.Tensor
-            ``[batch]`` valid samples, in [min_samples, max_samples] (shorter
-            clips are zero-padded).
-        """
+        """Waveforms as the feature extractor prepares them (cut to the longest
+        valid length, zero past each clip, each normalised over its valid
+        samples), and the ``[batch]`` valid samples, in [min_samples, max_samples]."""
         advice = "Raise max_duration (None: no cap) or split long recordings."
         name = type(unwrap(self.model)).__name__
-        lengths = checked_lengths(
-            wavs, wav_lens, self.max_samples, self.sample_rate, name, advice
-        )
+        lengths = self._valid_lengths(wavs, wav_lens, advice, name)
         width = max(int(lengths.max()), self.min_samples)
         wavs = wavs[:, :width].float()
         wavs = F.pad(wavs, (0, width - wavs.shape[1])) * lengths_to_mask(lengths, width)
@@ -430,22 +275,7 @@ class SSLEncoder(Backbone):
         return wavs, lengths
 
     def encode(self, wavs, wav_lens=None):
-        """Transformer frames and their valid-frame mask.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1].
-
-        Returns
-        -------
-        hidden : torch.Tensor
-            ``[batch, frames, d]``.
-        mask : torch.Tensor
-            ``[batch, frames]``, True for frames of real audio.
-        """
+        """:meth:`Backbone.encode`: the transformer's frames."""
         wavs, lengths = self.prepare(wavs, wav_lens)
         model = unwrap(self.model)
         frames = int(model._get_feat_extract_output_lengths(wavs.shape[1]))
@@ -456,7 +286,7 @@ class SSLEncoder(Backbone):
             kwargs["attention_mask"] = lengths_to_mask(lengths, wavs.shape[1]).long()
             kernel, stride = self.first_conv
             first_frames = (lengths - kernel) // stride + 1
-        with token_mask(self.model, mask), masked_front_end(self.model, first_frames):
+        with token_mask(self.model, mask), _masked_front_end(self.model, first_frames):
             hidden = self.model(input_values=wavs, **kwargs).last_hidden_state
         return hidden, mask
 

@@ -1,24 +1,12 @@
-"""Parameter-efficient fine-tuning methods, each defined by one YAML file.
-
-A method is a HyperPyYAML file: its top-level plain keys are its settings and
-its ``petl`` key is a function of the backbone (built with ``!name:``) that
-adapts the backbone in place. The package ships one file per method in
-``speechbrain_moe/hparams/petl/``; a user's own method is the path of their own
-file. :func:`apply_method` is all a recipe needs::
+"""Parameter-efficient fine-tuning methods, each a HyperPyYAML file (shipped in
+``hparams/petl/`` or a user's own): its plain keys are settings, its ``petl``
+key adapts a backbone lobe in place and returns it. In a recipe::
 
     backbone: !apply:speechbrain_moe.petl.apply_method
         backbone: !new:speechbrain_moe.lobes.ast.AST
             source: MIT/ast-finetuned-audioset-10-10-0.4593
         method: soft_moa          # or path/to/my_method.yaml
         overrides: {num_experts: 8}
-
-Example
--------
->>> "soft_moa" in available_methods()
-True
-
-Authors
- * speechbrain-moe contributors 2026
 """
 
 from speechbrain_moe.hparams_files import load_hparams, packaged_names
@@ -48,8 +36,7 @@ def apply_method(backbone, method, overrides=None):
     Arguments
     ---------
     backbone : speechbrain_moe.lobes.base.Backbone
-        A backbone lobe (any module with ``petl_targets``, see
-        :mod:`speechbrain_moe.targets`), not yet adapted.
+        A backbone lobe (any module with ``petl_targets``), not yet adapted.
     method : str
         A packaged method name (:func:`available_methods`) or the path of a
         method YAML file.
@@ -59,22 +46,16 @@ def apply_method(backbone, method, overrides=None):
     Returns
     -------
     torch.nn.Module
-        The backbone, with ``petl_method`` and ``petl_settings`` recorded on
-        it (adapter checkpoints store them, to check what they are loaded
-        onto).
+        The backbone, ``petl_method`` and ``petl_settings`` recorded on it.
 
     Example
     -------
     >>> import torch
-    >>> from speechbrain_moe.targets import PetlTargets
-    >>> model = torch.nn.Linear(2, 2)
-    >>> model.petl_targets = PetlTargets(hidden_size=2)
-    >>> model = apply_method(model, "linear")
+    >>> model = apply_method(torch.nn.Linear(2, 2), "linear")
     >>> any(p.requires_grad for p in model.parameters()), model.petl_method
     (False, 'linear')
     >>> apply_method(model, "bitfit")
     Traceback (most recent call last):
-    ...
     ValueError: This Linear is already adapted with petl_method 'linear'; ...
     """
     previous = getattr(backbone, "petl_method", None)

@@ -1,13 +1,5 @@
-"""``prefix``: prefix tuning (Li & Liang, 2021).
-
-Each attention block gets learnable key and value vectors, prepended to its
-keys and values (not to its queries), so the sequence length stays the same.
-The prefixes enter through a registered Hugging Face attention function that
-wraps SDPA; this works for every backbone whose attention goes through that
-interface (AST, Whisper, wav2vec2, HuBERT).
-
-Authors
- * speechbrain-moe contributors 2026
+"""``prefix``: prefix tuning (Li & Liang, 2021): learnable keys and values in
+every attention block, through a Hugging Face attention function wrapping SDPA.
 """
 
 import torch
@@ -24,27 +16,9 @@ from speechbrain_moe.targets import petl_root
 ATTENTION_NAME = "speechbrain_moe_prefix"
 
 
-def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
-    """SDPA attention with the calling block's prefixes prepended to K and V.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        The attention block (its ``_petl_prefix`` holds ``(keys, values)`` of
-        shape ``[heads, prefix, head_dim]`` while a :class:`PrefixAttention`
-        runs it).
-    query, key, value : torch.Tensor
-        ``[batch, heads, time, head_dim]``.
-    attention_mask : torch.Tensor or None
-        The block's mask.
-    **kwargs
-        Passed on to SDPA.
-
-    Returns
-    -------
-    tuple
-        ``(attention output, None)`` as SDPA returns.
-    """
+def _prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA with the ``(keys, values)`` a :class:`PrefixAttention` set on the
+    block (``[heads, prefix, head_dim]``) prepended to K and V."""
     prefix = module.__dict__.get("_petl_prefix")
     if prefix is not None:
         keys, values = prefix
@@ -59,7 +33,7 @@ def prefix_sdpa(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-AttentionInterface.register(ATTENTION_NAME, prefix_sdpa)
+AttentionInterface.register(ATTENTION_NAME, _prefix_sdpa)
 # Padding masks are built as for SDPA (keys of padded frames hidden).
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
@@ -71,24 +45,17 @@ class PrefixAttention(nn.Module):
     ---------
     target_module : torch.nn.Module
         A Hugging Face attention block using the attention interface.
-    num_prefix : int
-        Prefix length.
-    num_heads : int
-        Attention heads of the block.
-    head_dim : int
-        Size of each head.
+    num_prefix, num_heads, head_dim : int
+        Prefix length, attention heads of the block and their size.
     """
 
     def __init__(self, target_module, num_prefix, num_heads, head_dim):
         super().__init__()
         check_positive("prefix", num_prefix=num_prefix)
         self.pretrained_module = target_module
-        self.prefix_keys = nn.Parameter(
-            torch.randn(num_heads, num_prefix, head_dim) * 0.02
-        )
-        self.prefix_values = nn.Parameter(
-            torch.randn(num_heads, num_prefix, head_dim) * 0.02
-        )
+        shape = (num_heads, num_prefix, head_dim)
+        self.prefix_keys = nn.Parameter(torch.randn(shape) * 0.02)
+        self.prefix_values = nn.Parameter(torch.randn(shape) * 0.02)
 
     def forward(self, *args, **kwargs):
         """Runs the block with this layer's prefixes visible to it."""
@@ -106,14 +73,9 @@ def prefix_tuning(backbone, num_prefix=10):
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     num_prefix : int
         Prefix length per layer.
-
-    Returns
-    -------
-    torch.nn.Module
-        The backbone.
     """
     check_positive("prefix", num_prefix=num_prefix)
     _, root, targets = petl_root(backbone)
@@ -129,11 +91,8 @@ def prefix_tuning(backbone, num_prefix=10):
     )
     if not num_heads:
         raise ValueError("prefix tuning: cannot read the number of attention heads.")
-    kwargs = {
-        "num_prefix": num_prefix,
-        "num_heads": num_heads,
-        "head_dim": targets.hidden_size // num_heads,
-    }
+    head_dim = targets.hidden_size // num_heads
+    kwargs = dict(num_prefix=num_prefix, num_heads=num_heads, head_dim=head_dim)
     wrap_modules(backbone, PrefixAttention, "attention", kwargs)
     root.set_attn_implementation(ATTENTION_NAME)
     return backbone

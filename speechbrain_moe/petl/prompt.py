@@ -1,11 +1,5 @@
-"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep).
-
-Every transformer layer gets its own learnable prompt tokens, prepended to
-its input and dropped from its output, so the next layer sees fresh prompts.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""``prompt``: deep prompt tuning (Jia et al., 2022, VPT-deep): learnable tokens
+prepended to each layer's input and dropped from its output."""
 
 import torch
 import torch.nn as nn
@@ -41,8 +35,7 @@ def extend_attention_mask(mask, extra):
     if mask.dim() == 2:
         pad = mask.new_full((mask.shape[0], extra), allowed)
         return torch.cat([pad, mask], dim=-1)
-    pad = (extra, 0, extra, 0)
-    return nn.functional.pad(mask, pad, value=allowed)
+    return nn.functional.pad(mask, (extra, 0, extra, 0), value=allowed)
 
 
 class DeepPromptLayer(nn.Module):
@@ -52,10 +45,8 @@ class DeepPromptLayer(nn.Module):
     ---------
     target_module : torch.nn.Module
         A transformer layer taking ``hidden_states`` first.
-    num_prompts : int
-        Prompt tokens for this layer.
-    hidden_size : int
-        Width of the tokens.
+    num_prompts, hidden_size : int
+        Prompt tokens for this layer, and their width.
 
     Example
     -------
@@ -74,16 +65,15 @@ class DeepPromptLayer(nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts."""
         prompts = self.prompts.to(hidden_states.dtype).expand(
-            hidden_states.shape[0], -1, -1
+            len(hidden_states), -1, -1
         )
         x = torch.cat([prompts, hidden_states], dim=1)
         args = list(args)
         if args and isinstance(args[0], torch.Tensor):
             args[0] = extend_attention_mask(args[0], self.num_prompts)
-        if isinstance(kwargs.get("attention_mask"), torch.Tensor):
-            kwargs["attention_mask"] = extend_attention_mask(
-                kwargs["attention_mask"], self.num_prompts
-            )
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            kwargs["attention_mask"] = extend_attention_mask(mask, self.num_prompts)
         out = self.pretrained_module(x, *args, **kwargs)
         if isinstance(out, torch.Tensor):
             return out[:, self.num_prompts :]
@@ -96,14 +86,9 @@ def deep_prompt(backbone, num_prompts=10):
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     num_prompts : int
         Prompt tokens per layer.
-
-    Returns
-    -------
-    torch.nn.Module
-        The backbone.
     """
     check_positive("prompt", num_prompts=num_prompts)
     _, _, targets = petl_root(backbone)

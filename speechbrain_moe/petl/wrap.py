@@ -1,13 +1,5 @@
-"""Wrapping a backbone's sub-modules with SpeechBrain's ``AdaptedModel``.
-
-Every method that adds modules (adapters, LoRA, prompts, prefixes) goes
-through :func:`wrap_modules`: the backbone names, in its
-:class:`~speechbrain_moe.targets.PetlTargets`, which sub-modules each kind of
-method targets; ``AdaptedModel`` freezes the backbone and wraps them.
-
-Authors
- * speechbrain-moe contributors 2026
-"""
+"""How every method that adds modules (adapters, LoRA, prompts, prefixes)
+adapts a backbone: SpeechBrain's ``AdaptedModel`` around its sub-modules."""
 
 import fnmatch
 import inspect
@@ -16,7 +8,7 @@ import torch
 from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.placement import PLACEMENT_MODES
-from speechbrain_moe.targets import petl_root, set_petl_root
+from speechbrain_moe.targets import petl_root
 
 
 def wrap_modules(
@@ -27,18 +19,18 @@ def wrap_modules(
     unfrozen=(),
     target_layers=None,
 ):
-    """Wraps the backbone's ``targets`` sub-modules with ``adapter_class``.
+    """Wraps the backbone's ``targets`` sub-modules with ``adapter_class``
+    through an ``AdaptedModel``, which freezes the rest of the backbone.
 
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     adapter_class : callable
-        ``adapter_class(module, **adapter_kwargs)`` returns the wrapper (as
-        for ``AdaptedModel``).
+        ``adapter_class(module, **adapter_kwargs)`` returns the wrapper.
     targets : str
-        The :class:`~speechbrain_moe.targets.PetlTargets` list to wrap:
-        ``attention``, ``ffn``, ``layers`` or ``lora``.
+        The :class:`~speechbrain_moe.targets.PetlTargets` list to wrap
+        (``attention``, ``ffn``, ``layers`` or ``lora``).
     adapter_kwargs : dict, optional
         Keyword arguments of ``adapter_class``.
     unfrozen : sequence of str
@@ -46,22 +38,13 @@ def wrap_modules(
     target_layers : list of str, optional
         fnmatch patterns (relative to the adapted root) replacing ``targets``.
 
-    Returns
-    -------
-    torch.nn.Module
-        The backbone, with its root replaced by the ``AdaptedModel``.
-
     Example
     -------
-    >>> import torch
     >>> from speechbrain.nnet.adapters import LoRA
     >>> from speechbrain_moe.targets import PetlTargets
-    >>> holder = torch.nn.Module()
-    >>> holder.model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    >>> holder.petl_root_name = "model"
-    >>> holder.petl_targets = PetlTargets(hidden_size=4, lora=["0"])
-    >>> _ = wrap_modules(holder, LoRA, "lora", {"rank": 2})
-    >>> type(holder.model.adapted_model[0]).__name__
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))  # adapted root: itself
+    >>> model.petl_targets = PetlTargets(hidden_size=4, lora=["0"])
+    >>> type(wrap_modules(model, LoRA, "lora")[0]).__name__
     'LoRA'
     """
     name, root, record = petl_root(backbone)
@@ -81,7 +64,8 @@ def wrap_modules(
         unfrozen_layers=list(unfrozen),
         adapter_kwargs=dict(adapter_kwargs or {}),
     )
-    set_petl_root(backbone, name, adapted)
+    if name is not None:
+        setattr(backbone, name, adapted)
     return backbone
 
 
@@ -93,25 +77,16 @@ def insert_adapters(
     Arguments
     ---------
     backbone : torch.nn.Module
-        A backbone lobe.
+        A backbone lobe, adapted in place and returned.
     adapter : callable
-        ``adapter(input_size, output_size=..., **extra)`` builds one adapter
-        (a class or a ``functools.partial`` made by ``!name:``). ``extra``
-        holds ``num_prefix_tokens`` and ``grid_height`` from the backbone when
-        the adapter takes them (Convpass).
+        ``adapter(input_size, output_size=..., **extra)``, ``extra`` the
+        backbone's ``num_prefix_tokens`` and ``grid_height`` if it takes them.
     placement : str
-        ``pfeiffer_attention`` (one adapter per layer beside the attention,
-        the Soft-MoA paper's default), ``pfeiffer_ffn`` or ``houlsby`` (both).
+        See :meth:`~speechbrain_moe.targets.PetlTargets.locations`.
     mode : str
-        ``parallel`` (``target(x) + A(x)``) or ``sequential``
-        (``t + A(t)``, ``t = target(x)``).
+        ``parallel`` (``target(x) + A(x)``) or ``sequential`` (``t + A(t)``).
     train_norms : bool
         Also train the LayerNorms whose output the adapters read.
-
-    Returns
-    -------
-    torch.nn.Module
-        The backbone.
     """
     if mode not in PLACEMENT_MODES:
         raise ValueError(
