@@ -220,21 +220,25 @@ def fold_split(options):
     return lambda clip: names.get(int(clip["fold"]), "train")
 
 
-def write_manifests(clips, save_folder, options, dataset, split_of):
-    """Writes the train/valid/test manifests and records the options.
+def prepare_manifests(save_folder, options, list_clips, dataset, split_of, **kwargs):
+    """Writes the train/valid/test manifests, unless they exist for ``options``.
 
     Arguments
     ---------
-    clips : list of dict
-        Usable clips (from :func:`scan_clips`).
     save_folder : str
         Where the manifests go.
     options : dict
-        The preparation's options (an identical preparation is skipped).
+        The preparation's options (recorded; an identical preparation is skipped).
+    list_clips : callable
+        ``() -> list of dict``: every clip of the data set, with its manifest
+        columns (``ID``, ``wav``, ``class_name``, ...).
     dataset : str
         Data set name, for messages.
     split_of : callable
         ``clip -> split name``, e.g. from :func:`fold_split`.
+    **kwargs
+        ``skip_prep`` (do nothing) and ``clips`` (already scanned clips,
+        e.g. shared by the folds of a cross-validation).
 
     Returns
     -------
@@ -242,6 +246,12 @@ def write_manifests(clips, save_folder, options, dataset, split_of):
         Split -> CSV path.
     """
     files = split_files(save_folder)
+    if kwargs.get("skip_prep"):
+        return files
+    if skip_preparation(save_folder, list(files.values()), options):
+        logger.info("%s manifests already in %s, skipping.", dataset, save_folder)
+        return files
+    clips = kwargs.get("clips") or scan_clips(list_clips(), dataset)
     rows = {split: [] for split in files}
     for clip in clips:
         rows[split_of(clip)].append(clip)

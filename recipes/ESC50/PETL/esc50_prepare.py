@@ -23,10 +23,8 @@ from speechbrain_moe.manifests import (
     check_data_folder,
     fold_options,
     fold_split,
+    prepare_manifests,
     scan_clips,
-    skip_preparation,
-    split_files,
-    write_manifests,
 )
 
 logger = get_logger(__name__)
@@ -73,13 +71,13 @@ def prepare_esc50(
     Arguments
     ---------
     data_folder : str
-        ESC-50 root (``meta/esc50.csv``, ``audio/``).
+        The data set's folder.
     save_folder : str
         Where the manifests go.
     test_fold : int
         Fold used for testing (1-5).
     valid_fold : int, optional
-        Fold used for validation (default: ``test_fold % 5 + 1``).
+        Fold used for validation (default: the fold after ``test_fold``).
     skip_prep : bool
         Do nothing.
     clips : list of dict, optional
@@ -90,18 +88,16 @@ def prepare_esc50(
     dict
         Split -> manifest path.
     """
-    files = split_files(save_folder)
-    if skip_prep:
-        return files
     options = fold_options(data_folder, test_fold, valid_fold, NUM_FOLDS)
-    if skip_preparation(save_folder, list(files.values()), options):
-        logger.info(
-            "ESC-50 manifests already in %s, skipping preparation.", save_folder
-        )
-        return files
-    if clips is None:
-        clips = scan_clips(esc50_clips(data_folder), "ESC-50")
-    return write_manifests(clips, save_folder, options, "ESC-50", fold_split(options))
+    return prepare_manifests(
+        save_folder,
+        options,
+        lambda: esc50_clips(data_folder),
+        "ESC-50",
+        fold_split(options),
+        skip_prep=skip_prep,
+        clips=clips,
+    )
 
 
 def prepare_folds(data_folder, folders):

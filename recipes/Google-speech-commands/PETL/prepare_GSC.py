@@ -20,10 +20,7 @@ from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.manifests import (
     check_data_folder,
-    scan_clips,
-    skip_preparation,
-    split_files,
-    write_manifests,
+    prepare_manifests,
 )
 
 logger = get_logger(__name__)
@@ -101,14 +98,11 @@ def prepare_GSC(data_folder, save_folder, skip_prep=False):
     dict
         Split -> manifest path.
     """
-    files = split_files(save_folder)
-    if skip_prep:
-        return files
-    options = {"data_folder": os.path.abspath(data_folder), "words": "all"}
-    if skip_preparation(save_folder, list(files.values()), options):
-        logger.info("Speech Commands manifests already in %s, skipping.", save_folder)
-        return files
-    clips = scan_clips(gsc_clips(data_folder), "Speech Commands")
-    return write_manifests(
-        clips, save_folder, options, "Speech Commands", lambda c: c.pop("split")
+    return prepare_manifests(
+        save_folder,
+        {"data_folder": os.path.abspath(data_folder), "words": "all"},
+        lambda: gsc_clips(data_folder),
+        "Speech Commands",
+        lambda clip: clip.pop("split"),
+        skip_prep=skip_prep,
     )

@@ -23,10 +23,8 @@ from speechbrain_moe.manifests import (
     check_data_folder,
     fold_options,
     fold_split,
+    prepare_manifests,
     scan_clips,
-    skip_preparation,
-    split_files,
-    write_manifests,
 )
 
 logger = get_logger(__name__)
@@ -77,13 +75,13 @@ def prepare_urbansound8k(
     Arguments
     ---------
     data_folder : str
-        UrbanSound8K root (``metadata/UrbanSound8K.csv``, ``audio/fold*``).
+        The data set's folder.
     save_folder : str
         Where the manifests go.
     test_fold : int
         Fold used for testing (1-10).
     valid_fold : int, optional
-        Fold used for validation (default: ``test_fold % 10 + 1``).
+        Fold used for validation (default: the fold after ``test_fold``).
     skip_prep : bool
         Do nothing.
     clips : list of dict, optional
@@ -94,19 +92,15 @@ def prepare_urbansound8k(
     dict
         Split -> manifest path.
     """
-    files = split_files(save_folder)
-    if skip_prep:
-        return files
     options = fold_options(data_folder, test_fold, valid_fold, NUM_FOLDS)
-    if skip_preparation(save_folder, list(files.values()), options):
-        logger.info(
-            "UrbanSound8K manifests already in %s, skipping preparation.", save_folder
-        )
-        return files
-    if clips is None:
-        clips = scan_clips(urbansound8k_clips(data_folder), "UrbanSound8K")
-    return write_manifests(
-        clips, save_folder, options, "UrbanSound8K", fold_split(options)
+    return prepare_manifests(
+        save_folder,
+        options,
+        lambda: urbansound8k_clips(data_folder),
+        "UrbanSound8K",
+        fold_split(options),
+        skip_prep=skip_prep,
+        clips=clips,
     )
 
 

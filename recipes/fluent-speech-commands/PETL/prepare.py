@@ -22,10 +22,7 @@ from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.manifests import (
     check_data_folder,
-    scan_clips,
-    skip_preparation,
-    split_files,
-    write_manifests,
+    prepare_manifests,
 )
 
 logger = get_logger(__name__)
@@ -112,16 +109,11 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
     dict
         Split -> manifest path.
     """
-    files = split_files(save_folder)
-    if skip_prep:
-        return files
-    options = {"data_folder": os.path.abspath(data_folder)}
-    if skip_preparation(save_folder, list(files.values()), options):
-        logger.info(
-            "Fluent Speech Commands manifests already in %s, skipping.", save_folder
-        )
-        return files
-    clips = scan_clips(fsc_clips(data_folder), "Fluent Speech Commands")
-    return write_manifests(
-        clips, save_folder, options, "Fluent Speech Commands", lambda c: c.pop("split")
+    return prepare_manifests(
+        save_folder,
+        {"data_folder": os.path.abspath(data_folder)},
+        lambda: fsc_clips(data_folder),
+        "Fluent Speech Commands",
+        lambda clip: clip.pop("split"),
+        skip_prep=skip_prep,
     )
