@@ -23,9 +23,9 @@ GENERATORS = {
     "fsc": "synthetic.datasets:make_fsc",
     "librispeech": "synthetic.librispeech:make_librispeech",
     "tiny-llm": "synthetic.llm:make_tiny_llm",
-    "tiny-ast": "synthetic.models:tiny_ast",
-    "tiny-whisper": "synthetic.models:tiny_whisper",
-    "tiny-wavlm": "synthetic.models:tiny_wavlm",
+    "tiny-ast": "synthetic.models:make_tiny_ast",
+    "tiny-whisper": "synthetic.models:make_tiny_whisper",
+    "tiny-wavlm": "synthetic.models:make_tiny_wavlm",
 }
 
 
