@@ -46,15 +46,10 @@ def tiny_ast_folder(tmp_path_factory):
     import torch
     from transformers import ASTConfig, ASTModel
 
+    from synthetic.models import TINY_AST
+
     torch.manual_seed(0)
-    config = ASTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=100,
-    )
-    model = ASTModel(config)
+    model = ASTModel(ASTConfig(**TINY_AST))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias") or "layernorm" in name:

@@ -8,33 +8,8 @@ from speechbrain_moe.lobes.speech_llm import target_nll
 
 
 def sequence_nll(logits, labels, loss_mask):
-    """Next-token loss over a full layout from :meth:`SpeechLLM.build_inputs`.
-
-    Position ``t`` predicts ``labels[t + 1]`` and counts only where
-    ``loss_mask[t]`` is True, so the labels of audio and prompt positions
-    never matter.
-
-    Arguments
-    ---------
-    logits : torch.Tensor
-        ``[batch, seq, vocab]``.
-    labels : torch.Tensor
-        ``[batch, seq]``.
-    loss_mask : torch.Tensor
-        ``[batch, seq]`` bool.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar.
-
-    Example
-    -------
-    >>> logits = torch.zeros(1, 3, 4)
-    >>> mask = torch.tensor([[False, True, False]])
-    >>> round(float(sequence_nll(logits, torch.tensor([[0, 1, 2]]), mask)), 4)
-    1.3863
-    """
+    """Next-token loss over a whole layout: position ``t`` predicts
+    ``labels[t + 1]`` where ``loss_mask[t]`` (a reference for ``target_nll``)."""
     next_labels = labels[:, 1:].clamp(min=0)
     return target_nll(logits[:, :-1], next_labels, loss_mask[:, :-1])
 

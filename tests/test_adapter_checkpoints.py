@@ -93,18 +93,10 @@ def test_other_settings_fail_naming_both(trained, tiny_ast_folder):
 
 
 def test_other_backbone_shape_fails_naming_both(trained, tmp_path):
-    from transformers import ASTConfig, ASTModel
+    from synthetic.models import make_tiny_ast
 
     _, path = trained
-    folder = tmp_path / "wider"
-    config = ASTConfig(
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_length=100,
-    )
-    ASTModel(config).save_pretrained(folder)
+    folder = make_tiny_ast(str(tmp_path / "wider"), hidden_size=48)
     other = adapted(str(folder), num_experts=4)
     with pytest.raises(RuntimeError) as info:
         other.load_trainable(path)

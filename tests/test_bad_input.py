@@ -54,6 +54,12 @@ def train(output_folder, data_folder, backbone, *args):
         sys.argv = argv
 
 
+def resume(experiment, *args):
+    """A second epoch of the trained experiment, on its existing manifests."""
+    exp, data, backbone = experiment["exp"], experiment["data"], experiment["backbone"]
+    train(exp, data, backbone, "--skip_prep=True", "--number_of_epochs=2", *args)
+
+
 def folder_hash(folder):
     """SHA-256 over the names and contents of every file under ``folder``."""
     digest = hashlib.sha256()
@@ -200,15 +206,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(experiment, tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     with pytest.raises(ValueError, match="not finite") as info:
-        train(
-            experiment["exp"],
-            experiment["data"],
-            experiment["backbone"],
-            "--skip_prep=True",
-            "--number_of_epochs=2",
-            "--nonfinite_patience=1",
-            "--ckpt_interval_steps=1",
-        )
+        resume(experiment, "--nonfinite_patience=1", "--ckpt_interval_steps=1")
     assert "patience is exhausted" in str(info.value)
     # The checkpoints that existed are untouched; the intra-epoch checkpoint
     # written after the first (skipped) batch holds the same, finite weights.
@@ -292,13 +290,7 @@ def test_damaged_checkpoint_is_named_and_kept(experiment, kind):
     named = damage(experiment["save"], kind)
     before = folder_hash(experiment["save"])
     with pytest.raises(RuntimeError, match="No intact checkpoint") as info:
-        train(
-            experiment["exp"],
-            experiment["data"],
-            experiment["backbone"],
-            "--skip_prep=True",
-            "--number_of_epochs=2",
-        )
+        resume(experiment)
     assert named in str(info.value) and "CKPT+" in str(info.value)
     assert "Restore the named file" in str(info.value)
     assert folder_hash(experiment["save"]) == before  # nothing moved or deleted
