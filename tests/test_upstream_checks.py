@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import os
 import re
+import shlex
 
 import pytest
 import torch
@@ -125,7 +126,7 @@ def test_every_yaml_key_is_used_by_the_script(name, row):
 
 @pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
 def test_debug_flags_name_existing_keys(name, row):
-    flags = row["test_debug_flags"].split()
+    flags = shlex.split(row["test_debug_flags"])  # as the shell splits them
     assert flags, f"{name}: test_debug_flags missing"
     keys = set(yaml_top_level_keys(repo_path(row["Hparam_file"])))
     for flag in flags:

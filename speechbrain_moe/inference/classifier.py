@@ -50,6 +50,7 @@ class PETLAudioClassifier(ExperimentInterface):
     HPARAMS_NEEDED = ["label_encoder", "sample_rate"]
     LOADABLES = ("backbone", "classifier", "label_encoder")
     MAX_KEY = "accuracy"
+    USAGE = 'log_probs, score, index, label = model.classify_file("clip.wav")'
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
