@@ -113,4 +113,5 @@ def test_recipe_row(name, row, tmp_path):
     ]
     assert missing == [], f"{name}: {row['Hparam_file']} left no {missing}"
     assert console_problems(console) == []
+    assert "checking audio: 100%|" in console  # the preparation's progress bar
     assert re.search(r"kept \d+ (audio files|utterances), skipped \d+", console)

@@ -27,6 +27,7 @@ Authors
 """
 
 import csv
+import logging
 import os
 import sys
 
@@ -333,6 +334,9 @@ if __name__ == "__main__":
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    # Python warnings go through SpeechBrain's logging too: into log.txt, and
+    # to the console by a handler that never writes onto a progress bar.
+    logging.captureWarnings(True)
 
     splits = list(
         dict.fromkeys(

@@ -29,6 +29,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import logging
 import sys
 
 import speechbrain as sb
@@ -85,6 +86,9 @@ if __name__ == "__main__":
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    # Python warnings go through SpeechBrain's logging too: into log.txt, and
+    # to the console by a handler that never writes onto a progress bar.
+    logging.captureWarnings(True)
     run_on_main(
         prepare_urbansound8k,
         kwargs={
