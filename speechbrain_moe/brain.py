@@ -13,6 +13,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import atexit
 import importlib
 import logging
 
@@ -23,14 +24,10 @@ from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ClassificationStats
 
+from speechbrain_moe import routing
 from speechbrain_moe.adapters.moe import update_selection_biases
 from speechbrain_moe.recoverables import RandomState
-from speechbrain_moe.routing import (
-    collect_aux_loss,
-    pop_load_stats,
-    routed_modules,
-    track_load,
-)
+from speechbrain_moe.routing import collect_aux_loss, pop_load_stats, track_load
 from speechbrain_moe.summary import count_parameters, format_parameters
 
 logger = get_logger(__name__)
@@ -64,13 +61,16 @@ def open_tensorboard(folder):
     speechbrain.utils.train_logger.TensorboardLogger
     """
     try:
-        return sb_train_logger.TensorboardLogger(folder)
+        tensorboard = sb_train_logger.TensorboardLogger(folder)
     except ImportError as err:
         raise ImportError(
             "use_tensorboard=True needs the tensorboard package: pip install "
             "tensorboard (or speechbrain-moe[tensorboard]), or drop "
             "--use_tensorboard."
         ) from err
+    if tensorboard.writer is not None:  # the last events are written at exit
+        atexit.register(tensorboard.writer.close)
+    return tensorboard
 
 
 def expert_loads(modules):
@@ -92,11 +92,11 @@ def expert_loads(modules):
     >>> from speechbrain_moe.adapters import DenseMoA
     >>> model = torch.nn.Sequential(DenseMoA(8, num_experts=3))
     >>> _ = track_load(model); _ = model(torch.randn(2, 5, 8))
-    >>> [(name, round(float(s.sum()), 4)) for name, s in expert_loads(model).items()]
+    >>> [(k, round(float(s.sum()), 4)) for k, s in expert_loads(model).items()]
     [('0', 1.0)]
     """
     loads = {}
-    for name, module in routed_modules(modules):
+    for name, module in routing.routed_modules(modules):
         load = module.load_sum.detach().double().clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)
