@@ -6,11 +6,16 @@ as ``aux_loss``). Only SpeechBrain's public hooks are used: the optimizer
 gets all parameters (frozen ones have no gradient and are skipped), a
 non-finite loss is handled by SpeechBrain's ``nonfinite_patience`` and
 ``skip_nonfinite_grads`` run options, checkpoints by
-:class:`speechbrain_moe.checkpoints.Checkpointer`.
+:class:`speechbrain_moe.checkpoints.Checkpointer`; TensorBoard through
+SpeechBrain's ``TensorboardLogger`` (:func:`open_tensorboard`).
 
 Authors
  * speechbrain-moe contributors 2026
 """
+
+import atexit
+import importlib
+import logging
 
 import speechbrain as sb
 import torch
@@ -19,12 +24,117 @@ from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ClassificationStats
 
+from speechbrain_moe import routing
 from speechbrain_moe.adapters.moe import update_selection_biases
 from speechbrain_moe.recoverables import RandomState
 from speechbrain_moe.routing import collect_aux_loss, pop_load_stats, track_load
 from speechbrain_moe.summary import count_parameters, format_parameters
 
 logger = get_logger(__name__)
+
+
+def _quiet_import(name):
+    """Imports ``name`` with its logger off (SpeechBrain's ``train_logger``
+    warns at import that torchvision, needed by an image saver unused here,
+    is missing)."""
+    quiet = logging.getLogger(name)
+    quiet.disabled = True
+    try:
+        return importlib.import_module(name)
+    finally:
+        quiet.disabled = False
+
+
+sb_train_logger = _quiet_import("speechbrain.utils.train_logger")
+
+
+def open_tensorboard(folder):
+    """SpeechBrain's ``TensorboardLogger`` writing to ``folder``.
+
+    Arguments
+    ---------
+    folder : str
+        Where the event files go.
+
+    Returns
+    -------
+    speechbrain.utils.train_logger.TensorboardLogger
+    """
+    try:
+        tensorboard = sb_train_logger.TensorboardLogger(folder)
+    except ImportError as err:
+        raise ImportError(
+            "use_tensorboard=True needs the tensorboard package: pip install "
+            "tensorboard (or speechbrain-moe[tensorboard]), or drop "
+            "--use_tensorboard."
+        ) from err
+    if tensorboard.writer is not None:  # the last events are written at exit
+        atexit.register(tensorboard.writer.close)
+    return tensorboard
+
+
+def expert_loads(modules):
+    """Share of the routing weight each expert received since the counters
+    were last cleared, per router (summed over DDP ranks: call on every rank).
+
+    Arguments
+    ---------
+    modules : torch.nn.Module
+        Modules whose routers have ``track_load`` on.
+
+    Returns
+    -------
+    dict
+        Router name -> ``[experts]`` shares (routers that saw no token left out).
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import DenseMoA
+    >>> model = torch.nn.Sequential(DenseMoA(8, num_experts=3))
+    >>> _ = track_load(model); _ = model(torch.randn(2, 5, 8))
+    >>> [(k, round(float(s.sum()), 4)) for k, s in expert_loads(model).items()]
+    [('0', 1.0)]
+    """
+    loads = {}
+    for name, module in routing.routed_modules(modules):
+        load = module.load_sum.detach().double().clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
+        if float(load.sum()) > 0:
+            loads[name] = load / load.sum()
+    return loads
+
+
+def log_expert_loads(tensorboard, loads, stage, step):
+    """Writes one histogram per router (x: expert index, height: its share).
+
+    Arguments
+    ---------
+    tensorboard : speechbrain.utils.train_logger.TensorboardLogger or None
+        The logger (nothing is written without one, or off the main process).
+    loads : dict
+        From :func:`expert_loads`.
+    stage : str
+        ``train``, ``valid`` or ``test`` (part of the tag).
+    step : int
+        Global step of the histograms (the epoch).
+    """
+    writer = getattr(tensorboard, "writer", None)
+    if writer is None:
+        return
+    for name, share in loads.items():
+        experts = torch.arange(share.numel(), dtype=share.dtype)
+        writer.add_histogram_raw(
+            f"expert_load_{stage}/{name}",
+            min=-0.5,
+            max=share.numel() - 0.5,
+            num=1.0,
+            sum=float((experts * share).sum()),
+            sum_squares=float((experts**2 * share).sum()),
+            bucket_limits=(experts + 0.5).tolist(),
+            bucket_counts=share.tolist(),
+            global_step=step,
+        )
 
 
 def unwrap(module):
@@ -68,6 +178,8 @@ class PETLClassifierBrain(sb.Brain):
     lr_schedule : callable, optional
         Epoch progress in [0, 1) -> learning rate, set at the start of every
         epoch (e.g. :class:`~speechbrain_moe.schedules.CosineLR`).
+    tensorboard : speechbrain.utils.train_logger.TensorboardLogger, optional
+        Also receives the statistics, and the routers' per-expert loads.
     **kwargs
         As :class:`speechbrain.Brain`.
 
@@ -91,9 +203,13 @@ class PETLClassifierBrain(sb.Brain):
     (1, True)
     """
 
-    def __init__(self, *args, train_logger=None, lr_schedule=None, **kwargs):
+    def __init__(
+        self, *args, train_logger=None, lr_schedule=None, tensorboard=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.train_logger = train_logger
+        self.tensorboard = tensorboard
+        self.loads = {}
         self.lr_schedule = lr_schedule
         self.num_routers = track_load(self.modules)
         self.random_state = RandomState()
@@ -250,7 +366,9 @@ class PETLClassifierBrain(sb.Brain):
         """
         stats = {}
         if self.num_routers:
-            # A collective under DDP: every rank calls it, whatever its data.
+            # Collectives under DDP: every rank calls them, whatever its data.
+            if self.tensorboard is not None:
+                self.loads = expert_loads(self.modules)
             load = pop_load_stats(self.modules).get("mean") or {}
             stats = {f"load_{k}": float(v) for k, v in load.items()}
         if self.nll_count == 0:
@@ -277,6 +395,8 @@ class PETLClassifierBrain(sb.Brain):
             The epoch.
         """
         stats = self.stage_stats()
+        epoch = epoch or self.hparams.epoch_counter.current
+        log_expert_loads(self.tensorboard, self.loads, stage.name.lower(), epoch)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return
@@ -298,15 +418,16 @@ class PETLClassifierBrain(sb.Brain):
             )
 
     def log_stats(self, **stats):
-        """Hands a stage's statistics to the train logger (if any).
+        """Hands a stage's statistics to the train and TensorBoard loggers.
 
         Arguments
         ---------
         **stats
             As ``TrainLogger.log_stats``.
         """
-        if self.train_logger is not None:
-            self.train_logger.log_stats(**stats)
+        for stats_logger in (self.train_logger, self.tensorboard):
+            if stats_logger is not None:
+                stats_logger.log_stats(**stats)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the best checkpoint; refuses to evaluate an untrained model.

@@ -6,6 +6,7 @@ packaged copy of it."""
 import csv
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -20,6 +21,7 @@ from speechbrain_moe.inference import (
 )
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+ESC50_RUN = {}  # the command line of the esc50_experiment fixture
 
 
 def run(cmd, cwd):
@@ -37,25 +39,23 @@ def esc50_experiment(tmp_path_factory, tiny_ast_dir):
     data = generate("esc50", str(root / "data"), num_classes=3)
     recipe = os.path.join(REPO, "recipes", "ESC50", "PETL")
     out = root / "exp"
-    run(
-        [
-            PYTHON,
-            "train.py",
-            "hparams/ast.yaml",
-            f"--data_folder={data}",
-            f"--backbone_source={tiny_ast_dir}",
-            f"--output_folder={out}",
-            "--petl_overrides={num_experts: 4}",
-            "--n_classes=3",
-            "--number_of_epochs=2",
-            "--lr=0.01",
-            "--batch_size=4",
-            "--max_frames=100",
-            "--device=cpu",
-            "--noprogressbar",
-        ],
-        recipe,
-    )
+    ESC50_RUN["args"] = [
+        "train.py",
+        "hparams/ast.yaml",
+        f"--data_folder={data}",
+        f"--backbone_source={tiny_ast_dir}",
+        f"--output_folder={out}",
+        "--petl_overrides={num_experts: 4}",
+        "--n_classes=3",
+        "--number_of_epochs=2",
+        "--lr=0.01",
+        "--batch_size=4",
+        "--max_frames=100",
+        "--device=cpu",
+        "--noprogressbar",
+    ]
+    ESC50_RUN["backbone_source"] = tiny_ast_dir
+    run([PYTHON, *ESC50_RUN["args"]], recipe)
     return out
 
 
@@ -68,6 +68,7 @@ def test_classifier_from_experiment_and_package(esc50_experiment, tmp_path):
     # adapter-only package: no frozen backbone weight in it
     package = exp / "inference_model"
     assert sorted(os.listdir(package)) == [
+        "README.md",
         "backbone.ckpt",
         "classifier.ckpt",
         "inference.yaml",
@@ -106,6 +107,74 @@ def test_classifier_from_experiment_and_package(esc50_experiment, tmp_path):
     batch = torch.stack([read_clip(w) for w in wavs[:3]])
     one = torch.cat([model.classify_file(w)[0] for w in wavs[:3]])
     assert torch.allclose(card.classify_batch(batch)[0], one, atol=1e-5)
+
+
+def card_table(card, header):
+    """Rows of the markdown table following ``header`` in a model card."""
+    lines = card.split(header, 1)[1].splitlines()[1:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.slow
+def test_model_card_numbers_equal_the_log(esc50_experiment, tmp_path):
+    """The packaged model's README.md: its numbers are those of train_log.txt
+    (validation at the packaged epoch, the best one, and the test of that
+    epoch) and log.txt (trainable parameters); the command is the run's."""
+    exp = esc50_experiment
+    PETLAudioClassifier.from_hparams(source=str(exp), savedir=str(tmp_path / "s"))
+    card = (exp / "inference_model" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: speechbrain\n")
+    log = (exp / "train_log.txt").read_text().splitlines()
+
+    def stats(line, stage):
+        found = re.findall(rf"{stage} (\w+): ([-0-9.e+]+)", line)
+        return {k: float(v) for k, v in found}
+
+    header, _, *rows = card_table(card, "## Metrics of this checkpoint")
+    table = {r[0]: {k: float(v) for k, v in zip(header[1:], r[1:])} for r in rows}
+    epoch = int(re.search(r"epoch (\d+)\)", card).group(1))
+    valid = [stats(line, "valid") for line in log if line.startswith("epoch:")]
+    assert table["valid"] == valid[epoch - 1]
+    assert table["valid"]["accuracy"] == max(v["accuracy"] for v in valid)
+    tests = [line for line in log if line.startswith(f"Epoch loaded: {epoch} ")]
+    assert table["test"] == stats(tests[-1], "test")
+    assert set(table["test"]) >= {"loss", "accuracy", "load_cv", "aux_loss"}
+
+    about = dict(card_table(card, "# soft_moa on ESC-50 (speechbrain-moe)")[2:])
+    counts = re.findall(
+        r"trainable params: ([\d,]+) \|\| all params: ([\d,]+) .*without head: "
+        r"([\d,]+)",
+        (exp / "log.txt").read_text(),
+    )[-1]
+    assert about["trainable parameters"] == (
+        f"{counts[0]} of {counts[1]} ({counts[2]} without the head)"
+    )
+    assert about["petl_method"] == "`soft_moa`"
+    assert "'num_experts': 4" in about["petl_settings"]  # the run's override
+    assert about["task"] == "audio-classification"
+    assert about["data set"] == "ESC-50"
+    source = about["pretrained `speechbrain_moe.lobes.ast.AST`"]
+    assert source == f"`{ESC50_RUN['backbone_source']}`"
+    command = card.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    recipe = os.path.join(REPO, "recipes", "ESC50", "PETL")
+    assert command == f"cd {recipe} && python {shlex.join(ESC50_RUN['args'])}"
+    usage = card.split("```python\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert len(usage) == 3 and "PETLAudioClassifier.from_hparams(" in usage[1]
+
+
+@pytest.mark.slow
+def test_merge_true_refuses_a_mixture(esc50_experiment, tmp_path):
+    with pytest.raises(ValueError, match="'soft_moa' cannot be merged .*a mixture"):
+        PETLAudioClassifier.from_hparams(
+            source=str(esc50_experiment), savedir=str(tmp_path / "m"), merge=True
+        )
 
 
 def test_package_without_checkpoint_is_a_clear_error(tmp_path):

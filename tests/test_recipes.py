@@ -169,7 +169,7 @@ def test_cross_validation_reports_mean_std(tmp_path, tiny_ast_dir):
     assert (proc.stdout + proc.stderr).count("ESC-50: kept ") == 1
 
 
-def cross_validate(tmp_path, data, backbone, *args, debug=True):
+def cross_validate(tmp_path, data, backbone, *args):
     """Runs ESC-50's cross_validate.py; returns the completed process."""
     recipe = os.path.join(REPO, "recipes", "ESC50", "PETL")
     return subprocess.run(
@@ -183,7 +183,7 @@ def cross_validate(tmp_path, data, backbone, *args, debug=True):
             "--n_classes=2",
             "--petl_method=linear",
             *TINY,
-            *(DEBUG if debug else ["--number_of_epochs=1"]),
+            *DEBUG,
             *args,
         ],
         capture_output=True,
@@ -207,15 +207,22 @@ def test_failing_fold_keeps_the_finished_ones(tmp_path, tiny_ast_dir):
     from synthetic import generate
 
     data = generate("esc50", str(tmp_path / "data"), num_classes=2, seconds=0.5)
-    # fold 2 finds a damaged checkpoint in its folder and stops
-    broken = tmp_path / "cv" / "fold2" / "save" / "CKPT+broken"
-    broken.mkdir(parents=True)
-    (broken / "CKPT.yaml").write_text("end-of-epoch: true\n")
-    (broken / "MANIFEST.json").write_text('{"files": {"backbone.ckpt": {"size": 1}}}')
-    # (not in debug mode: SpeechBrain's debug runs checkpoint to a temporary folder)
-    proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=1,2", debug=False)
+    # Fold 2's manifests are already there (so the preparation keeps them)
+    # and name an audio file that does not exist: fold 2 stops before
+    # training. (A damaged checkpoint would not do: with --debug, SpeechBrain
+    # keeps checkpoints in a temporary folder.)
+    fold2 = tmp_path / "cv" / "fold2"
+    fold2.mkdir(parents=True)
+    options = {"data_folder": os.path.abspath(data), "test_fold": 2, "valid_fold": 3}
+    (fold2 / "prepare_options.json").write_text(json.dumps(options))
+    for split in ("train", "valid", "test"):
+        (fold2 / f"{split}.csv").write_text(
+            f"ID,wav,duration,class_name\nx,{tmp_path}/missing.wav,1.0,dog\n"
+        )
+    proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=1,2")
     assert proc.returncode != 0
     assert "Fold 2 failed" in proc.stderr
+    assert "missing.wav" in proc.stdout + proc.stderr  # it failed for that reason
     assert re.search(r"fold 1: test accuracy [0-9.]+", proc.stdout)
     summary = json.loads((tmp_path / "cv" / "cross_validation.json").read_text())
     assert list(summary["folds"]) == ["1"] and summary["failed_fold"] == 2

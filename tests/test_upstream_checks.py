@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import os
 import re
+import shlex
 
 import pytest
 import torch
@@ -125,7 +126,7 @@ def test_every_yaml_key_is_used_by_the_script(name, row):
 
 @pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
 def test_debug_flags_name_existing_keys(name, row):
-    flags = row["test_debug_flags"].split()
+    flags = shlex.split(row["test_debug_flags"])  # as the shell splits them
     assert flags, f"{name}: test_debug_flags missing"
     keys = set(yaml_top_level_keys(repo_path(row["Hparam_file"])))
     for flag in flags:
@@ -261,3 +262,60 @@ def test_a_checkpoint_cannot_execute_code(tmp_path, tiny_ast_folder):
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):
         RandomState().recover(path, end_of_epoch=True)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("name, row", ROWS, ids=ROW_IDS)
+def test_extra_requirements_cover_the_options(name, row):
+    """Upstream installs every recipe's ``extra_requirements.txt`` (lines
+    without ``#``); a recipe offering ``use_tensorboard`` lists tensorboard."""
+    from packaging.requirements import Requirement
+
+    folder = os.path.dirname(os.path.dirname(repo_path(row["Hparam_file"])))
+    path = os.path.join(folder, "extra_requirements.txt")
+    assert os.path.isfile(path), f"{name}: no {path}"
+    with open(path) as fin:
+        lines = [line.strip() for line in fin if line.strip() and "#" not in line]
+    names = {Requirement(line).name for line in lines}
+    if "use_tensorboard" in yaml_top_level_keys(repo_path(row["Hparam_file"])):
+        assert "tensorboard" in names, f"{path} lacks tensorboard"
+
+
+# ---------------------------------------------------------------- READMEs
+
+RECIPE_READMES = sorted({repo_path(row["Readme_file"]) for _, row in ROWS})
+SYNTHETIC = {"ESC50": "esc50", "UrbanSound8k": "us8k"}
+SYNTHETIC.update({"Google-speech-commands": "gsc", "fluent-speech-commands": "fsc"})
+
+
+@pytest.mark.parametrize("readme", RECIPE_READMES, ids=os.path.basename)
+def test_readme_links_exist_and_no_placeholder_results(readme):
+    with open(readme) as fin:
+        text = fin.read()
+    for link in re.findall(r"\]\(([^)#]+)\)", text):
+        if not link.startswith(("http://", "https://")):
+            target = os.path.join(os.path.dirname(readme), link)
+            assert os.path.exists(target), f"{readme}: dead link {link}"
+    assert "to be filled" not in text
+    assert not re.search(r"^\|.*\| - \|.*$", text, re.M), "a results row without data"
+
+
+@pytest.mark.parametrize("recipe", sorted(SYNTHETIC))
+def test_readme_offline_command_fits_the_synthetic_data(recipe):
+    """The offline command uses the synthetic data's class count and a data
+    folder of its own."""
+    import inspect
+
+    from speechbrain_moe.synthetic import GENERATORS, generate  # noqa: F401
+
+    kind = SYNTHETIC[recipe]
+    module, name = GENERATORS[kind].split(":")
+    maker = getattr(__import__(module, fromlist=[name]), name)
+    classes = inspect.signature(maker).parameters["num_classes"].default
+    with open(os.path.join(REPO, "recipes", recipe, "PETL", "README.md")) as fin:
+        text = fin.read()
+    match = re.search(rf"synthetic {kind} (\S+)\n", text)
+    assert match, f"{recipe}: no offline command generating {kind}"
+    folder = match.group(1)
+    assert folder.rstrip("/").endswith(kind)
+    assert f"--data_folder={folder} " in text
+    assert f"--n_classes={classes} " in text

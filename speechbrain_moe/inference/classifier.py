@@ -15,6 +15,7 @@ Authors
 import torch
 
 from speechbrain_moe.inference.interfaces import ExperimentInterface
+from speechbrain_moe.petl.merge import merge_and_unload
 
 
 class PETLAudioClassifier(ExperimentInterface):
@@ -27,6 +28,11 @@ class PETLAudioClassifier(ExperimentInterface):
     ---------
     *args
         As :class:`speechbrain.inference.interfaces.Pretrained`.
+    merge : bool
+        Fold the trained update into the backbone's weights and remove the
+        adapter modules (``lora``, ``bitfit``; see
+        :func:`~speechbrain_moe.petl.merge.merge_and_unload`), e.g.
+        ``from_hparams(source=..., merge=True)``; other methods refuse.
     **kwargs
         As :class:`speechbrain.inference.interfaces.Pretrained`.
 
@@ -50,11 +56,14 @@ class PETLAudioClassifier(ExperimentInterface):
     HPARAMS_NEEDED = ["label_encoder", "sample_rate"]
     LOADABLES = ("backbone", "classifier", "label_encoder")
     MAX_KEY = "accuracy"
+    USAGE = 'log_probs, score, index, label = model.classify_file("clip.wav")'
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, merge=False, **kwargs):
         super().__init__(*args, **kwargs)
         encoder = self.hparams.label_encoder
         encoder.expect_len(len(encoder))
+        if merge:
+            merge_and_unload(self.mods.backbone)
 
     def classify_batch(self, wavs, wav_lens=None):
         """Classifies a batch of waveforms.

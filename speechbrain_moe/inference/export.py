@@ -6,7 +6,9 @@ keeps the nodes that build the model (the backbone with its PETL method, the
 head, ...) *exactly as the run built them*, then adds the ``modules`` and the
 ``pretrainer`` SpeechBrain's inference interfaces need. The result,
 ``<output_folder>/inference.yaml``, loads every backbone the recipes support.
-:func:`package_experiment` copies the best checkpoint's files next to it.
+:func:`package_experiment` copies the best checkpoint's files next to it,
+with a model card (``README.md``, see
+:mod:`~speechbrain_moe.inference.model_card`).
 
 Authors
  * speechbrain-moe contributors 2026
@@ -23,6 +25,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.checkpoints import Checkpointer
+from speechbrain_moe.inference.model_card import model_card, record_run
 
 logger = get_logger(__name__)
 
@@ -50,7 +53,7 @@ def _absolute_paths(node, prefixes):
 
 
 def export_inference_hparams(
-    hparams_file, overrides, output_folder, keys, loadables, modules=None
+    hparams_file, overrides, output_folder, keys, loadables, modules=None, card=None
 ):
     """Writes ``<output_folder>/inference.yaml`` from the run's own YAML.
 
@@ -71,6 +74,10 @@ def export_inference_hparams(
     modules : list of str, optional
         Keys that form ``modules`` (default: the loadables that are not
         ``label_encoder``).
+    card : dict, optional
+        ``task`` and ``dataset`` for the model card; the command line is
+        recorded too (``run_info.json``, see
+        :func:`~speechbrain_moe.inference.model_card.record_run`).
 
     Returns
     -------
@@ -115,6 +122,7 @@ def export_inference_hparams(
     pretrainer.yaml_set_ctag(ruamel.yaml.Tag(suffix=PRETRAINER))
     kept["pretrainer"] = pretrainer
     os.makedirs(output_folder, exist_ok=True)
+    record_run(output_folder, **(card or {}))
     buffer = io.StringIO()
     dump_hyperpyyaml(kept, buffer)
     with open(path, "w", encoding="utf-8") as fout:
@@ -122,8 +130,11 @@ def export_inference_hparams(
     return path
 
 
-def package_experiment(experiment_folder, loadables, max_key=None, min_key=None):
-    """Copies an experiment's best checkpoint next to its ``inference.yaml``.
+def package_experiment(
+    experiment_folder, loadables, max_key=None, min_key=None, interface=None
+):
+    """Copies an experiment's best checkpoint next to its ``inference.yaml``
+    and writes its model card.
 
     Arguments
     ---------
@@ -136,12 +147,16 @@ def package_experiment(experiment_folder, loadables, max_key=None, min_key=None)
         Pick the checkpoint with the highest meta value of this key.
     min_key : str, optional
         Pick the checkpoint with the lowest meta value of this key.
+    interface : type, optional
+        The inference class (named in the model card's usage snippet;
+        without it no card is written).
 
     Returns
     -------
     str
         ``<experiment_folder>/inference_model``, a flat folder holding
-        ``inference.yaml`` and the files (what a model hub would hold).
+        ``inference.yaml``, the files and ``README.md`` (what a model hub
+        would hold).
     """
     hparams_file = os.path.join(experiment_folder, "inference.yaml")
     if not os.path.isfile(hparams_file):
@@ -171,5 +186,7 @@ def package_experiment(experiment_folder, loadables, max_key=None, min_key=None)
             raise FileNotFoundError(f"{src} is missing; re-run the training.")
         shutil.copyfile(src, os.path.join(target, f"{name}.ckpt"))
     shutil.copyfile(hparams_file, os.path.join(target, "inference.yaml"))
+    if interface is not None:
+        model_card(experiment_folder, target, checkpoint, interface)
     logger.info("Packaged checkpoint %s into %s", checkpoint.path, target)
     return target

@@ -19,11 +19,13 @@ INFERENCE_HINT = "Check the path, or convert the file to WAV/FLAC."
 class ExperimentInterface(Pretrained):
     """``Pretrained`` whose ``from_hparams`` also takes a recipe's output folder.
 
-    Subclasses set ``LOADABLES`` (the checkpoint files to package) and
-    ``MAX_KEY`` or ``MIN_KEY`` (which checkpoint is the best).
+    Subclasses set ``LOADABLES`` (the checkpoint files to package),
+    ``MAX_KEY`` or ``MIN_KEY`` (which checkpoint is the best) and ``USAGE``
+    (a line of the model card's usage snippet).
     """
 
     LOADABLES = ()
+    USAGE = ""
     MAX_KEY = None
     MIN_KEY = None
 
@@ -48,7 +50,7 @@ class ExperimentInterface(Pretrained):
         source = str(source)
         if os.path.isdir(os.path.join(source, "save")):
             source = package_experiment(
-                source, cls.LOADABLES, max_key=cls.MAX_KEY, min_key=cls.MIN_KEY
+                source, cls.LOADABLES, cls.MAX_KEY, cls.MIN_KEY, interface=cls
             )
         if os.path.isdir(source) and kwargs.get("savedir") is None:
             kwargs["savedir"] = os.path.join(source, "collected")

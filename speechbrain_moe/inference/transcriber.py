@@ -33,6 +33,7 @@ class SpeechLLMTranscriber(ExperimentInterface):
     HPARAMS_NEEDED = ["tokenizer", "asr_prompt", "sample_rate"]
     LOADABLES = ("speech_llm",)
     MIN_KEY = "loss"
+    USAGE = 'text = model.transcribe_file("speech.flac")'
 
     def transcribe_batch(self, wavs, wav_lens=None, prompt=None):
         """Transcribes a batch of waveforms.

@@ -4,7 +4,8 @@ Layout: ``<data_folder>/<split>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac``
 with one ``<spk>-<chap>.trans.txt`` per chapter. One CSV per split is written
 to ``save_folder`` with the columns ``ID, duration, wav, spk_id, wrd``.
 Preparation is skipped when all CSVs exist; unreadable or empty audio files are
-reported by name and skipped.
+reported by name and skipped. Each split shows a progress bar while its audio
+is checked and says how many utterances it kept and skipped.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -15,6 +16,7 @@ import logging
 import os
 
 import soundfile as sf
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -75,7 +77,7 @@ def prepare_librispeech(
                 f"Split folder {split_folder!r} is missing. Download and extract "
                 f"{split} into {data_folder!r}, or remove it from the split lists."
             )
-        rows = _split_rows(split_folder)
+        rows = _split_rows(split_folder, f"LibriSpeech {split}")
         if select_n_sentences:
             rows = rows[:select_n_sentences]
         tmp = path + ".tmp"
@@ -88,7 +90,7 @@ def prepare_librispeech(
     return csvs
 
 
-def _split_rows(split_folder):
+def _split_rows(split_folder, label):
     """Reads every transcript of a split and checks its audio."""
     texts = {}
     for root, _, files in os.walk(split_folder):
@@ -100,7 +102,7 @@ def _split_rows(split_folder):
                         if len(parts) == 2:
                             texts[parts[0]] = (root, parts[1])
     rows = []
-    for utt_id in sorted(texts):
+    for utt_id in tqdm(sorted(texts), desc=f"{label}: checking audio", unit="file"):
         root, words = texts[utt_id]
         wav = os.path.join(root, utt_id + ".flac")
         try:
@@ -113,4 +115,6 @@ def _split_rows(split_folder):
             logger.warning("Skipping empty audio file %s.", wav)
             continue
         rows.append([utt_id, f"{duration:.3f}", wav, utt_id.split("-")[0], words])
+    skipped = len(texts) - len(rows)
+    logger.info("%s: kept %d utterances, skipped %d.", label, len(rows), skipped)
     return rows

@@ -27,6 +27,7 @@ Authors
 """
 
 import csv
+import logging
 import os
 import sys
 
@@ -39,17 +40,31 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.adapters import update_selection_biases
-from speechbrain_moe.brain import unwrap
+from speechbrain_moe.brain import (
+    expert_loads,
+    log_expert_loads,
+    open_tensorboard,
+    unwrap,
+)
 from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
+from speechbrain_moe.routing import pop_load_stats, track_load
+from speechbrain_moe.summary import count_parameters, format_parameters
 
 logger = get_logger(__name__)
 ASR = "asr"
 
 
 class BridgeBrain(sb.Brain):
-    """Trains the bridge of a speech-LLM and decodes with it."""
+    """Trains the bridge of a speech-LLM and decodes with it; logs to the
+    ``train_logger`` and, if given, a TensorBoard logger."""
+
+    def __init__(self, *args, tensorboard=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tensorboard = tensorboard
+        self.num_routers = track_load(self.modules)
+        logger.info("Bridge\n%s", format_parameters(count_parameters(self.modules)))
 
     def compute_forward(self, batch, stage):
         """Teacher-forced logits; decoded answers when evaluating."""
@@ -110,7 +125,9 @@ class BridgeBrain(sb.Brain):
             update_selection_biases(self.modules)
 
     def on_stage_start(self, stage, epoch=None):
-        """Fresh metrics for each evaluation stage."""
+        """Fresh metrics for each evaluation stage; clears the load counters."""
+        if self.num_routers:
+            pop_load_stats(self.modules)
         if stage == sb.Stage.TRAIN and hasattr(self, "weighted_sampler"):
             self.weighted_sampler.set_epoch(epoch or 0)
         if stage != sb.Stage.TRAIN:
@@ -123,6 +140,12 @@ class BridgeBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs per-task metrics, anneals, checkpoints, writes test outputs."""
         stats = {"loss": float(stage_loss)}
+        if self.num_routers:  # collectives: every DDP rank calls them
+            loads = expert_loads(self.modules) if self.tensorboard else {}
+            load = pop_load_stats(self.modules).get("mean") or {}
+            stats.update({f"load_{k}": float(v) for k, v in load.items()})
+            step = epoch or self.hparams.epoch_counter.current
+            log_expert_loads(self.tensorboard, loads, stage.name.lower(), step)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return
@@ -135,7 +158,7 @@ class BridgeBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_annealing(stats["loss"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            self.hparams.train_logger.log_stats(
+            self.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr},
                 train_stats=self.train_stats,
                 valid_stats=stats,
@@ -144,7 +167,7 @@ class BridgeBrain(sb.Brain):
                 meta={"loss": stats["loss"]}, min_keys=["loss"]
             )
         else:
-            self.hparams.train_logger.log_stats(
+            self.log_stats(
                 stats_meta={
                     "Epoch loaded": self.hparams.epoch_counter.current,
                     "test set": self.test_name,
@@ -154,6 +177,22 @@ class BridgeBrain(sb.Brain):
             if if_main_process():
                 self._write_test_outputs()
         self.last_stats = stats
+
+    def log_stats(self, stats_meta, **stats):
+        """Hands a stage's statistics to the train and TensorBoard loggers
+        (TensorBoard: the test set's name goes into the statistics' names)."""
+        self.hparams.train_logger.log_stats(stats_meta, **stats)
+        if self.tensorboard is not None:
+            meta = {k: v for k, v in stats_meta.items() if k != "test set"}
+            if "test set" in stats_meta:
+                name = stats_meta["test set"]
+                stats = {
+                    "test_stats": {
+                        f"{k}_{name}": v for k, v in stats.pop("test_stats").items()
+                    },
+                    **stats,
+                }
+            self.tensorboard.log_stats(meta, **stats)
 
     def _write_test_outputs(self):
         """Per-utterance WER alignments and classification answers."""
@@ -295,6 +334,9 @@ if __name__ == "__main__":
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    # Python warnings go through SpeechBrain's logging too: into log.txt, and
+    # to the console by a handler that never writes onto a progress bar.
+    logging.captureWarnings(True)
 
     splits = list(
         dict.fromkeys(
@@ -331,8 +373,12 @@ if __name__ == "__main__":
             "speech_llm",
         ],
         loadables=["speech_llm"],
+        card={"task": "automatic-speech-recognition", "dataset": "LibriSpeech"},
     )
 
+    tensorboard = None
+    if hparams["use_tensorboard"]:
+        tensorboard = open_tensorboard(hparams["tensorboard_logs_folder"])
     tokenizer = hparams["tokenizer"]
     train_data, valid_data, test_sets = dataio_prepare(hparams, tokenizer, csvs)
 
@@ -342,6 +388,7 @@ if __name__ == "__main__":
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
+        tensorboard=tensorboard,
     )
     brain.tokenizer = tokenizer
 

@@ -29,6 +29,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import logging
 import sys
 
 import speechbrain as sb
@@ -36,7 +37,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from urbansound8k_prepare import prepare_urbansound8k
 
-from speechbrain_moe.brain import PETLClassifierBrain
+from speechbrain_moe.brain import PETLClassifierBrain, open_tensorboard
 from speechbrain_moe.dataio import classification_datasets
 from speechbrain_moe.inference import export_inference_hparams
 
@@ -85,6 +86,9 @@ if __name__ == "__main__":
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    # Python warnings go through SpeechBrain's logging too: into log.txt, and
+    # to the console by a handler that never writes onto a progress bar.
+    logging.captureWarnings(True)
     run_on_main(
         prepare_urbansound8k,
         kwargs={
@@ -102,7 +106,11 @@ if __name__ == "__main__":
         hparams["output_folder"],
         keys=["sample_rate", "backbone", "classifier", "label_encoder"],
         loadables=["backbone", "classifier", "label_encoder"],
+        card={"task": "audio-classification", "dataset": "UrbanSound8K"},
     )
+    tensorboard = None
+    if hparams["use_tensorboard"]:
+        tensorboard = open_tensorboard(hparams["tensorboard_logs_folder"])
 
     brain = PETLClassifierBrain(
         modules=hparams["modules"],
@@ -112,6 +120,7 @@ if __name__ == "__main__":
         checkpointer=hparams["checkpointer"],
         train_logger=hparams["train_logger"],
         lr_schedule=hparams["lr_schedule"],
+        tensorboard=tensorboard,
     )
     brain.fit(
         brain.hparams.epoch_counter,
