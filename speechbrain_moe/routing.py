@@ -220,8 +220,10 @@ def pop_load_stats(model):
     Returns
     -------
     dict
-        ``{"layers": {name: stats}, "mean": stats}`` (empty: nothing counted),
-        the counts summed over DDP ranks.
+        ``{"layers": {name: stats}, "mean": stats, "shares": {name: share}}``
+        (empty: nothing counted), ``share`` the ``[experts]`` fraction of the
+        routing weight each expert received; counts summed over DDP ranks
+        (a collective: call it on every rank).
 
     Example
     -------
@@ -232,13 +234,14 @@ def pop_load_stats(model):
     >>> pop_load_stats(model)["mean"]
     {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.5}
     """
-    layers = {}
+    layers, shares = {}, {}
     for name, module in routed_modules(model):
-        load = module.load_sum.clone()
+        load = module.load_sum.detach().double().clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)
         if float(load.sum()) > 0:
             layers[name] = load_statistics(load)
+            shares[name] = load / load.sum()
         module.load_sum.zero_()
     if not layers:
         return {}
@@ -246,4 +249,4 @@ def pop_load_stats(model):
         key: round(sum(s[key] for s in layers.values()) / len(layers), 6)
         for key in ("cv", "entropy", "max_share")
     }
-    return {"layers": layers, "mean": mean}
+    return {"layers": layers, "mean": mean, "shares": shares}

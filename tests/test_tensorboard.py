@@ -86,7 +86,7 @@ def test_tensorboard_holds_the_logged_statistics(tmp_path, tiny_ast_dir):
 
 
 def test_missing_tensorboard_is_a_clear_error(monkeypatch, tmp_path):
-    from speechbrain_moe.brain import open_tensorboard
+    from speechbrain_moe.tensorboard import open_tensorboard
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match="pip install tensorboard"):

@@ -40,17 +40,13 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.adapters import update_selection_biases
-from speechbrain_moe.brain import (
-    expert_loads,
-    log_expert_loads,
-    open_tensorboard,
-    unwrap,
-)
+from speechbrain_moe.brain import unwrap
 from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
 from speechbrain_moe.routing import pop_load_stats, track_load
 from speechbrain_moe.summary import count_parameters, format_parameters
+from speechbrain_moe.tensorboard import log_expert_loads, open_tensorboard
 
 logger = get_logger(__name__)
 ASR = "asr"
@@ -141,11 +137,12 @@ class BridgeBrain(sb.Brain):
         """Logs per-task metrics, anneals, checkpoints, writes test outputs."""
         stats = {"loss": float(stage_loss)}
         if self.num_routers:  # collectives: every DDP rank calls them
-            loads = expert_loads(self.modules) if self.tensorboard else {}
-            load = pop_load_stats(self.modules).get("mean") or {}
-            stats.update({f"load_{k}": float(v) for k, v in load.items()})
+            loads = pop_load_stats(self.modules)
+            mean = loads.get("mean", {})
+            stats.update({f"load_{k}": float(v) for k, v in mean.items()})
             step = epoch or self.hparams.epoch_counter.current
-            log_expert_loads(self.tensorboard, loads, stage.name.lower(), step)
+            shares = loads.get("shares", {})
+            log_expert_loads(self.tensorboard, shares, stage.name.lower(), step)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return

@@ -37,9 +37,10 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from urbansound8k_prepare import prepare_urbansound8k
 
-from speechbrain_moe.brain import PETLClassifierBrain, open_tensorboard
+from speechbrain_moe.brain import PETLClassifierBrain
 from speechbrain_moe.dataio import classification_datasets
 from speechbrain_moe.inference import export_inference_hparams
+from speechbrain_moe.tensorboard import open_tensorboard
 
 
 def dataio_prep(hparams):
