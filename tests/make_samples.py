@@ -3,7 +3,7 @@
 ``python tests/make_samples.py``).
 
 Every folder comes from the package's synthetic generators
-(``speechbrain_moe.synthetic``) in the official layout of its corpus, with
+(``synthetic``) in the official layout of its corpus, with
 the fewest, shortest clips the recipes accept (two classes, 0.1-0.25 s) and
 the smallest models the lobes accept, so that all of it stays a few hundred KB.
 """
@@ -52,8 +52,8 @@ def shorten(path, seconds):
 
 def main(out=SAMPLES):
     """Regenerates every sample folder under ``out``."""
-    from speechbrain_moe.synthetic import generate, models
-    from speechbrain_moe.synthetic.llm import make_tiny_llm
+    from synthetic import generate, models
+    from synthetic.llm import make_tiny_llm
 
     for name, options in DATA.items():
         shutil.rmtree(os.path.join(out, name), ignore_errors=True)

@@ -305,7 +305,7 @@ def test_readme_offline_command_fits_the_synthetic_data(recipe):
     folder of its own."""
     import inspect
 
-    from speechbrain_moe.synthetic import GENERATORS, generate  # noqa: F401
+    from synthetic import GENERATORS, generate  # noqa: F401
 
     kind = SYNTHETIC[recipe]
     module, name = GENERATORS[kind].split(":")
