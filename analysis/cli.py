@@ -149,16 +149,14 @@ def routing_analysis(model, dataset, out, batch_size=8, method=""):
 
     Arguments
     ---------
-    model : PETLAudioClassifier
-        The loaded experiment.
-    dataset : DynamicItemDataset
-        Samples with ``sig`` and ``label_encoded``.
+    model, dataset
+        From :func:`load_experiment`.
     out : pathlib.Path
         Output folder.
     batch_size : int
         Batch size.
     method : str
-        Method name (titles).
+        For the titles.
 
     Returns
     -------
@@ -200,14 +198,10 @@ def gradient_analysis(model, dataset, column, out, batches=4, batch_size=8, meth
         Samples; ``column`` must be a manifest column.
     column : str
         Column naming each sample's group.
-    out : pathlib.Path
-        Output folder.
+    out, batch_size, method
+        As for :func:`routing_analysis`.
     batches : int
         Batches per group.
-    batch_size : int
-        Batch size.
-    method : str
-        Method name (titles).
 
     Returns
     -------

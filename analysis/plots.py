@@ -1,5 +1,9 @@
 """Readable matplotlib figures of the analysis results (Agg backend, PNG).
 
+Each ``plot_*`` function writes the PNG ``path`` and returns it; ``summary`` is
+:meth:`~analysis.utilisation.UtilisationAccumulator.summary` output and
+``method`` goes into the title.
+
 Authors
  * speechbrain-moe contributors 2026
 """
@@ -65,22 +69,7 @@ def _heatmap(
 
 
 def plot_contribution_per_layer(summary, path, method=""):
-    """Heatmap layer x expert of the mean contribution of each expert.
-
-    Arguments
-    ---------
-    summary : dict
-        :meth:`UtilisationAccumulator.summary` output.
-    path : str
-        PNG to write.
-    method : str
-        Shown in the title.
-
-    Returns
-    -------
-    str
-        ``path``.
-    """
+    """Heatmap layer x expert of the mean contribution of each expert."""
     layers = list(summary["layers"])
     matrix = [summary["layers"][name]["contribution"] for name in layers]
     experts = [str(i) for i in range(len(matrix[0]))]
@@ -153,22 +142,7 @@ def plot_expert_by_class(summary, path, layer=None, method=""):
 
 
 def plot_balance(summary, path, method=""):
-    """Bar charts per layer: coefficient of variation, entropy, busiest share.
-
-    Arguments
-    ---------
-    summary : dict
-        :meth:`UtilisationAccumulator.summary` output.
-    path : str
-        PNG to write.
-    method : str
-        Shown in the title.
-
-    Returns
-    -------
-    str
-        ``path``.
-    """
+    """Bar charts per layer: coefficient of variation, entropy, busiest share."""
     layers = list(summary["layers"])
     names = short_layer_names(layers)
     fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * len(layers) * 3), 3.5))

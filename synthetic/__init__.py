@@ -7,7 +7,8 @@ Command line::
     python -m synthetic KIND OUT_DIR
 
 The kinds and the functions that write them are listed in
-:data:`GENERATORS`.
+:data:`GENERATORS`. Every generator is ``fn(out_dir, seed=0, **options)``: it
+writes into ``out_dir`` (created), draws from ``seed`` and returns ``out_dir``.
 
 Authors
  * speechbrain-moe contributors 2026

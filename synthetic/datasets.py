@@ -94,10 +94,6 @@ def make_esc50(
 
     Arguments
     ---------
-    out_dir : str
-        Target folder.
-    seed : int
-        Random seed.
     num_classes : int
         Classes (the first ESC-50 categories).
     clips_per_class_per_fold : int
@@ -106,11 +102,6 @@ def make_esc50(
         Clip duration (the real corpus has 5 s).
     sample_rate : int
         Sample rate (the real corpus: 44100).
-
-    Returns
-    -------
-    str
-        ``out_dir``.
 
     Example
     -------
@@ -161,21 +152,12 @@ def make_us8k(out_dir, seed=0, num_classes=4, clips_per_class_per_fold=1, second
 
     Arguments
     ---------
-    out_dir : str
-        Target folder.
-    seed : int
-        Random seed.
     num_classes : int
         Classes (the first UrbanSound8K classes).
     clips_per_class_per_fold : int
         Clips of each class in each fold.
     seconds : float
         Clip duration.
-
-    Returns
-    -------
-    str
-        ``out_dir``.
 
     Example
     -------
@@ -238,21 +220,12 @@ def make_gsc(out_dir, seed=0, num_classes=4, clips_per_word=8, seconds=1.0):
 
     Arguments
     ---------
-    out_dir : str
-        Target folder.
-    seed : int
-        Random seed.
     num_classes : int
         Words.
     clips_per_word : int
         Clips per word (at least 4).
     seconds : float
         Clip duration (the real corpus: 1 s at 16 kHz).
-
-    Returns
-    -------
-    str
-        ``out_dir``.
 
     Example
     -------
@@ -298,21 +271,12 @@ def make_fsc(out_dir, seed=0, num_classes=4, clips_per_intent=(6, 2, 2), seconds
 
     Arguments
     ---------
-    out_dir : str
-        Target folder.
-    seed : int
-        Random seed.
     num_classes : int
         Intents (action, object, location triples).
     clips_per_intent : tuple of int
         Clips of each intent in train, valid and test.
     seconds : float
         Clip duration.
-
-    Returns
-    -------
-    str
-        ``out_dir``.
 
     Example
     -------

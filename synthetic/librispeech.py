@@ -110,11 +110,6 @@ def make_librispeech(
     max_words : int
         Most words per utterance.
 
-    Returns
-    -------
-    str
-        ``out_dir``.
-
     Example
     -------
     >>> import tempfile

@@ -78,10 +78,6 @@ def make_tiny_llm(out_dir, seed=0, hidden_size=64, num_layers=2, initializer_ran
 
     Arguments
     ---------
-    out_dir : str
-        Target folder.
-    seed : int
-        Seed of the random weights.
     hidden_size : int
         Model width.
     num_layers : int
@@ -89,11 +85,6 @@ def make_tiny_llm(out_dir, seed=0, hidden_size=64, num_layers=2, initializer_ran
     initializer_range : float
         Standard deviation of the random weights (larger than Llama's 0.02,
         so that the frozen random model's logits depend on its input).
-
-    Returns
-    -------
-    str
-        ``out_dir``.
 
     Example
     -------

@@ -65,18 +65,9 @@ def make_tiny_ast(folder, seed=0, **cfg):
 
     Arguments
     ---------
-    folder : str
-        Target folder (created).
-    seed : int
-        Seed of the random weights.
     **cfg
         ``ASTConfig`` overrides (defaults: hidden 32, 2 layers, 2 heads,
         ``max_length`` 100).
-
-    Returns
-    -------
-    str
-        The folder.
 
     Example
     -------
@@ -117,17 +108,8 @@ def make_tiny_whisper(folder, seed=0, **cfg):
 
     Arguments
     ---------
-    folder : str
-        Target folder (created).
-    seed : int
-        Seed of the random weights.
     **cfg
         ``WhisperConfig`` overrides.
-
-    Returns
-    -------
-    str
-        The folder.
 
     Example
     -------
@@ -159,18 +141,9 @@ def make_tiny_wavlm(folder, seed=0, **cfg):
 
     Arguments
     ---------
-    folder : str
-        Target folder (created).
-    seed : int
-        Seed of the random weights.
     **cfg
         ``WavLMConfig`` overrides (e.g. ``do_stable_layer_norm=True,
         feat_extract_norm="layer"`` for a pre-LN "large"-style model).
-
-    Returns
-    -------
-    str
-        The folder.
 
     Example
     -------

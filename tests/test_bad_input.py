@@ -60,6 +60,12 @@ def resume(experiment, *args):
     train(exp, data, backbone, "--skip_prep=True", "--number_of_epochs=2", *args)
 
 
+def evaluate_only(experiment, *args):
+    """The test stage of the trained experiment, on its existing manifests."""
+    exp, data, backbone = experiment["exp"], experiment["data"], experiment["backbone"]
+    train(exp, data, backbone, "--skip_prep=True", "--test_only", *args)
+
+
 def folder_hash(folder):
     """SHA-256 over the names and contents of every file under ``folder``."""
     digest = hashlib.sha256()
@@ -319,13 +325,7 @@ def test_test_only_without_checkpoint_refuses(experiment):
     log = experiment["exp"] / "train_log.txt"
     before = log.read_text()
     with pytest.raises(RuntimeError, match="untrained") as info:
-        train(
-            experiment["exp"],
-            experiment["data"],
-            experiment["backbone"],
-            "--skip_prep=True",
-            "--test_only",
-        )
+        evaluate_only(experiment)
     assert "--test_only" in str(info.value)
     assert log.read_text() == before  # no test accuracy of an untrained model
 
@@ -368,14 +368,7 @@ def test_nan_clip_in_test_stage_is_excluded(experiment, tmp_path):
         writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    train(
-        experiment["exp"],
-        experiment["data"],
-        experiment["backbone"],
-        "--skip_prep=True",
-        "--test_only",
-        "--test_batch_size=8",
-    )
+    evaluate_only(experiment, "--test_batch_size=8")
     from speechbrain_moe.inference import PETLAudioClassifier
 
     log = (experiment["exp"] / "train_log.txt").read_text().splitlines()[-1]

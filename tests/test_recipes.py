@@ -139,27 +139,7 @@ def test_cross_validation_reports_mean_std(tmp_path, tiny_ast_dir):
     from synthetic import generate
 
     data = generate("esc50", str(tmp_path / "data"), num_classes=2, seconds=0.5)
-    script = os.path.join(REPO, "recipes", "ESC50", "PETL", "cross_validate.py")
-    hparams = os.path.join(REPO, "recipes", "ESC50", "PETL", "hparams", "ast.yaml")
-    proc = subprocess.run(
-        [
-            PYTHON,
-            script,
-            hparams,
-            f"--output_folder={tmp_path / 'cv'}",
-            "--folds=1,2",
-            f"--data_folder={data}",
-            f"--backbone_source={tiny_ast_dir}",
-            "--n_classes=2",
-            "--petl_method=linear",
-            *TINY,
-            *DEBUG,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(tmp_path),
-    )
+    proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=1,2")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert re.search(
         r"2-fold cross-validation: test accuracy [0-9.]+ ± [0-9.]+", proc.stdout

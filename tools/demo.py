@@ -70,18 +70,7 @@ def demo_command(output_folder, epochs=8):
 
 
 def main(argv=None):
-    """Runs the demo.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Command-line arguments.
-
-    Returns
-    -------
-    float
-        Test accuracy.
-    """
+    """Runs the demo (``argv``: the command line) and returns its test accuracy."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_folder", default="demo_output")
     parser.add_argument("--epochs", type=int, default=8)

@@ -113,17 +113,5 @@ class PETLAudioClassifier(ExperimentInterface):
         return self.classify_batch(self.read_file(path, max_seconds))
 
     def forward(self, wavs, wav_lens=None):
-        """Same as :meth:`classify_batch`.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths.
-
-        Returns
-        -------
-        tuple
-        """
+        """Same as :meth:`classify_batch`."""
         return self.classify_batch(wavs, wav_lens)

@@ -90,17 +90,5 @@ class SpeechLLMTranscriber(ExperimentInterface):
         return self.transcribe_batch(wav, prompt=prompt)[0]
 
     def forward(self, wavs, wav_lens=None):
-        """Same as :meth:`transcribe_batch`.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, samples]``.
-        wav_lens : torch.Tensor, optional
-            Relative lengths.
-
-        Returns
-        -------
-        list of str
-        """
+        """Same as :meth:`transcribe_batch`."""
         return self.transcribe_batch(wavs, wav_lens)

@@ -16,24 +16,12 @@ from speechbrain_moe.routing import collect_aux_loss
 
 
 def relative_to_mask(lens, max_len):
-    """Boolean padding mask ``[batch, max_len]`` from relative lengths.
-
-    Arguments
-    ---------
-    lens : torch.Tensor
-        ``[batch]`` relative lengths in (0, 1].
-    max_len : int
-        Width of the mask.
-
-    Returns
-    -------
-    torch.Tensor
+    """Boolean ``[batch, max_len]`` mask (True: real) from relative lengths.
 
     Example
     -------
-    >>> relative_to_mask(torch.tensor([0.5, 1.0]), 4)
-    tensor([[ True,  True, False, False],
-            [ True,  True,  True,  True]])
+    >>> relative_to_mask(torch.tensor([0.5, 1.0]), 4).sum(1).tolist()
+    [2, 4]
     """
     return lengths_to_mask(torch.round(lens * max_len).long(), max_len)
 
