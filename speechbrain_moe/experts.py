@@ -10,9 +10,12 @@ computed for all experts at once:
   what a single adapter of bottleneck ``N * r`` costs.
 * :meth:`ExpertBank.per_expert` -- expert ``i`` sees only its own slots
   (Soft-MoA); one batched einsum over the expert axis.
-* :meth:`ExpertBank.grouped` -- tokens sorted by expert (top-k routing); each
-  expert touches only its own rows, yet every expert's weights stay in the
-  graph, so DDP never sees an unused parameter.
+* :meth:`ExpertBank.routed` -- top-k routing: each token's rows are gathered
+  once, sorted by expert, and each expert multiplies only its own contiguous
+  block (forward and backward written by hand, :class:`_RoutedExperts`), yet
+  every expert's weights get a gradient tensor, so DDP never sees an unused
+  parameter. :meth:`ExpertBank.grouped` is the same computation on rows the
+  caller already sorted, through autograd.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -22,8 +25,96 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from speechbrain_moe.checks import check_positive
+
+
+def _blocks(counts):
+    """``(expert, start, end)`` of every non-empty block of sorted rows."""
+    start = 0
+    for i, count in enumerate(counts):
+        if count:
+            yield i, start, start + count
+        start += count
+
+
+def _activation_grad(activation, grad, pre):
+    """Gradient of ``activation`` at ``pre`` (its own kernel when one exists)."""
+    kind = type(activation)
+    if kind is nn.SiLU:
+        return torch.ops.aten.silu_backward(grad, pre)
+    if kind is nn.GELU:
+        return torch.ops.aten.gelu_backward(
+            grad, pre, approximate=activation.approximate
+        )
+    if kind is nn.ReLU:
+        return torch.ops.aten.threshold_backward(grad, pre, 0)
+    with torch.enable_grad():
+        leaf = pre.detach().requires_grad_()
+        return torch.autograd.grad(activation(leaf), leaf, grad)[0]
+
+
+class _RoutedExperts(torch.autograd.Function):
+    """Top-k routed bottleneck experts with a hand-written backward.
+
+    Rows are the (token, choice) pairs sorted by expert; ``index[j]`` is the
+    token of row ``j``, and expert ``i`` owns one contiguous block of rows.
+    Each block is processed on its own, forward and backward: gather its
+    token rows, one ``addmm`` and one ``mm`` on the expert's weights (strided
+    views of the stacked parameters, never copied), the routing weight on the
+    narrow hidden activation, and ``index_add_`` straight back into the token
+    rows. So no ``[rows, d]`` tensor is ever kept or built whole, a block's
+    temporaries stay in cache, and the only tensor saved for backward is the
+    pre-activation ``[rows, hidden]``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, index, row_weights, counts, activation, down, down_b, up):
+        """Returns ``[tokens, output_size]`` (without the output bias)."""
+        out = x.new_zeros(x.shape[0], up.shape[-1])
+        pre = x.new_empty(index.shape[0], down.shape[-1])
+        for i, start, end in _blocks(counts):
+            rows, block = index[start:end], pre[start:end]
+            torch.addmm(down_b[i], x.index_select(0, rows), down[:, i], out=block)
+            hidden = activation(block).mul_(row_weights[start:end].unsqueeze(-1))
+            out.index_add_(0, rows, hidden @ up[i])
+        ctx.save_for_backward(x, index, row_weights, pre, down, up)
+        ctx.counts, ctx.activation = counts, activation
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        """Gradients of the tokens, row weights and expert parameters."""
+        x, index, row_weights, pre, down, up = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad = grad.to(x.dtype)
+        grad_x = torch.zeros_like(x) if needs[0] else None
+        grad_w = torch.zeros_like(row_weights) if needs[2] else None
+        grad_down = torch.zeros_like(down) if needs[5] else None
+        grad_down_b = pre.new_zeros(down.shape[1], down.shape[2]) if needs[6] else None
+        grad_up = torch.zeros_like(up) if needs[7] else None
+        for i, start, end in _blocks(ctx.counts):
+            rows = index[start:end]
+            weight = row_weights[start:end].unsqueeze(-1)
+            block_pre = pre[start:end]
+            hidden = ctx.activation(block_pre)
+            grad_out = grad.index_select(0, rows)
+            grad_hidden = grad_out @ up[i].t()
+            if needs[7]:
+                torch.mm((hidden * weight).t(), grad_out, out=grad_up[i])
+            if needs[2]:
+                grad_w[start:end] = torch.einsum("rh,rh->r", grad_hidden, hidden)
+            grad_pre = _activation_grad(
+                ctx.activation, grad_hidden.mul_(weight), block_pre
+            )
+            if needs[5]:
+                torch.mm(x.index_select(0, rows).t(), grad_pre, out=grad_down[:, i])
+            if needs[6]:
+                torch.sum(grad_pre, 0, out=grad_down_b[i])
+            if needs[0]:
+                grad_x.index_add_(0, rows, grad_pre @ down[:, i].t())
+        return grad_x, None, grad_w, None, None, grad_down, grad_down_b, grad_up
 
 
 class ExpertBank(nn.Module):
@@ -136,14 +227,18 @@ class ExpertBank(nn.Module):
         True
         """
         n, r = self.num_experts, self.bottleneck
-        hidden = x @ self.down_weight.reshape(self.input_size, n * r)
-        hidden = self.activation(hidden + self.down_bias.reshape(n * r))
+        down = self.down_weight.reshape(self.input_size, n * r)
+        hidden = F.linear(x, down.t(), self.down_bias.reshape(n * r))
+        hidden = self.activation(hidden)
         up = self.up_weight.reshape(n * r, self.output_size)
         if gates is None:
-            return hidden @ up + self.up_bias.sum(0)
+            return F.linear(hidden, up.t(), self.up_bias.sum(0))
         gates = gates.to(hidden.dtype)
         hidden = (hidden.unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
-        return hidden @ up + gates @ self.up_bias.to(hidden.dtype)
+        # The gated output biases ride along as N extra columns: one product
+        # writes the [..., output_size] result (and one reads its gradient).
+        hidden = torch.cat([hidden, gates], dim=-1)
+        return hidden @ torch.cat([up, self.up_bias.to(up.dtype)], dim=0)
 
     def per_expert(self, x):
         """Applies expert ``i`` to the tokens in ``x[:, i]`` only.
@@ -170,6 +265,62 @@ class ExpertBank(nn.Module):
         hidden = self.activation(hidden + self.down_bias.unsqueeze(1))
         out = torch.einsum("bnpr,nro->bnpo", hidden, self.up_weight)
         return out + self.up_bias.unsqueeze(1)
+
+    def routed(self, x, experts, weights, counts=None):
+        """Top-k routed experts: ``out_t = sum_j weights_tj E_{experts_tj}(x_t)``.
+
+        The ``(token, choice)`` pairs are sorted by expert once; each expert
+        then multiplies only its own contiguous block of rows (see
+        :class:`_RoutedExperts`), so the cost is that of the *active*
+        parameters. Every expert's parameters get a gradient tensor (zeros for
+        an expert that received no row), as DDP needs.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Tokens, shape ``[tokens, input_size]``.
+        experts : torch.Tensor
+            ``[tokens, k]`` expert index of each choice.
+        weights : torch.Tensor
+            ``[tokens, k]`` weight of each choice.
+        counts : torch.Tensor, optional
+            ``[num_experts]`` rows per expert (computed when not given).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``[tokens, output_size]``.
+
+        Example
+        -------
+        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
+        >>> x = torch.randn(4, 8)
+        >>> experts = torch.tensor([[0, 2], [1, 2], [2, 0], [0, 1]])
+        >>> weights = torch.softmax(torch.randn(4, 2), dim=-1)
+        >>> gates = torch.zeros(4, 3).scatter(1, experts, weights)
+        >>> torch.allclose(bank.routed(x, experts, weights), bank.dense(x, gates), atol=1e-6)
+        True
+        """
+        num_tokens, k = experts.shape
+        flat = experts.reshape(-1)
+        if counts is None:
+            counts = torch.bincount(flat, minlength=self.num_experts)
+        order = flat.argsort(stable=True)
+        dtype = x.dtype
+        gates = x.new_zeros(num_tokens, self.num_experts)
+        gates = gates.scatter(1, experts, weights.to(dtype))
+        out = _RoutedExperts.apply(
+            x,
+            torch.div(order, k, rounding_mode="floor"),
+            weights.reshape(-1).index_select(0, order).to(dtype),
+            counts.tolist(),
+            self.activation,
+            self.down_weight.to(dtype),
+            self.down_bias.to(dtype),
+            self.up_weight.to(dtype),
+        )
+        # The output biases, weighted: one [tokens, N] x [N, out] product.
+        return torch.addmm(out, gates, self.up_bias.to(dtype))
 
     def grouped(self, x, counts, row_weights=None):
         """Applies each expert to its contiguous block of rows.

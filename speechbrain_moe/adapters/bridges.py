@@ -41,6 +41,7 @@ class DenseProjector(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> proj = DenseProjector(20, 8, hidden_size=16)
     >>> proj(torch.randn(2, 3, 20)).shape
     torch.Size([2, 3, 8])
@@ -112,6 +113,7 @@ class MoEAdapterBridge(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> bridge = MoEAdapterBridge(20, 8, fused_size=12, num_experts=4, top_k=2,
     ...                           expert_hidden=6, aggregation_hidden=16)
     >>> y = bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool))
@@ -197,6 +199,7 @@ class SoftMoABridge(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> bridge = SoftMoABridge(20, 8, num_experts=3, bottleneck=4)
     >>> bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool)).shape
     torch.Size([2, 3, 8])

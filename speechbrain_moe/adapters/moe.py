@@ -16,26 +16,6 @@ ROUTINGS = ("topk_softmax", "softmax_topk")
 DISPATCHES = ("auto", "grouped", "dense")
 
 
-class _Permute(torch.autograd.Function):
-    """Row permutation whose backward is the inverse permutation (a gather).
-
-    ``x[order]`` would back-propagate through a scatter-add; a permutation
-    needs none, which matters on CPU where scatter-add is slow.
-    """
-
-    @staticmethod
-    def forward(ctx, x, order, inverse):
-        """Rows of ``x`` in ``order``."""
-        ctx.save_for_backward(inverse)
-        return x.index_select(0, order)
-
-    @staticmethod
-    def backward(ctx, grad):
-        """The gradient rows put back by the inverse permutation."""
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
 class SparseMoE(RoutedModule):
     """Top-k routed experts ``E_i(x) = W2_i SiLU(W1_i LN(x))``, dropless.
 
@@ -236,7 +216,7 @@ class SparseMoE(RoutedModule):
             gates = gates.scatter(-1, experts, weights)
             out = self.experts.dense(tokens, gates)
         else:
-            out = self._grouped(tokens, weights, experts, counts)
+            out = self.experts.routed(tokens, experts, weights, counts)
         if self.shared is not None:
             out = out + self.shared.dense(tokens)
 
@@ -251,39 +231,6 @@ class SparseMoE(RoutedModule):
         full = out.new_zeros(batch, length, self.output_size)
         full[mask] = out
         return full
-
-    def _grouped(self, tokens, weights, experts, counts):
-        """Sorted dispatch: each expert reads a contiguous block of rows only.
-
-        Arguments
-        ---------
-        tokens : torch.Tensor
-            ``[tokens, input_size]``.
-        weights, experts : torch.Tensor
-            ``[tokens, top_k]`` routing weights and expert indices.
-        counts : torch.Tensor
-            ``[num_experts]`` rows per expert.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[tokens, output_size]``.
-        """
-        num_tokens, k = experts.shape
-        order = experts.reshape(-1).argsort(stable=True)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        # Row j of the (token, choice) table is token j // k: expand, then sort.
-        table = (
-            tokens.unsqueeze(1)
-            .expand(-1, k, -1)
-            .reshape(num_tokens * k, tokens.shape[-1])
-        )
-        rows = _Permute.apply(table, order, inverse)
-        row_weights = weights.reshape(-1).index_select(0, order).to(tokens.dtype)
-        out = self.experts.grouped(rows, counts.tolist(), row_weights)
-        out = _Permute.apply(out, inverse, order)  # back to (token, choice) order
-        return out.view(num_tokens, k, self.output_size).sum(1)
 
     def _aux_loss(self, logits, counts):
         """Switch balance loss plus router z-loss (None when both are off)."""

@@ -13,6 +13,69 @@ from speechbrain_moe.experts import ExpertBank
 from speechbrain_moe.routing import RoutedModule
 
 
+class _SoftRoute(torch.autograd.Function):
+    """Dispatch and combine weights of Soft MoE, with a hand-written backward.
+
+    From the token-slot logits ``[B, L, S]`` (float32): the dispatch ``D``
+    (softmax over the real tokens of each sequence) and the combine ``C``
+    (softmax over the S slots of each token); returns the slots ``D^T X``
+    ``[B, S, d]`` and ``C``. Given ``phi``, the logits are ``X @ phi``,
+    computed here, and the backward gets the token gradient's two
+    contributions (through the logits and through the slots) from *one*
+    batched product ``[dlogits, D] @ [phi^T; dslots]``: the only ``[B, L, d]``
+    tensor written is the gradient itself, where autograd writes two and adds
+    them. Given ``logits`` instead (normalised logits), their gradient is
+    returned and autograd takes it from there. Everything else is
+    ``[B, L, S]`` or ``[B, S, d]``, with ``S = N * p`` far smaller than ``L``
+    and ``d``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, phi, logits, mask):
+        """Returns ``(slots, combine)``."""
+        if logits is None:
+            logits = torch.matmul(x.float(), phi.float())
+        dispatch_logits = logits
+        if mask is not None:
+            fill = torch.finfo(logits.dtype).min
+            dispatch_logits = logits.masked_fill(~mask.unsqueeze(-1), fill)
+        dispatch = torch.softmax(dispatch_logits, dim=1)
+        combine = torch.softmax(logits, dim=-1)
+        slots = torch.bmm(dispatch.to(x.dtype).transpose(1, 2), x)
+        ctx.save_for_backward(x, phi, dispatch, combine)
+        return slots, combine
+
+    @staticmethod
+    def backward(ctx, grad_slots, grad_combine):
+        """Gradients of the tokens, of ``phi`` or of the logits."""
+        x, phi, dispatch, combine = ctx.saved_tensors
+        dtype = x.dtype
+        if grad_slots is None:
+            grad_slots = x.new_zeros(x.shape[0], combine.shape[-1], x.shape[-1])
+        grad_slots = grad_slots.to(dtype)
+        grad_dispatch = torch.bmm(x, grad_slots.transpose(1, 2)).float()
+        dot = (grad_dispatch * dispatch).sum(1, keepdim=True)
+        grad_logits = dispatch * (grad_dispatch - dot)
+        if grad_combine is not None:
+            grad_combine = grad_combine.float()
+            dot = (grad_combine * combine).sum(-1, keepdim=True)
+            grad_logits += combine * (grad_combine - dot)
+        grad_x = grad_phi = None
+        if phi is None:
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.bmm(dispatch.to(dtype), grad_slots)
+            return grad_x, None, grad_logits, None
+        if ctx.needs_input_grad[0]:
+            # dX = dlogits @ phi^T + D @ dslots, one product over 2S columns.
+            left = torch.cat([grad_logits, dispatch], dim=-1).to(dtype)
+            right = phi.t().to(dtype).expand(x.shape[0], -1, -1)
+            grad_x = torch.bmm(left, torch.cat([right, grad_slots], dim=1))
+        if ctx.needs_input_grad[1]:
+            flat = grad_logits.reshape(-1, grad_logits.shape[-1])
+            grad_phi = (x.reshape(-1, x.shape[-1]).t().float() @ flat).to(phi.dtype)
+        return grad_x, grad_phi, None, None
+
+
 class SoftMoA(RoutedModule):
     """Soft-MoE routing with bottleneck adapters as experts.
 
@@ -59,7 +122,7 @@ class SoftMoA(RoutedModule):
         num_experts=14,
         bottleneck=1,
         slots_per_expert=1,
-        normalize=True,
+        normalize=False,
         output_size=None,
         activation=nn.GELU,
     ):
@@ -121,17 +184,15 @@ class SoftMoA(RoutedModule):
         """
         if mask is not None and bool(mask.all()):
             mask = None  # nothing to mask: skip two passes over the tokens
-        logits = self.logits(x)
-        dispatch_logits = logits
-        if mask is not None:
-            fill = torch.finfo(logits.dtype).min
-            dispatch_logits = logits.masked_fill(~mask.unsqueeze(-1), fill)
-        dispatch = torch.softmax(dispatch_logits, dim=1).to(x.dtype)
-        combine = torch.softmax(logits, dim=-1).to(x.dtype)
-        slots = dispatch.transpose(1, 2) @ x  # [B, N*p, d]
+        # Slots from the raw tokens; dX through logits and slots in one product.
+        if self.normalize:
+            route = (x, None, self.logits(x), mask)
+        else:
+            route = (x, self.slot_embeddings, None, mask)
+        slots, combine = _SoftRoute.apply(*route)
         slots = slots.unflatten(1, (self.num_experts, self.slots_per_expert))
         outputs = self.experts.per_expert(slots).flatten(1, 2)  # [B, N*p, d_out]
-        y = combine @ outputs
+        y = torch.bmm(combine.to(outputs.dtype), outputs)
         if mask is not None:
             y = y * mask.unsqueeze(-1).to(y.dtype)
         if self.routing_sink is not None or self.tracking_load:
