@@ -117,7 +117,126 @@ class _RoutedExperts(torch.autograd.Function):
         return grad_x, None, grad_w, None, None, grad_down, grad_down_b, grad_up
 
 
-class ExpertBank(nn.Module):
+class _SortedDispatch:
+    """The top-k paths of :class:`ExpertBank`: rows sorted by expert."""
+
+    def routed(self, x, experts, weights, counts=None):
+        """Top-k routed experts: ``out_t = sum_j weights_tj E_{experts_tj}(x_t)``.
+
+        The ``(token, choice)`` pairs are sorted by expert once; each expert
+        then multiplies only its own contiguous block of rows (see
+        :class:`_RoutedExperts`), so the cost is that of the *active*
+        parameters. Every expert's parameters get a gradient tensor (zeros for
+        an expert that received no row), as DDP needs.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Tokens, shape ``[tokens, input_size]``.
+        experts : torch.Tensor
+            ``[tokens, k]`` expert index of each choice.
+        weights : torch.Tensor
+            ``[tokens, k]`` weight of each choice.
+        counts : torch.Tensor, optional
+            ``[num_experts]`` rows per expert (computed when not given).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``[tokens, output_size]``.
+
+        Example
+        -------
+        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
+        >>> x = torch.randn(4, 8)
+        >>> experts = torch.tensor([[0, 2], [1, 2], [2, 0], [0, 1]])
+        >>> weights = torch.softmax(torch.randn(4, 2), dim=-1)
+        >>> gates = torch.zeros(4, 3).scatter(1, experts, weights)
+        >>> torch.allclose(bank.routed(x, experts, weights), bank.dense(x, gates), atol=1e-6)
+        True
+        """
+        num_tokens, k = experts.shape
+        flat = experts.reshape(-1)
+        if counts is None:
+            counts = torch.bincount(flat, minlength=self.num_experts)
+        order = flat.argsort(stable=True)
+        dtype = x.dtype
+        gates = x.new_zeros(num_tokens, self.num_experts)
+        gates = gates.scatter(1, experts, weights.to(dtype))
+        out = _RoutedExperts.apply(
+            x,
+            torch.div(order, k, rounding_mode="floor"),
+            weights.reshape(-1).index_select(0, order).to(dtype),
+            counts.tolist(),
+            self.activation,
+            self.down_weight.to(dtype),
+            self.down_bias.to(dtype),
+            self.up_weight.to(dtype),
+        )
+        # The output biases, weighted: one [tokens, N] x [N, out] product.
+        return torch.addmm(out, gates, self.up_bias.to(dtype))
+
+    def grouped(self, x, counts, row_weights=None):
+        """Applies each expert to its contiguous block of rows.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Rows sorted by expert, shape ``[rows, input_size]``.
+        counts : list of int
+            Number of rows of each expert, in expert order (sums to ``rows``).
+        row_weights : torch.Tensor, optional
+            ``[rows]`` weight of each row's output (applied to the narrow
+            hidden activation, which is cheaper than scaling the output).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``[rows, output_size]``.
+
+        Example
+        -------
+        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
+        >>> x = torch.randn(5, 8)
+        >>> y = bank.grouped(x, [2, 0, 3])
+        >>> torch.allclose(y[2:], bank.expert(2, x[2:]), atol=1e-6)
+        True
+        """
+        outputs = []
+        # Sort-then-loop is the portable path: each expert multiplies only its
+        # own rows; the stacked parameters collect a gradient for every expert
+        # (zeros for an expert that got no row in this batch). The per-expert
+        # views come from one ``unbind`` each: its backward stacks the N
+        # gradients once, where N indexing views would each materialise (and
+        # then sum) a full-size zero gradient of the stacked parameter.
+        downs = self.down_weight.unbind(1)
+        down_biases = self.down_bias.unbind(0)
+        ups = self.up_weight.unbind(0)
+        up_biases = self.up_bias.unbind(0)
+        row_weight_blocks = (
+            [None] * len(counts)
+            if row_weights is None
+            else row_weights.unsqueeze(-1).split(list(counts))
+        )
+        blocks = zip(x.split(list(counts)), row_weight_blocks)
+        for i, (rows, weight) in enumerate(blocks):
+            if rows.shape[0] == 0:
+                continue
+            hidden = self.activation(rows @ downs[i] + down_biases[i])
+            if weight is None:
+                outputs.append(hidden @ ups[i] + up_biases[i])
+            else:
+                outputs.append((hidden * weight) @ ups[i] + weight * up_biases[i])
+        if not outputs:
+            # No row at all: keep every parameter in the graph for DDP.
+            touch = self._zero_touch() + x.sum()
+            if row_weights is not None:
+                touch = touch + row_weights.sum()
+            return x.new_zeros(0, self.output_size) + 0.0 * touch
+        return torch.cat(outputs)
+
+
+class ExpertBank(_SortedDispatch, nn.Module):
     """``num_experts`` bottleneck MLPs ``W_up act(W_down x + b_down) + b_up``.
 
     Arguments
@@ -265,121 +384,6 @@ class ExpertBank(nn.Module):
         hidden = self.activation(hidden + self.down_bias.unsqueeze(1))
         out = torch.einsum("bnpr,nro->bnpo", hidden, self.up_weight)
         return out + self.up_bias.unsqueeze(1)
-
-    def routed(self, x, experts, weights, counts=None):
-        """Top-k routed experts: ``out_t = sum_j weights_tj E_{experts_tj}(x_t)``.
-
-        The ``(token, choice)`` pairs are sorted by expert once; each expert
-        then multiplies only its own contiguous block of rows (see
-        :class:`_RoutedExperts`), so the cost is that of the *active*
-        parameters. Every expert's parameters get a gradient tensor (zeros for
-        an expert that received no row), as DDP needs.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            Tokens, shape ``[tokens, input_size]``.
-        experts : torch.Tensor
-            ``[tokens, k]`` expert index of each choice.
-        weights : torch.Tensor
-            ``[tokens, k]`` weight of each choice.
-        counts : torch.Tensor, optional
-            ``[num_experts]`` rows per expert (computed when not given).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[tokens, output_size]``.
-
-        Example
-        -------
-        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
-        >>> x = torch.randn(4, 8)
-        >>> experts = torch.tensor([[0, 2], [1, 2], [2, 0], [0, 1]])
-        >>> weights = torch.softmax(torch.randn(4, 2), dim=-1)
-        >>> gates = torch.zeros(4, 3).scatter(1, experts, weights)
-        >>> torch.allclose(bank.routed(x, experts, weights), bank.dense(x, gates), atol=1e-6)
-        True
-        """
-        num_tokens, k = experts.shape
-        flat = experts.reshape(-1)
-        if counts is None:
-            counts = torch.bincount(flat, minlength=self.num_experts)
-        order = flat.argsort(stable=True)
-        dtype = x.dtype
-        gates = x.new_zeros(num_tokens, self.num_experts)
-        gates = gates.scatter(1, experts, weights.to(dtype))
-        out = _RoutedExperts.apply(
-            x,
-            torch.div(order, k, rounding_mode="floor"),
-            weights.reshape(-1).index_select(0, order).to(dtype),
-            counts.tolist(),
-            self.activation,
-            self.down_weight.to(dtype),
-            self.down_bias.to(dtype),
-            self.up_weight.to(dtype),
-        )
-        # The output biases, weighted: one [tokens, N] x [N, out] product.
-        return torch.addmm(out, gates, self.up_bias.to(dtype))
-
-    def grouped(self, x, counts, row_weights=None):
-        """Applies each expert to its contiguous block of rows.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            Rows sorted by expert, shape ``[rows, input_size]``.
-        counts : list of int
-            Number of rows of each expert, in expert order (sums to ``rows``).
-        row_weights : torch.Tensor, optional
-            ``[rows]`` weight of each row's output (applied to the narrow
-            hidden activation, which is cheaper than scaling the output).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[rows, output_size]``.
-
-        Example
-        -------
-        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
-        >>> x = torch.randn(5, 8)
-        >>> y = bank.grouped(x, [2, 0, 3])
-        >>> torch.allclose(y[2:], bank.expert(2, x[2:]), atol=1e-6)
-        True
-        """
-        outputs = []
-        # Sort-then-loop is the portable path: each expert multiplies only its
-        # own rows; the stacked parameters collect a gradient for every expert
-        # (zeros for an expert that got no row in this batch). The per-expert
-        # views come from one ``unbind`` each: its backward stacks the N
-        # gradients once, where N indexing views would each materialise (and
-        # then sum) a full-size zero gradient of the stacked parameter.
-        downs = self.down_weight.unbind(1)
-        down_biases = self.down_bias.unbind(0)
-        ups = self.up_weight.unbind(0)
-        up_biases = self.up_bias.unbind(0)
-        row_weight_blocks = (
-            [None] * len(counts)
-            if row_weights is None
-            else row_weights.unsqueeze(-1).split(list(counts))
-        )
-        blocks = zip(x.split(list(counts)), row_weight_blocks)
-        for i, (rows, weight) in enumerate(blocks):
-            if rows.shape[0] == 0:
-                continue
-            hidden = self.activation(rows @ downs[i] + down_biases[i])
-            if weight is None:
-                outputs.append(hidden @ ups[i] + up_biases[i])
-            else:
-                outputs.append((hidden * weight) @ ups[i] + weight * up_biases[i])
-        if not outputs:
-            # No row at all: keep every parameter in the graph for DDP.
-            touch = self._zero_touch() + x.sum()
-            if row_weights is not None:
-                touch = touch + row_weights.sum()
-            return x.new_zeros(0, self.output_size) + 0.0 * touch
-        return torch.cat(outputs)
 
     def expert(self, i, x):
         """Applies expert ``i`` alone (reference path, used by tests and docs).
