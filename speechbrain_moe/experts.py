@@ -39,20 +39,33 @@ def _blocks(counts):
         start += count
 
 
-def _activation_grad(activation, grad, pre):
-    """Gradient of ``activation`` at ``pre`` (its own kernel when one exists)."""
+def _activation_grad(activation, grad, pre, out=None):
+    """Gradient of ``activation`` at ``pre`` (its own kernel when one exists).
+
+    With ``out`` (which may be ``grad`` itself) the result is written there.
+    """
     kind = type(activation)
     if kind is nn.SiLU:
-        return torch.ops.aten.silu_backward(grad, pre)
+        if out is None:
+            return torch.ops.aten.silu_backward(grad, pre)
+        return torch.ops.aten.silu_backward.grad_input(grad, pre, grad_input=out)
     if kind is nn.GELU:
-        return torch.ops.aten.gelu_backward(
-            grad, pre, approximate=activation.approximate
+        approximate = activation.approximate
+        if out is None:
+            return torch.ops.aten.gelu_backward(grad, pre, approximate=approximate)
+        return torch.ops.aten.gelu_backward.grad_input(
+            grad, pre, approximate=approximate, grad_input=out
         )
     if kind is nn.ReLU:
-        return torch.ops.aten.threshold_backward(grad, pre, 0)
+        if out is None:
+            return torch.ops.aten.threshold_backward(grad, pre, 0)
+        return torch.ops.aten.threshold_backward.grad_input(
+            grad, pre, 0, grad_input=out
+        )
     with torch.enable_grad():
         leaf = pre.detach().requires_grad_()
-        return torch.autograd.grad(activation(leaf), leaf, grad)[0]
+        result = torch.autograd.grad(activation(leaf), leaf, grad)[0]
+    return result if out is None else out.copy_(result)
 
 
 class _RoutedExperts(torch.autograd.Function):
@@ -70,15 +83,25 @@ class _RoutedExperts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, index, row_weights, counts, activation, down, down_b, up):
-        """Returns ``[tokens, output_size]`` (without the output bias)."""
+    def run(x, index, row_weights, counts, activation, down, down_b, up, keep=True):
+        """The forward computation; returns ``(out, pre)`` (``pre`` if ``keep``)."""
         out = x.new_zeros(x.shape[0], up.shape[-1])
-        pre = x.new_empty(index.shape[0], down.shape[-1])
+        pre = x.new_empty(index.shape[0], down.shape[-1]) if keep else None
         for i, start, end in _blocks(counts):
-            rows, block = index[start:end], pre[start:end]
-            torch.addmm(down_b[i], x.index_select(0, rows), down[:, i], out=block)
+            rows = index[start:end]
+            block = pre[start:end] if keep else None
+            block = torch.addmm(
+                down_b[i], x.index_select(0, rows), down[:, i], out=block
+            )
             hidden = activation(block).mul_(row_weights[start:end].unsqueeze(-1))
             out.index_add_(0, rows, hidden @ up[i])
+        return out, pre
+
+    @staticmethod
+    def forward(ctx, x, index, row_weights, counts, activation, down, down_b, up):
+        """Returns ``[tokens, output_size]`` (without the output bias)."""
+        args = (x, index, row_weights, counts, activation, down, down_b, up)
+        out, pre = _RoutedExperts.run(*args)
         ctx.save_for_backward(x, index, row_weights, pre, down, up)
         ctx.counts, ctx.activation = counts, activation
         return out
@@ -90,10 +113,20 @@ class _RoutedExperts(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad = grad.to(x.dtype)
         grad_x = torch.zeros_like(x) if needs[0] else None
-        grad_w = torch.zeros_like(row_weights) if needs[2] else None
-        grad_down = torch.zeros_like(down) if needs[5] else None
-        grad_down_b = pre.new_zeros(down.shape[1], down.shape[2]) if needs[6] else None
-        grad_up = torch.zeros_like(up) if needs[7] else None
+        grad_w = torch.empty_like(row_weights) if needs[2] else None
+        # Written block by block: only idle experts' slices need zeros.
+        grad_down = torch.empty_like(down) if needs[5] else None
+        grad_down_b = pre.new_empty(down.shape[1], down.shape[2]) if needs[6] else None
+        grad_up = torch.empty_like(up) if needs[7] else None
+        for i, count in enumerate(ctx.counts):
+            if count == 0:
+                for grad_param, view in (
+                    (grad_down, 1),
+                    (grad_down_b, 0),
+                    (grad_up, 0),
+                ):
+                    if grad_param is not None:
+                        grad_param.select(view, i).zero_()
         for i, start, end in _blocks(ctx.counts):
             rows = index[start:end]
             weight = row_weights[start:end].unsqueeze(-1)
@@ -163,7 +196,7 @@ class _SortedDispatch:
         dtype = x.dtype
         gates = x.new_zeros(num_tokens, self.num_experts)
         gates = gates.scatter(1, experts, weights.to(dtype))
-        out = _RoutedExperts.apply(
+        args = (
             x,
             torch.div(order, k, rounding_mode="floor"),
             weights.reshape(-1).index_select(0, order).to(dtype),
@@ -173,6 +206,10 @@ class _SortedDispatch:
             self.down_bias.to(dtype),
             self.up_weight.to(dtype),
         )
+        if torch.is_grad_enabled():
+            out = _RoutedExperts.apply(*args)
+        else:  # inference: no [rows, hidden] tensor kept for a backward
+            out = _RoutedExperts.run(*args, keep=False)[0]
         # The output biases, weighted: one [tokens, N] x [N, out] product.
         return torch.addmm(out, gates, self.up_bias.to(dtype))
 
@@ -347,8 +384,37 @@ class ExpertBank(_SortedDispatch, nn.Module):
         """
         n, r = self.num_experts, self.bottleneck
         down = self.down_weight.reshape(self.input_size, n * r)
-        hidden = F.linear(x, down.t(), self.down_bias.reshape(n * r))
-        hidden = self.activation(hidden)
+        return self.mix(F.linear(x, down.t(), self.down_bias.reshape(n * r)), gates)
+
+    def mix(self, pre, gates=None):
+        """Second half of :meth:`dense`, from the experts' pre-activations.
+
+        A caller that computes ``x @ W_down + b_down`` together with another
+        product of ``x`` (Dense-MoA: its router) reads and back-propagates
+        through ``x`` once, then mixes here.
+
+        Arguments
+        ---------
+        pre : torch.Tensor
+            ``[..., num_experts * bottleneck]`` pre-activations.
+        gates : torch.Tensor, optional
+            ``[..., num_experts]`` mixing weights (None: all ones).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``[..., output_size]``.
+
+        Example
+        -------
+        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
+        >>> x = torch.randn(4, 8)
+        >>> pre = x @ bank.down_weight.reshape(8, 6) + bank.down_bias.reshape(6)
+        >>> torch.allclose(bank.mix(pre), bank.dense(x))
+        True
+        """
+        n, r = self.num_experts, self.bottleneck
+        hidden = self.activation(pre)
         up = self.up_weight.reshape(n * r, self.output_size)
         if gates is None:
             return F.linear(hidden, up.t(), self.up_bias.sum(0))

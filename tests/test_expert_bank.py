@@ -96,3 +96,13 @@ def test_routed_equals_dense_in_value_and_gradient(output_size):
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert torch.count_nonzero(got[2][:, 3]) == 0  # idle expert: zero gradient
+
+
+def test_routed_without_grad_equals_routed_with_grad():
+    bank = random_bank(num_experts=4)
+    x = torch.randn(7, 8)
+    experts = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 1], [1, 0], [2, 1], [0, 2]])
+    weights = torch.softmax(torch.randn(7, 2), dim=-1)
+    with torch.no_grad():
+        inference = bank.routed(x, experts, weights)
+    torch.testing.assert_close(inference, bank.routed(x, experts, weights).detach())
