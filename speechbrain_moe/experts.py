@@ -14,8 +14,8 @@ computed for all experts at once:
   once, sorted by expert, and each expert multiplies only its own contiguous
   block (forward and backward written by hand, :class:`_RoutedExperts`), yet
   every expert's weights get a gradient tensor, so DDP never sees an unused
-  parameter. :meth:`ExpertBank.grouped` is the same computation on rows the
-  caller already sorted, through autograd.
+  parameter. :meth:`ExpertBank.grouped` runs the same kernel on rows the
+  caller already sorted.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -40,28 +40,17 @@ def _blocks(counts):
 
 
 def _activation_grad(activation, grad, pre, out=None):
-    """Gradient of ``activation`` at ``pre`` (its own kernel when one exists).
-
-    With ``out`` (which may be ``grad`` itself) the result is written there.
-    """
-    kind = type(activation)
-    if kind is nn.SiLU:
+    """Gradient of ``activation`` at ``pre`` (into ``out``, maybe ``grad``)."""
+    ops, kind = torch.ops.aten, type(activation)
+    if kind in (nn.SiLU, nn.GELU, nn.ReLU):
+        op, args, kwargs = ops.silu_backward, (grad, pre), {}
+        if kind is nn.GELU:
+            op, kwargs = ops.gelu_backward, {"approximate": activation.approximate}
+        elif kind is nn.ReLU:
+            op, args = ops.threshold_backward, (grad, pre, 0)
         if out is None:
-            return torch.ops.aten.silu_backward(grad, pre)
-        return torch.ops.aten.silu_backward.grad_input(grad, pre, grad_input=out)
-    if kind is nn.GELU:
-        approximate = activation.approximate
-        if out is None:
-            return torch.ops.aten.gelu_backward(grad, pre, approximate=approximate)
-        return torch.ops.aten.gelu_backward.grad_input(
-            grad, pre, approximate=approximate, grad_input=out
-        )
-    if kind is nn.ReLU:
-        if out is None:
-            return torch.ops.aten.threshold_backward(grad, pre, 0)
-        return torch.ops.aten.threshold_backward.grad_input(
-            grad, pre, 0, grad_input=out
-        )
+            return op(*args, **kwargs)
+        return op.grad_input(*args, **kwargs, grad_input=out)
     with torch.enable_grad():
         leaf = pre.detach().requires_grad_()
         result = torch.autograd.grad(activation(leaf), leaf, grad)[0]
@@ -72,14 +61,13 @@ class _RoutedExperts(torch.autograd.Function):
     """Top-k routed bottleneck experts with a hand-written backward.
 
     Rows are the (token, choice) pairs sorted by expert; ``index[j]`` is the
-    token of row ``j``, and expert ``i`` owns one contiguous block of rows.
-    Each block is processed on its own, forward and backward: gather its
-    token rows, one ``addmm`` and one ``mm`` on the expert's weights (strided
-    views of the stacked parameters, never copied), the routing weight on the
-    narrow hidden activation, and ``index_add_`` straight back into the token
-    rows. So no ``[rows, d]`` tensor is ever kept or built whole, a block's
-    temporaries stay in cache, and the only tensor saved for backward is the
-    pre-activation ``[rows, hidden]``.
+    token of row ``j``; expert ``i`` owns one contiguous block of rows, which
+    is processed on its own, forward and backward: gather its token rows, one
+    ``addmm`` and one ``mm`` on the expert's weights (strided views of the
+    stacked parameters, never copied), the routing weight on the narrow hidden
+    activation, ``index_add_`` straight back into the token rows. No
+    ``[rows, d]`` tensor is ever built whole, a block's temporaries stay in
+    cache, and only the pre-activation ``[rows, hidden]`` is saved.
     """
 
     @staticmethod
@@ -196,20 +184,9 @@ class _SortedDispatch:
         dtype = x.dtype
         gates = x.new_zeros(num_tokens, self.num_experts)
         gates = gates.scatter(1, experts, weights.to(dtype))
-        args = (
-            x,
-            torch.div(order, k, rounding_mode="floor"),
-            weights.reshape(-1).index_select(0, order).to(dtype),
-            counts.tolist(),
-            self.activation,
-            self.down_weight.to(dtype),
-            self.down_bias.to(dtype),
-            self.up_weight.to(dtype),
-        )
-        if torch.is_grad_enabled():
-            out = _RoutedExperts.apply(*args)
-        else:  # inference: no [rows, hidden] tensor kept for a backward
-            out = _RoutedExperts.run(*args, keep=False)[0]
+        index = torch.div(order, k, rounding_mode="floor")
+        row_weights = weights.reshape(-1).index_select(0, order)
+        out = self._sorted(x, index, row_weights, counts.tolist())
         # The output biases, weighted: one [tokens, N] x [N, out] product.
         return torch.addmm(out, gates, self.up_bias.to(dtype))
 
@@ -223,8 +200,7 @@ class _SortedDispatch:
         counts : list of int
             Number of rows of each expert, in expert order (sums to ``rows``).
         row_weights : torch.Tensor, optional
-            ``[rows]`` weight of each row's output (applied to the narrow
-            hidden activation, which is cheaper than scaling the output).
+            ``[rows]`` weight of each row's output.
 
         Returns
         -------
@@ -239,41 +215,100 @@ class _SortedDispatch:
         >>> torch.allclose(y[2:], bank.expert(2, x[2:]), atol=1e-6)
         True
         """
-        outputs = []
-        # Sort-then-loop is the portable path: each expert multiplies only its
-        # own rows; the stacked parameters collect a gradient for every expert
-        # (zeros for an expert that got no row in this batch). The per-expert
-        # views come from one ``unbind`` each: its backward stacks the N
-        # gradients once, where N indexing views would each materialise (and
-        # then sum) a full-size zero gradient of the stacked parameter.
-        downs = self.down_weight.unbind(1)
-        down_biases = self.down_bias.unbind(0)
-        ups = self.up_weight.unbind(0)
-        up_biases = self.up_bias.unbind(0)
-        row_weight_blocks = (
-            [None] * len(counts)
-            if row_weights is None
-            else row_weights.unsqueeze(-1).split(list(counts))
+        if row_weights is None:
+            row_weights = x.new_ones(x.shape[0])
+        index = torch.arange(x.shape[0], device=x.device)
+        out = self._sorted(x, index, row_weights, list(counts))
+        owner = torch.repeat_interleave(
+            torch.arange(len(counts), device=x.device),
+            torch.as_tensor(list(counts), device=x.device),
         )
-        blocks = zip(x.split(list(counts)), row_weight_blocks)
-        for i, (rows, weight) in enumerate(blocks):
-            if rows.shape[0] == 0:
-                continue
-            hidden = self.activation(rows @ downs[i] + down_biases[i])
-            if weight is None:
-                outputs.append(hidden @ ups[i] + up_biases[i])
-            else:
-                outputs.append((hidden * weight) @ ups[i] + weight * up_biases[i])
-        if not outputs:
-            # No row at all: keep every parameter in the graph for DDP.
-            touch = self._zero_touch() + x.sum()
-            if row_weights is not None:
-                touch = touch + row_weights.sum()
-            return x.new_zeros(0, self.output_size) + 0.0 * touch
-        return torch.cat(outputs)
+        bias = self.up_bias.to(x.dtype).index_select(0, owner)
+        return out + row_weights.to(x.dtype).unsqueeze(-1) * bias
+
+    def _sorted(self, x, index, row_weights, counts):
+        """Runs :class:`_RoutedExperts` (without its graph under ``no_grad``)."""
+        dtype = x.dtype
+        args = (x, index, row_weights.to(dtype), counts, self.activation)
+        args += tuple(p.to(dtype) for p in (self.down_weight, self.down_bias))
+        args += (self.up_weight.to(dtype),)
+        if torch.is_grad_enabled():
+            return _RoutedExperts.apply(*args)
+        return _RoutedExperts.run(*args, keep=False)[0]  # keeps no activation
 
 
-class ExpertBank(_SortedDispatch, nn.Module):
+class _DenseMixing:
+    """The dense path of :class:`ExpertBank`: every expert on every token."""
+
+    def dense(self, x, gates=None):
+        """Mixes all experts on every token: ``sum_i gates_i * E_i(x)``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Tokens, shape ``[..., input_size]``.
+        gates : torch.Tensor, optional
+            Mixing weights, shape ``[..., num_experts]``. ``None`` sums the
+            experts with weight one (always-on shared experts).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``[..., output_size]``.
+
+        Example
+        -------
+        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
+        >>> x, g = torch.randn(4, 8), torch.softmax(torch.randn(4, 3), -1)
+        >>> loop = sum(g[:, i:i+1] * bank.expert(i, x) for i in range(3))
+        >>> torch.allclose(bank.dense(x, g), loop, atol=1e-6)
+        True
+        """
+        n, r = self.num_experts, self.bottleneck
+        down = self.down_weight.reshape(self.input_size, n * r)
+        return self.mix(F.linear(x, down.t(), self.down_bias.reshape(n * r)), gates)
+
+    def mix(self, pre, gates=None):
+        """Second half of :meth:`dense`, from the experts' pre-activations.
+
+        A caller that computes ``x @ W_down + b_down`` together with another
+        product of ``x`` (Dense-MoA: its router) reads and back-propagates
+        through ``x`` once, then mixes here.
+
+        Arguments
+        ---------
+        pre : torch.Tensor
+            ``[..., num_experts * bottleneck]`` pre-activations.
+        gates : torch.Tensor, optional
+            ``[..., num_experts]`` mixing weights (None: all ones).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``[..., output_size]``.
+
+        Example
+        -------
+        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
+        >>> x = torch.randn(4, 8)
+        >>> pre = x @ bank.down_weight.reshape(8, 6) + bank.down_bias.reshape(6)
+        >>> torch.allclose(bank.mix(pre), bank.dense(x))
+        True
+        """
+        n, r = self.num_experts, self.bottleneck
+        hidden = self.activation(pre)
+        up = self.up_weight.reshape(n * r, self.output_size)
+        if gates is None:
+            return F.linear(hidden, up.t(), self.up_bias.sum(0))
+        gates = gates.to(hidden.dtype)
+        hidden = (hidden.unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
+        # The gated output biases ride along as N extra columns: one product
+        # writes the [..., output_size] result (and one reads its gradient).
+        hidden = torch.cat([hidden, gates], dim=-1)
+        return hidden @ torch.cat([up, self.up_bias.to(up.dtype)], dim=0)
+
+
+class ExpertBank(_DenseMixing, _SortedDispatch, nn.Module):
     """``num_experts`` bottleneck MLPs ``W_up act(W_down x + b_down) + b_up``.
 
     Arguments
@@ -358,73 +393,6 @@ class ExpertBank(_SortedDispatch, nn.Module):
             nn.init.uniform_(self.up_weight, -bound, bound)
         nn.init.zeros_(self.up_bias)
 
-    def dense(self, x, gates=None):
-        """Mixes all experts on every token: ``sum_i gates_i * E_i(x)``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            Tokens, shape ``[..., input_size]``.
-        gates : torch.Tensor, optional
-            Mixing weights, shape ``[..., num_experts]``. ``None`` sums the
-            experts with weight one (always-on shared experts).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[..., output_size]``.
-
-        Example
-        -------
-        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
-        >>> x, g = torch.randn(4, 8), torch.softmax(torch.randn(4, 3), -1)
-        >>> loop = sum(g[:, i:i+1] * bank.expert(i, x) for i in range(3))
-        >>> torch.allclose(bank.dense(x, g), loop, atol=1e-6)
-        True
-        """
-        n, r = self.num_experts, self.bottleneck
-        down = self.down_weight.reshape(self.input_size, n * r)
-        return self.mix(F.linear(x, down.t(), self.down_bias.reshape(n * r)), gates)
-
-    def mix(self, pre, gates=None):
-        """Second half of :meth:`dense`, from the experts' pre-activations.
-
-        A caller that computes ``x @ W_down + b_down`` together with another
-        product of ``x`` (Dense-MoA: its router) reads and back-propagates
-        through ``x`` once, then mixes here.
-
-        Arguments
-        ---------
-        pre : torch.Tensor
-            ``[..., num_experts * bottleneck]`` pre-activations.
-        gates : torch.Tensor, optional
-            ``[..., num_experts]`` mixing weights (None: all ones).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[..., output_size]``.
-
-        Example
-        -------
-        >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
-        >>> x = torch.randn(4, 8)
-        >>> pre = x @ bank.down_weight.reshape(8, 6) + bank.down_bias.reshape(6)
-        >>> torch.allclose(bank.mix(pre), bank.dense(x))
-        True
-        """
-        n, r = self.num_experts, self.bottleneck
-        hidden = self.activation(pre)
-        up = self.up_weight.reshape(n * r, self.output_size)
-        if gates is None:
-            return F.linear(hidden, up.t(), self.up_bias.sum(0))
-        gates = gates.to(hidden.dtype)
-        hidden = (hidden.unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
-        # The gated output biases ride along as N extra columns: one product
-        # writes the [..., output_size] result (and one reads its gradient).
-        hidden = torch.cat([hidden, gates], dim=-1)
-        return hidden @ torch.cat([up, self.up_bias.to(up.dtype)], dim=0)
-
     def per_expert(self, x):
         """Applies expert ``i`` to the tokens in ``x[:, i]`` only.
 
@@ -473,10 +441,6 @@ class ExpertBank(_SortedDispatch, nn.Module):
         """
         hidden = self.activation(x @ self.down_weight[:, i] + self.down_bias[i])
         return hidden @ self.up_weight[i] + self.up_bias[i]
-
-    def _zero_touch(self):
-        """A zero that depends on every parameter (keeps them in the graph)."""
-        return sum(p.sum() for p in self.parameters()) * 0.0
 
     def extra_repr(self):
         """Summary shown by ``print(module)``."""

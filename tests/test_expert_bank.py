@@ -106,3 +106,23 @@ def test_routed_without_grad_equals_routed_with_grad():
     with torch.no_grad():
         inference = bank.routed(x, experts, weights)
     torch.testing.assert_close(inference, bank.routed(x, experts, weights).detach())
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [torch.nn.SiLU, torch.nn.GELU, torch.nn.ReLU, torch.nn.Tanh],
+    ids=lambda a: a.__name__,
+)
+def test_routed_gradients_for_every_activation(activation):
+    """Own backward kernels for SiLU/GELU/ReLU, autograd for any other one."""
+    torch.manual_seed(0)
+    bank = ExpertBank(3, 8, 4, activation=activation, zero_init_up=False)
+    x = torch.randn(6, 8, requires_grad=True)
+    experts = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 2], [1, 0], [2, 1]])
+    weights = torch.softmax(torch.randn(6, 2), dim=-1)
+    gates = torch.zeros(6, 3).scatter(1, experts, weights)
+    inputs = [x, *bank.parameters()]
+    got = torch.autograd.grad(bank.routed(x, experts, weights).sum(), inputs)
+    expected = torch.autograd.grad(bank.dense(x, gates).sum(), inputs)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
