@@ -318,6 +318,7 @@ def run_suite(
     if repeats is None:
         repeats = 2 if quick else (15 if suite == "bridge" else 11)
     cases = CASE_LISTS[suite](quick=quick)
+    origin = provenance(command)  # the code that is measured, before it runs
     checkpoint = None
     if any(c["kind"] == "ast" for c in cases):
         checkpoint = save_random_ast(cases[0]["model"])
@@ -385,7 +386,7 @@ def run_suite(
         "device": str(device),
         "torch": torch.__version__,
         "machine": machine_info(device),
-        "provenance": provenance(command),
+        "provenance": origin,
         "config": config,
         "results": results,
     }
