@@ -177,6 +177,7 @@ def bridge_cases(quick=False):
                         "kind": "bridge",
                         "suite": "bridge",
                         "group": group,
+                        "rounds": 15,
                         "method": method,
                         "config": dict(config),
                     }

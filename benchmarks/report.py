@@ -233,9 +233,12 @@ def describe(report):
         parts.append(f"; {prov['date'][:10]}, code {prov.get('git_commit')}")
     parts.append(")")
     if cfg:
+        rounds = cfg.get("repeats")
+        if isinstance(rounds, dict):
+            rounds = ", ".join(f"{n} ({g})" for g, n in rounds.items())
         parts.append(
             f". Step: {cfg.get('step', '-')}; {cfg.get('warmup')} warm-up, "
-            f"{cfg.get('repeats')} interleaved rounds; memory: {cfg.get('memory')}"
+            f"interleaved rounds: {rounds}; memory: {cfg.get('memory')}"
         )
         rows = report.get("results", [])
         if cfg.get("max_others") is not None and rows:

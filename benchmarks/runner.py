@@ -291,7 +291,8 @@ def run_suite(
     warmup : int, optional
         Warm-up steps per case (default 1 quick, 2 full).
     repeats : int, optional
-        Timed rounds per group (default 2 quick; 15 ``bridge``, 11 otherwise).
+        Timed rounds of every group (default: 2 quick, else each group's
+        ``rounds``, see :mod:`benchmarks.suites`).
     memory : bool
         Measure peak memory (one fresh subprocess per case; ``--quick``: one
         for all); else null.
@@ -315,8 +316,7 @@ def run_suite(
             "--device cuda was given but CUDA is not available; use --device cpu."
         )
     warmup = (1 if quick else 2) if warmup is None else warmup
-    if repeats is None:
-        repeats = 2 if quick else (15 if suite == "bridge" else 11)
+    fixed_repeats = repeats
     cases = CASE_LISTS[suite](quick=quick)
     origin = provenance(command)  # the code that is measured, before it runs
     checkpoint = None
@@ -333,6 +333,7 @@ def run_suite(
         groups = list(dict.fromkeys(c["group"] for c in cases))
         for group in groups:
             members = [i for i, c in enumerate(cases) if c["group"] == group]
+            repeats = fixed_repeats or (2 if quick else cases[members[0]]["rounds"])
             log(
                 f"[{suite}] timing group {group}: {len(members)} cases interleaved, "
                 f"{warmup} warm-up, {repeats} rounds"
@@ -358,7 +359,11 @@ def run_suite(
     config = {
         "quick": quick,
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": fixed_repeats
+        or {
+            g: 2 if quick else next(c["rounds"] for c in cases if c["group"] == g)
+            for g in groups
+        },
         "memory": (
             "subprocess VmHWM (ru_maxrss)"
             if torch.device(device).type == "cpu"
