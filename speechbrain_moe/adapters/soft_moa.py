@@ -16,18 +16,21 @@ from speechbrain_moe.routing import RoutedModule
 class _SoftRoute(torch.autograd.Function):
     """Dispatch and combine weights of Soft MoE, with a hand-written backward.
 
-    From the token-slot logits ``[B, L, S]`` (float32): the dispatch ``D``
-    (softmax over the real tokens of each sequence) and the combine ``C``
-    (softmax over the S slots of each token); returns the slots ``D^T X``
-    ``[B, S, d]`` and ``C``. Given ``phi``, the logits are ``X @ phi``,
-    computed here, and the backward gets the token gradient's two
-    contributions (through the logits and through the slots) from *one*
-    batched product ``[dlogits, D] @ [phi^T; dslots]``: the only ``[B, L, d]``
-    tensor written is the gradient itself, where autograd writes two and adds
-    them. Given ``logits`` instead (normalised logits), their gradient is
-    returned and autograd takes it from there. Everything else is
-    ``[B, L, S]`` or ``[B, S, d]``, with ``S = N * p`` far smaller than ``L``
-    and ``d``.
+    From the token-slot logits (float32): the dispatch ``D`` (softmax over the
+    real tokens of each sequence) and the combine ``C`` (softmax over the S
+    slots of each token); returns the slots ``D^T X`` ``[B, S, d]`` and ``C``
+    ``[B, L, S]``. Given ``phi``, the logits are ``X @ phi``, computed here,
+    and the backward gets the token gradient's two contributions (through the
+    logits and through the slots) from *one* batched product
+    ``[dlogits, D] @ [phi^T; dslots]``: the only ``[B, L, d]`` tensor written
+    is the gradient itself, where autograd writes two and adds them. Given
+    ``logits`` instead (normalised logits), their gradient is returned.
+
+    The weights are kept slot-major, ``[B, S, L]``: both softmaxes then run
+    along long rows (torch 2.11's CPU softmax over a last dimension of 14
+    measured >10x slower), ``D^T`` feeds the slots product as it is, and the
+    ``phi`` gradient is one batched product ``dlogits^T X`` (the ``X^T
+    dlogits`` layout of the ``[d, S]`` result measured 3x slower on CPU).
     """
 
     @staticmethod
@@ -35,15 +38,16 @@ class _SoftRoute(torch.autograd.Function):
         """Returns ``(slots, combine)``."""
         if logits is None:
             logits = torch.matmul(x.float(), phi.float())
-        dispatch_logits = logits
+        logits_t = logits.transpose(1, 2).contiguous()  # [B, S, L]
+        dispatch_logits = logits_t
         if mask is not None:
             fill = torch.finfo(logits.dtype).min
-            dispatch_logits = logits.masked_fill(~mask.unsqueeze(-1), fill)
-        dispatch = torch.softmax(dispatch_logits, dim=1)
-        combine = torch.softmax(logits, dim=-1)
-        slots = torch.bmm(dispatch.to(x.dtype).transpose(1, 2), x)
+            dispatch_logits = logits_t.masked_fill(~mask.unsqueeze(1), fill)
+        dispatch = torch.softmax(dispatch_logits, dim=-1)  # over tokens
+        combine = torch.softmax(logits_t, dim=1)  # over slots
+        slots = torch.bmm(dispatch.to(x.dtype), x)
         ctx.save_for_backward(x, phi, dispatch, combine)
-        return slots, combine
+        return slots, combine.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_slots, grad_combine):
@@ -51,28 +55,28 @@ class _SoftRoute(torch.autograd.Function):
         x, phi, dispatch, combine = ctx.saved_tensors
         dtype = x.dtype
         if grad_slots is None:
-            grad_slots = x.new_zeros(x.shape[0], combine.shape[-1], x.shape[-1])
+            grad_slots = x.new_zeros(x.shape[0], combine.shape[1], x.shape[-1])
         grad_slots = grad_slots.to(dtype)
-        grad_dispatch = torch.bmm(x, grad_slots.transpose(1, 2)).float()
-        dot = (grad_dispatch * dispatch).sum(1, keepdim=True)
-        grad_logits = dispatch * (grad_dispatch - dot)
+        grad_dispatch = torch.bmm(grad_slots, x.transpose(1, 2)).float()
+        dot = (grad_dispatch * dispatch).sum(-1, keepdim=True)
+        grad_logits = dispatch * (grad_dispatch - dot)  # [B, S, L]
         if grad_combine is not None:
-            grad_combine = grad_combine.float()
-            dot = (grad_combine * combine).sum(-1, keepdim=True)
+            grad_combine = grad_combine.transpose(1, 2).float()
+            dot = (grad_combine * combine).sum(1, keepdim=True)
             grad_logits += combine * (grad_combine - dot)
         grad_x = grad_phi = None
         if phi is None:
             if ctx.needs_input_grad[0]:
-                grad_x = torch.bmm(dispatch.to(dtype), grad_slots)
-            return grad_x, None, grad_logits, None
+                grad_x = torch.bmm(dispatch.to(dtype).transpose(1, 2), grad_slots)
+            return grad_x, None, grad_logits.transpose(1, 2), None
         if ctx.needs_input_grad[0]:
             # dX = dlogits @ phi^T + D @ dslots, one product over 2S columns.
-            left = torch.cat([grad_logits, dispatch], dim=-1).to(dtype)
+            left = torch.cat([grad_logits, dispatch], dim=1).to(dtype)
             right = phi.t().to(dtype).expand(x.shape[0], -1, -1)
-            grad_x = torch.bmm(left, torch.cat([right, grad_slots], dim=1))
+            right = torch.cat([right, grad_slots], dim=1)
+            grad_x = torch.bmm(left.transpose(1, 2), right)
         if ctx.needs_input_grad[1]:
-            flat = grad_logits.reshape(-1, grad_logits.shape[-1])
-            grad_phi = (x.reshape(-1, x.shape[-1]).t().float() @ flat).to(phi.dtype)
+            grad_phi = torch.bmm(grad_logits, x.float()).sum(0).t().to(phi.dtype)
         return grad_x, grad_phi, None, None
 
 
