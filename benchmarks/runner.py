@@ -365,7 +365,7 @@ def run_suite(
             for g in groups
         },
         "memory": (
-            "subprocess VmHWM (ru_maxrss)"
+            "subprocess VmHWM (ru_maxrss), glibc mmap threshold 64 KiB"
             if torch.device(device).type == "cpu"
             else "subprocess torch.cuda.max_memory_allocated"
         )

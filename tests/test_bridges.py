@@ -77,6 +77,8 @@ def test_recomputed_mlp_equals_sequential_in_value_and_gradient(chunk, monkeypat
     inputs_a, inputs_b = [x, *mlp.parameters()], [x, *plain.parameters()]
     y_a, y_b = mlp(x), plain(x)
     torch.testing.assert_close(y_a, y_b)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(mlp(x), y_b.detach())
     grads_a = torch.autograd.grad((y_a * target).sum(), inputs_a)
     grads_b = torch.autograd.grad((y_b * target).sum(), inputs_b)
     for a, b in zip(grads_a, grads_b):

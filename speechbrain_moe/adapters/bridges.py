@@ -109,7 +109,15 @@ class RecomputedMLP(nn.Sequential):
     def forward(self, x):
         """Applies the MLP."""
         first, activation, last = self
-        return _ActivationLinear.apply(first(x), activation, last.weight, last.bias)
+        if torch.is_grad_enabled():
+            return _ActivationLinear.apply(first(x), activation, last.weight, last.bias)
+        # Inference: activate the hidden tensor in place, chunk by chunk.
+        hidden = first(x)
+        flat = hidden.view(-1, hidden.shape[-1])
+        rows = max(256, _ActivationLinear.CHUNK // max(1, flat.shape[-1]))
+        for start in range(0, flat.shape[0], rows):
+            flat[start : start + rows] = activation(flat[start : start + rows])
+        return last(hidden)
 
 
 class DenseProjector(nn.Module):
