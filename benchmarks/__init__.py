@@ -13,16 +13,22 @@ Suites (see :mod:`benchmarks.suites`):
 * ``scaling``: Soft-/Dense-MoA step time vs number of experts (bottleneck 1
   and 8), and ``adapter``/``soft_moa`` step time vs input length.
 * ``bridge``: the MoE-Adapter audio-to-LLM bridge vs a dense projector of equal
-  total size (paper shape / 8), forward + backward, with active parameters.
+  total size, at the paper's shape and at that shape / 8, for a training step
+  with a frozen encoder, with an input gradient, and inference; with active
+  parameters and the multiply-add limit of each ratio.
+* ``table1`` also times Dense-/Soft-MoA written the reference-code way (a
+  Python loop over expert modules, :mod:`benchmarks.naive`) side by side.
 
-Every case is timed in one process, interleaved (one step of each case per
-round) after a warm-up; the median is reported. Peak memory comes from one
-fresh subprocess per case.
+Every group of compared cases is timed in one process, interleaved (one step
+of each case per round) after a warm-up; medians and quartiles are reported,
+ratios are medians of per-round ratios. Steps disturbed by other processes
+can be re-run (``--max-others``). Peak memory comes from one fresh
+subprocess per case.
 
 Example
 -------
 >>> report = run_suite("bridge", quick=True, memory=False, log=lambda m: None)
->>> [r["method"] for r in report["results"]], validate_report(report)
+>>> [r["method"] for r in report["results"]][:2], validate_report(report)
 (['moe_adapter', 'dense'], [])
 
 Authors

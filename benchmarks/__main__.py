@@ -62,6 +62,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (default: torch's)."
     )
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        help="Re-run a timed step during which other processes used more than "
+        "this share of the CPUs (default 0.15; 1 keeps every step; --quick: 1).",
+    )
     parser.add_argument("--memory-worker", metavar="SPEC", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -97,6 +103,11 @@ def main(argv=None):
         """Progress line on stderr."""
         print(message, file=sys.stderr, flush=True)
 
+    max_others = args.max_others
+    if max_others is None:
+        max_others = None if args.quick else 0.15
+    if max_others is not None and max_others >= 1:
+        max_others = None
     report = run_suite(
         args.suite,
         quick=args.quick,
@@ -105,6 +116,8 @@ def main(argv=None):
         repeats=args.repeats,
         memory=not args.no_memory,
         log=log,
+        max_others=max_others,
+        command=list(sys.argv[1:] if argv is None else argv),
     )
     if args.threads:
         report["config"]["threads"] = args.threads

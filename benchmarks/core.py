@@ -1,8 +1,10 @@
 """Measurement primitives: interleaved step timing and per-case peak memory.
 
-Timing runs every case of a suite in one process, after a warm-up, one step
+Timing runs every case of a group in one process, after a warm-up, one step
 of each case per round (so that a slow-down of the machine hits every case
-alike), and keeps the median (and minimum) per case. Peak memory is measured
+alike), and keeps the median, quartiles and minimum per case; ratios between
+cases are medians of per-round ratios. On a shared machine a step during
+which other processes took CPU time can be discarded and run again. Peak memory is measured
 per case in a fresh subprocess (``python -m benchmarks --memory-worker``):
 on CPU the process high-water mark of resident memory, on CUDA
 ``torch.cuda.max_memory_allocated``.
@@ -22,6 +24,9 @@ import time
 
 import torch
 
+#: glibc ``M_MMAP_THRESHOLD`` (bytes) of the memory subprocesses.
+MMAP_THRESHOLD = "65536"
+
 
 def sync(device):
     """Waits for the queued kernels of ``device`` (a no-op on CPU).
@@ -39,8 +44,121 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(steps, warmup=1, repeats=5, device="cpu"):
+class CpuProbe:
+    """Share of the machine's CPU time that *other* processes used meanwhile.
+
+    A context manager: on exit, ``others`` is ``(busy jiffies of all CPUs -
+    this process's user + system time) / all jiffies`` over the block
+    (``/proc/stat``), i.e. 0.5 when other processes kept one of two cores
+    busy. Where ``/proc/stat`` is missing it reads 0.
+
+    Example
+    -------
+    >>> with CpuProbe() as probe:
+    ...     _ = sum(range(1000))
+    >>> 0.0 <= probe.others <= 1.0
+    True
+    """
+
+    others = 0.0
+
+    @staticmethod
+    def _read():
+        """``(all jiffies, idle jiffies, own jiffies)`` now (None if unknown)."""
+        try:
+            with open("/proc/stat") as handle:
+                values = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        times = os.times()
+        own = (times.user + times.system) * os.sysconf("SC_CLK_TCK")
+        return sum(values), values[3] + values[4], own
+
+    def __enter__(self):
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._read()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            self.others = 0.0
+            return
+        total = end[0] - self.start[0]
+        busy = total - (end[1] - self.start[1])
+        self.others = min(1.0, max(0.0, (busy - (end[2] - self.start[2])) / total))
+
+
+def wait_until_quiet(max_others, timeout=600.0, interval=0.5):
+    """Sleeps until other processes use at most ``max_others`` of the CPUs.
+
+    Arguments
+    ---------
+    max_others : float
+        Largest tolerated share of CPU time used by other processes.
+    timeout : float
+        Give up after this many seconds.
+    interval : float
+        Length of each observation.
+
+    Returns
+    -------
+    bool
+        Whether the machine became quiet before the timeout.
+
+    Example
+    -------
+    >>> wait_until_quiet(1.0)
+    True
+    """
+    start = time.perf_counter()
+    while True:
+        with CpuProbe() as probe:
+            time.sleep(interval)
+        if probe.others <= max_others:
+            return True
+        if time.perf_counter() - start > timeout:
+            return False
+
+
+def quartiles(values):
+    """``(first quartile, median, third quartile)`` of a list of numbers.
+
+    Arguments
+    ---------
+    values : list of float
+
+    Returns
+    -------
+    tuple
+
+    Example
+    -------
+    >>> quartiles([1.0, 2.0, 3.0, 4.0, 5.0])
+    (2.0, 3.0, 4.0)
+    """
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def time_interleaved(
+    steps,
+    warmup=1,
+    repeats=5,
+    device="cpu",
+    max_others=None,
+    max_retries=10,
+    log=None,
+):
     """Times several step functions, interleaved, after a warm-up.
+
+    In each round every step runs once, in turn; odd rounds run the steps in
+    reverse order, so that no case always follows the same other case. With
+    ``max_others``, a step during which other processes used more than that
+    share of the CPUs (see :class:`CpuProbe`) is discarded and run again
+    once the machine is quiet (at most ``max_retries`` times; after that the
+    disturbed time is kept and counted in ``kept_disturbed``).
 
     Arguments
     ---------
@@ -49,14 +167,21 @@ def time_interleaved(steps, warmup=1, repeats=5, device="cpu"):
     warmup : int
         Untimed calls of every step before measuring.
     repeats : int
-        Timed rounds; in each round every step runs once, in turn.
+        Timed rounds.
     device : str
         Device to synchronise before reading the clock.
+    max_others : float, optional
+        Contention gate (None: keep every step).
+    max_retries : int
+        Re-runs of a disturbed step before keeping it anyway.
+    log : callable, optional
+        Progress messages.
 
     Returns
     -------
     dict
-        ``name -> {"median_ms", "min_ms", "times_ms"}``.
+        ``name -> {"median_ms", "min_ms", "q1_ms", "q3_ms", "times_ms",
+        "others", "retries", "kept_disturbed"}``; ``times_ms[r]`` is round r.
 
     Example
     -------
@@ -68,22 +193,46 @@ def time_interleaved(steps, warmup=1, repeats=5, device="cpu"):
         for fn in steps.values():
             fn()
     sync(device)
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(1000.0 * (time.perf_counter() - start))
-    return {
-        name: {
-            "median_ms": statistics.median(values),
-            "min_ms": min(values),
-            "times_ms": values,
-        }
-        for name, values in times.items()
+    names = list(steps)
+    record = {
+        n: {"times": [], "others": [], "retries": 0, "disturbed": 0} for n in names
     }
+    for round_index in range(repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            entry = record[name]
+            for attempt in range(max_retries + 1):
+                sync(device)
+                with CpuProbe() as probe:
+                    start = time.perf_counter()
+                    steps[name]()
+                    sync(device)
+                    elapsed = 1000.0 * (time.perf_counter() - start)
+                if max_others is None or probe.others <= max_others:
+                    break
+                if attempt == max_retries:
+                    entry["disturbed"] += 1
+                    break
+                entry["retries"] += 1
+                wait_until_quiet(max_others)
+            entry["times"].append(elapsed)
+            entry["others"].append(round(probe.others, 3))
+        if log is not None:
+            log(f"  round {round_index + 1}/{repeats} done")
+    results = {}
+    for name, entry in record.items():
+        q1, median, q3 = quartiles(entry["times"])
+        results[name] = {
+            "median_ms": median,
+            "min_ms": min(entry["times"]),
+            "q1_ms": q1,
+            "q3_ms": q3,
+            "times_ms": entry["times"],
+            "others": entry["others"],
+            "retries": entry["retries"],
+            "kept_disturbed": entry["disturbed"],
+        }
+    return results
 
 
 def _status_kb(field):
@@ -234,10 +383,20 @@ def memory_in_subprocess(spec, timeout=None):
         json.dumps(spec),
     ]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # A fixed glibc mmap threshold returns every freed tensor to the OS, so
+    # VmHWM follows live memory (with the default dynamic threshold, two
+    # identical bridge runs differed by up to 4 % in peak).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=repo
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=repo,
+        env=env,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line[:1] in "{["]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(
             f"memory worker failed for {spec.get('method')!r} "

@@ -19,6 +19,7 @@ import os
 import sys
 
 from benchmarks.report import SUITE_ORDER, describe, markdown_table
+from benchmarks.targets import targets_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -43,12 +44,18 @@ def render(results_dir):
         if isinstance(report, dict) and "suite" in report and "results" in report:
             reports.append((os.path.basename(path), report))
     reports.sort(key=lambda item: (SUITE_ORDER.get(item[1]["suite"], 99), item[0]))
-    blocks = []
+    if not reports:
+        return "_No results yet._"
+    blocks = [
+        "### Targets\n\nComputed from the reports below (`benchmarks/targets.py`): "
+        "the median of the per-round ratios against the limit.\n\n"
+        + targets_table([report for _, report in reports])
+    ]
     for name, report in reports:
         blocks.append(
             f"### {report['suite']} (`{name}`)\n\n{describe(report)}\n\n{markdown_table(report)}"
         )
-    return "\n\n".join(blocks) if blocks else "_No results yet._"
+    return "\n\n".join(blocks)
 
 
 def update(path, text):

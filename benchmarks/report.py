@@ -15,11 +15,14 @@ ROW_KEYS = (
     "peak_mem_mb",
     "ratio_to_adapter",
 )
-#: The issue's targets: (suite, what, limit).
+#: The issue's targets, per suite.
 TARGETS = {
-    "table1": "soft_moa, dense_moa: step time and peak memory <= 1.10x adapter",
-    "scaling": "Soft-/Dense-MoA step time at N=64 <= 1.25x N=2",
-    "bridge": "moe_adapter step time <= 1.0x dense",
+    "table1": "soft_moa, dense_moa: step time and peak memory <= 1.10x adapter; "
+    "naive-loop peers (reference-code style) timed side by side",
+    "scaling": "soft_moa step time and peak memory <= 1.02x adapter at 100, 400 "
+    "and 1000 frames; Soft-/Dense-MoA step time at N=64 <= 1.25x N=2",
+    "bridge": "moe_adapter step time <= 0.88x dense and peak memory <= 1.0x "
+    "dense (equal total parameters), at both shapes",
 }
 #: Order of the suites in rendered documents.
 SUITE_ORDER = {"table1": 0, "scaling": 1, "bridge": 2}
@@ -68,52 +71,69 @@ def _fmt(value, spec=".2f"):
     return format(value, spec)
 
 
+def _spread(row, key, spec=".2f"):
+    """``median [q1-q3]`` of a field with an ``_iqr`` companion."""
+    value, iqr = row.get(key), row.get(key + "_iqr")
+    if value is None:
+        return "-"
+    if not iqr:
+        return format(value, spec)
+    return f"{value:{spec}} [{iqr[0]:{spec}}-{iqr[1]:{spec}}]"
+
+
+def _step_ms(row):
+    """Median step time with its quartiles."""
+    iqr = row.get("step_ms_iqr")
+    if not iqr:
+        return _fmt(row["step_ms_median"], ".1f")
+    return f"{row['step_ms_median']:.1f} [{iqr[0]:.1f}-{iqr[1]:.1f}]"
+
+
 def _row_label(row):
     """Method plus the varying settings of a row."""
     cfg = row["config"]
     extra = []
-    if cfg.get("sweep") == "experts" or cfg.get("sweep") == "frames":
+    if cfg.get("sweep") in ("experts", "frames"):
         if cfg.get("num_experts") is not None:
             extra.append(f"N={cfg['num_experts']}")
         if cfg.get("bottleneck") is not None:
             extra.append(f"r={cfg['bottleneck']}")
         extra.append(f"frames={cfg['frames']}")
+    if cfg.get("implementation") == "naive_loop":
+        extra.append("naive loop")
     return row["method"] + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _columns(report):
     """(header, cell function) pairs for a suite's table."""
     suite = report["suite"]
-    cols = [("method", _row_label)]
     if suite == "bridge":
-        cols += [
+        return [
+            ("shape", lambda r: r["config"].get("shape", "-")),
+            ("step", lambda r: r["config"].get("mode", "train")),
+            ("method", _row_label),
             ("total params", lambda r: f"{r['total_params']:,}"),
-            ("active params", lambda r: f"{r.get('active_params', 0):,}"),
+            ("active / total", lambda r: _fmt(r.get("active_ratio"))),
+            ("MAC limit", lambda r: _fmt(r.get("macs_ratio"))),
+            ("step ms [IQR]", _step_ms),
+            ("peak MB", lambda r: _fmt(r["peak_mem_mb"], ".0f")),
+            ("time / dense [IQR]", lambda r: _spread(r, "ratio_to_dense", ".3f")),
+            ("mem / dense", lambda r: _fmt(r.get("mem_ratio_to_dense"), ".3f")),
         ]
-    else:
-        cols += [
-            ("trainable (no head)", lambda r: f"{r['trainable_params_no_head']:,}")
-        ]
-    cols += [
-        ("step ms (median)", lambda r: _fmt(r["step_ms_median"], ".1f")),
-        ("step ms (min)", lambda r: _fmt(r["step_ms_min"], ".1f")),
+    cols = [
+        ("method", _row_label),
+        ("trainable (no head)", lambda r: f"{r['trainable_params_no_head']:,}"),
+        ("step ms [IQR]", _step_ms),
         ("peak MB", lambda r: _fmt(r["peak_mem_mb"], ".0f")),
+        ("time / adapter [IQR]", lambda r: _spread(r, "ratio_to_adapter", ".3f")),
+        ("mem / adapter", lambda r: _fmt(r.get("mem_ratio_to_adapter"), ".3f")),
     ]
-    if suite == "bridge":
-        cols += [
-            ("time / dense", lambda r: _fmt(r.get("ratio_to_dense"))),
-            ("mem / dense", lambda r: _fmt(r.get("mem_ratio_to_dense"))),
-        ]
-    else:
-        cols += [
-            ("time / adapter", lambda r: _fmt(r["ratio_to_adapter"])),
-            ("mem / adapter", lambda r: _fmt(r.get("mem_ratio_to_adapter"))),
-        ]
     if suite == "scaling":
-        cols += [("time / N=2", lambda r: _fmt(r.get("ratio_to_n2")))]
+        cols.append(("time / N=2 [IQR]", lambda r: _spread(r, "ratio_to_n2", ".3f")))
     if suite == "table1":
         cols += [
-            ("paper time / adapter", lambda r: _fmt(PAPER_RATIOS.get(r["method"])))
+            ("naive / ours [IQR]", lambda r: _spread(r, "ratio_to_ours", ".2f")),
+            ("paper time / adapter", lambda r: _fmt(PAPER_RATIOS.get(r["method"]))),
         ]
     return cols
 
@@ -143,7 +163,10 @@ def format_table(report):
     rows = [[fn(r) for _, fn in cols] for r in report["results"]]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(cols)]
     header = "  ".join(h.ljust(w) for (h, _), w in zip(cols, widths))
-    lines = [f"suite {report['suite']} on {report['device']}", header]
+    title = f"suite {report['suite']} on {report['device']}"
+    if report.get("config", {}).get("quick"):
+        title += "  ** QUICK SMOKE RUN: tiny shapes, timings not comparable **"
+    lines = [title, header]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
 
@@ -163,11 +186,12 @@ def markdown_table(report):
     Example
     -------
     >>> rep = {"suite": "bridge", "device": "cpu", "results": [{"method": "dense",
-    ...        "config": {}, "total_params": 10, "active_params": 10,
-    ...        "step_ms_median": 1.0, "step_ms_min": 1.0, "peak_mem_mb": None,
+    ...        "config": {"shape": "small", "mode": "train"}, "total_params": 10,
+    ...        "active_ratio": 1.0, "macs_ratio": 1.0, "step_ms_median": 1.0,
+    ...        "step_ms_iqr": [0.9, 1.1], "step_ms_min": 0.9, "peak_mem_mb": None,
     ...        "ratio_to_adapter": None, "ratio_to_dense": 1.0}]}
     >>> print(markdown_table(rep).splitlines()[2])
-    | dense | 10 | 10 | 1.0 | 1.0 | - | 1.00 | - |
+    | small | train | dense | 10 | 1.00 | 1.00 | 1.0 [0.9-1.1] | - | 1.000 | - |
     """
     cols = _columns(report)
     lines = [
@@ -204,15 +228,35 @@ def describe(report):
             f"{machine.get('torch_threads')} threads"
             + (f", {machine['gpu']}" if machine.get("gpu") else "")
         )
+    prov = report.get("provenance") or {}
+    if prov.get("date"):
+        parts.append(f"; {prov['date'][:10]}, code {prov.get('git_commit')}")
     parts.append(")")
     if cfg:
+        rounds = cfg.get("repeats")
+        if isinstance(rounds, dict):
+            rounds = ", ".join(f"{n} ({g})" for g, n in rounds.items())
         parts.append(
             f". Step: {cfg.get('step', '-')}; {cfg.get('warmup')} warm-up, "
-            f"{cfg.get('repeats')} interleaved rounds; memory: {cfg.get('memory')}"
+            f"interleaved rounds: {rounds}; memory: {cfg.get('memory')}"
         )
+        rows = report.get("results", [])
+        if cfg.get("max_others") is not None and rows:
+            retries = sum(r.get("retries", 0) for r in rows)
+            kept = sum(r.get("kept_disturbed", 0) for r in rows)
+            parts.append(
+                f"; steps during which other processes used more than "
+                f"{cfg['max_others']:.0%} of the CPUs were re-run ({retries} "
+                f"re-runs, {kept} kept after 10 re-runs)"
+            )
         if cfg.get("quick"):
             parts.append(" **(quick smoke run: shapes shrunk, timings meaningless)**")
-    parts.append(f". Target: {TARGETS.get(report['suite'], '-')}.")
+    if prov.get("command"):
+        parts.append(f". Command: `{prov['command']}`")
+    parts.append(
+        f". Cells: median [first-third quartile]; ratios are medians of per-round "
+        f"ratios. Target: {TARGETS.get(report['suite'], '-')}."
+    )
     return "".join(parts)
 
 
@@ -281,11 +325,16 @@ def plot_report(report, path):
         fig.suptitle(f"scaling {title_tail}")
     else:
         fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.2))
-        names = [r["method"] for r in rows]
+        names = [
+            f"{r['config'].get('shape')}/{r['config'].get('mode')}\n{r['method']}"
+            if suite == "bridge"
+            else _row_label(r)
+            for r in rows
+        ]
         values = [r["step_ms_median"] for r in rows]
         colors = [
             "tab:orange"
-            if n in ("soft_moa", "dense_moa", "moe_adapter")
+            if any(m in n for m in ("soft_moa", "dense_moa", "moe_adapter"))
             else "tab:blue"
             for n in names
         ]

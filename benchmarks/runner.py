@@ -4,7 +4,10 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import datetime
+import os
 import shutil
+import subprocess
 
 import torch
 
@@ -12,6 +15,8 @@ from benchmarks.core import (
     machine_info,
     measure_memory,
     memory_in_subprocess,
+    quartiles,
+    reset_peak_rss,
     time_interleaved,
 )
 from benchmarks.suites import (
@@ -23,26 +28,34 @@ from benchmarks.suites import (
 
 
 def run_worker(spec):
-    """Entry point of a memory worker: builds ``spec`` and measures its peak.
+    """Entry point of a memory worker: builds case(s) and measures the peak.
 
     Arguments
     ---------
     spec : dict
         A case spec with ``device`` and ``checkpoint`` added, plus ``warmup``
-        and ``repeats``.
+        and ``repeats``; or ``{"cases": [spec, ...]}`` to measure several
+        cases one after the other in this process (``--quick``: the peak is
+        reset between cases, so later cases may reuse freed memory).
 
     Returns
     -------
-    dict
-        ``peak_mem_mb`` and ``step_mem_mb``.
+    dict or list of dict
+        ``peak_mem_mb`` and ``step_mem_mb`` (one per case for a list).
 
     Example
     -------
-    >>> from benchmarks.suites import bridge_cases
+    >>> from benchmarks.bridge import bridge_cases
     >>> spec = dict(bridge_cases(quick=True)[1], device="cpu", warmup=1, repeats=1)
     >>> sorted(run_worker(spec))
     ['peak_mem_mb', 'step_mem_mb']
     """
+    if "cases" in spec:
+        results = []
+        for case in spec["cases"]:
+            reset_peak_rss()
+            results.append(run_worker(case))
+        return results
     device = spec.get("device", "cpu")
     return measure_memory(
         lambda: build_step(spec, spec.get("checkpoint"), device)[0],
@@ -52,25 +65,75 @@ def run_worker(spec):
     )
 
 
-def _ratio(value, reference):
-    """``value / reference`` rounded, or None."""
-    if value is None or not reference:
-        return None
-    return round(value / reference, 4)
+def paired_ratio(times, reference):
+    """Median and quartiles of the per-round ratios ``times[r] / reference[r]``.
+
+    Interleaved rounds make each ratio a side-by-side comparison; its median
+    is robust to a round where the machine slowed down for everyone.
+
+    Arguments
+    ---------
+    times : list of float
+        Step times of a case, one per round.
+    reference : list of float
+        Step times of the reference case, same rounds.
+
+    Returns
+    -------
+    tuple
+        ``(median, q1, q3)`` of the ratios.
+
+    Example
+    -------
+    >>> paired_ratio([2.0, 2.2, 1.8], [1.0, 1.1, 0.9])
+    (2.0, 2.0, 2.0)
+    """
+    ratios = [t / r for t, r in zip(times, reference)]
+    q1, median, q3 = quartiles(ratios)
+    return median, q1, q3
+
+
+def _reference(row, rows):
+    """The row ``row`` is compared with, and the name of its ratio field."""
+    cfg = row["config"]
+    same_group = [r for r in rows if r["group"] == row["group"] and r is not row]
+    if cfg.get("implementation") == "naive_loop":
+        ours = [
+            r
+            for r in same_group
+            if r["method"] == row["method"] and "implementation" not in r["config"]
+        ]
+        return ours[0] if ours else None, "ratio_to_ours"
+    return None, None
+
+
+def _set_ratio(row, name, ref):
+    """Fills ``name`` (paired median), ``name_iqr`` and ``mem_name`` on ``row``."""
+    if ref is None:
+        row[name], row[name + "_iqr"], row["mem_" + name] = None, None, None
+        return
+    median, q1, q3 = paired_ratio(row["step_ms_all"], ref["step_ms_all"])
+    row[name] = round(median, 4)
+    row[name + "_iqr"] = [round(q1, 4), round(q3, 4)]
+    mem, ref_mem = row.get("peak_mem_mb"), ref.get("peak_mem_mb")
+    row["mem_" + name] = round(mem / ref_mem, 4) if mem and ref_mem else None
 
 
 def add_ratios(results, suite):
     """Fills the ratio fields of every result row (in place).
 
-    ``ratio_to_adapter`` / ``mem_ratio_to_adapter``: to the ``adapter`` row
-    with the same frames (null when the suite has none, as ``bridge``);
-    ``ratio_to_dense`` in ``bridge``; ``ratio_to_n2`` for the expert sweep of
-    ``scaling`` (to the N = 2 row of the same method and bottleneck).
+    Every time ratio is the median of per-round ratios between two cases of
+    the same interleaved group (with its quartiles in ``<field>_iqr``):
+    ``ratio_to_adapter`` (to the ``adapter`` row with the same frames; null in
+    ``bridge``), ``ratio_to_dense`` (``bridge``), ``ratio_to_ours`` (a
+    naive-loop peer to our implementation of the same method) and
+    ``ratio_to_n2`` (the expert sweep of ``scaling``, to N = 2 of the same
+    method and bottleneck). Memory ratios (``mem_<field>``) divide peaks.
 
     Arguments
     ---------
     results : list of dict
-        Result rows.
+        Result rows (with ``group`` and ``step_ms_all``).
     suite : str
         Suite name.
 
@@ -81,39 +144,41 @@ def add_ratios(results, suite):
 
     Example
     -------
-    >>> rows = [{"method": "adapter", "config": {"frames": 100}, "step_ms_median": 2.0,
-    ...          "peak_mem_mb": 10.0},
-    ...         {"method": "soft_moa", "config": {"frames": 100}, "step_ms_median": 2.1,
-    ...          "peak_mem_mb": 10.5}]
+    >>> rows = [{"method": "adapter", "group": "g", "config": {"frames": 100},
+    ...          "step_ms_all": [2.0, 2.0], "peak_mem_mb": 10.0},
+    ...         {"method": "soft_moa", "group": "g", "config": {"frames": 100},
+    ...          "step_ms_all": [2.1, 2.1], "peak_mem_mb": 10.5}]
     >>> add_ratios(rows, "table1")[1]["ratio_to_adapter"]
     1.05
     """
-    adapters = {
-        r["config"].get("frames"): r for r in results if r["method"] == "adapter"
-    }
     for row in results:
-        ref = adapters.get(row["config"].get("frames"))
-        row["ratio_to_adapter"] = _ratio(
-            row["step_ms_median"], ref and ref["step_ms_median"]
+        cfg = row["config"]
+        adapter = next(
+            (
+                r
+                for r in results
+                if r["method"] == "adapter"
+                and r["group"] == row["group"]
+                and r["config"].get("frames") == cfg.get("frames")
+            ),
+            None,
         )
-        row["mem_ratio_to_adapter"] = _ratio(
-            row["peak_mem_mb"], ref and ref["peak_mem_mb"]
-        )
-    if suite == "bridge":
-        dense = next((r for r in results if r["method"] == "dense"), None)
-        for row in results:
-            row["ratio_to_dense"] = _ratio(
-                row["step_ms_median"], dense and dense["step_ms_median"]
+        _set_ratio(row, "ratio_to_adapter", adapter)
+        ref, name = _reference(row, results)
+        if name:
+            _set_ratio(row, name, ref)
+        if suite == "bridge":
+            dense = next(
+                (
+                    r
+                    for r in results
+                    if r["method"] == "dense" and r["group"] == row["group"]
+                ),
+                None,
             )
-            row["mem_ratio_to_dense"] = _ratio(
-                row["peak_mem_mb"], dense and dense["peak_mem_mb"]
-            )
-    if suite == "scaling":
-        for row in results:
-            cfg = row["config"]
-            if cfg.get("sweep") != "experts":
-                continue
-            ref = next(
+            _set_ratio(row, "ratio_to_dense", dense)
+        if suite == "scaling" and cfg.get("sweep") == "experts":
+            n2 = next(
                 (
                     r
                     for r in results
@@ -124,14 +189,94 @@ def add_ratios(results, suite):
                 ),
                 None,
             )
-            row["ratio_to_n2"] = _ratio(
-                row["step_ms_median"], ref and ref["step_ms_median"]
-            )
+            _set_ratio(row, "ratio_to_n2", n2)
     return results
 
 
+def provenance(command=None):
+    """Date, code version and command line of a report.
+
+    Arguments
+    ---------
+    command : list of str, optional
+        The command-line arguments.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> sorted(provenance(["--suite", "bridge"]))
+    ['command', 'date', 'git_commit']
+    """
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = None
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            cwd=repo,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "git_commit": commit,
+        "command": None
+        if command is None
+        else "python -m benchmarks " + " ".join(command),
+    }
+
+
+def _measure_memories(cases, suite, quick, device, checkpoint, log):
+    """Peak memory of every case that wants it: ``index -> result``."""
+    wanted = [i for i, spec in enumerate(cases) if spec.get("memory", True)]
+    workers = [
+        dict(cases[i], device=device, checkpoint=checkpoint, warmup=1) for i in wanted
+    ]
+    for worker in workers:
+        worker["repeats"] = 1 if quick else 2
+    if quick:
+        log(f"[{suite}] memory: {len(workers)} cases in one subprocess (quick)")
+        return dict(zip(wanted, memory_in_subprocess({"cases": workers})))
+    memories = {}
+    for count, (index, worker) in enumerate(zip(wanted, workers)):
+        log(f"[{suite}] memory {count + 1}/{len(wanted)}: {_label(worker)}")
+        memories[index] = memory_in_subprocess(worker)
+    return memories
+
+
+def _build_steps(cases, checkpoint, device):
+    """Step functions and parameter counts of every case (AST bases shared)."""
+    steps, counts, bases = {}, {}, {}
+    for index, spec in enumerate(cases):
+        base = None
+        if spec["kind"] == "ast":
+            frames = spec["config"]["frames"]
+            if frames not in bases:
+                from speechbrain_moe.lobes.ast import AST
+
+                bases[frames] = AST(checkpoint, max_frames=frames)
+            base = bases[frames]
+        steps[index], counts[index] = build_step(spec, checkpoint, device, base)
+    return steps, counts
+
+
 def run_suite(
-    suite, quick=False, device="cpu", warmup=None, repeats=None, memory=True, log=print
+    suite,
+    quick=False,
+    device="cpu",
+    warmup=None,
+    repeats=None,
+    memory=True,
+    log=print,
+    max_others=None,
+    command=None,
 ):
     """Runs one suite and returns its report (the JSON document).
 
@@ -146,16 +291,23 @@ def run_suite(
     warmup : int, optional
         Warm-up steps per case (default 1 quick, 2 full).
     repeats : int, optional
-        Timed rounds (default 2 quick, 7 full).
+        Timed rounds of every group (default: 2 quick, else each group's
+        ``rounds``, see :mod:`benchmarks.suites`).
     memory : bool
-        Measure peak memory (one fresh subprocess per case); else null.
+        Measure peak memory (one fresh subprocess per case; ``--quick``: one
+        for all); else null.
     log : callable
         Progress messages.
+    max_others : float, optional
+        Contention gate of :func:`benchmarks.core.time_interleaved`.
+    command : list of str, optional
+        Command-line arguments, recorded in the report.
 
     Returns
     -------
     dict
-        ``suite``, ``device``, ``torch``, ``machine``, ``config``, ``results``.
+        ``suite``, ``device``, ``torch``, ``machine``, ``provenance``,
+        ``config``, ``results``.
     """
     if suite not in SUITES:
         raise ValueError(f"Unknown suite {suite!r}; choose one of {', '.join(SUITES)}.")
@@ -164,8 +316,9 @@ def run_suite(
             "--device cuda was given but CUDA is not available; use --device cpu."
         )
     warmup = (1 if quick else 2) if warmup is None else warmup
-    repeats = (2 if quick else 7) if repeats is None else repeats
+    fixed_repeats = repeats
     cases = CASE_LISTS[suite](quick=quick)
+    origin = provenance(command)  # the code that is measured, before it runs
     checkpoint = None
     if any(c["kind"] == "ast" for c in cases):
         checkpoint = save_random_ast(cases[0]["model"])
@@ -174,68 +327,52 @@ def run_suite(
         if memory:
             # Memory first: the workers must not be children of a process
             # that already holds every case.
-            for index, spec in enumerate(cases):
-                log(f"[{suite}] memory {index + 1}/{len(cases)}: {_label(spec)}")
-                worker = dict(spec, device=device, checkpoint=checkpoint)
-                worker.update(warmup=1, repeats=1 if quick else 2)
-                memories[index] = memory_in_subprocess(worker)
-        steps, counts = {}, {}
-        bases = {}
-        for index, spec in enumerate(cases):
-            base = None
-            if spec["kind"] == "ast":
-                frames = spec["config"]["frames"]
-                if frames not in bases:
-                    from speechbrain_moe.lobes.ast import AST
-
-                    bases[frames] = AST(checkpoint, max_frames=frames)
-                base = bases[frames]
-            steps[index], counts[index] = build_step(spec, checkpoint, device, base)
-        log(
-            f"[{suite}] timing {len(cases)} cases interleaved: {warmup} warm-up, {repeats} rounds"
-        )
-        timings = time_interleaved(
-            {str(i): s for i, s in steps.items()},
-            warmup=warmup,
-            repeats=repeats,
-            device=device,
-        )
+            memories = _measure_memories(cases, suite, quick, device, checkpoint, log)
+        steps, counts = _build_steps(cases, checkpoint, device)
+        timings = {}
+        groups = list(dict.fromkeys(c["group"] for c in cases))
+        for group in groups:
+            members = [i for i, c in enumerate(cases) if c["group"] == group]
+            repeats = fixed_repeats or (2 if quick else cases[members[0]]["rounds"])
+            log(
+                f"[{suite}] timing group {group}: {len(members)} cases interleaved, "
+                f"{warmup} warm-up, {repeats} rounds"
+            )
+            timings.update(
+                time_interleaved(
+                    {i: steps[i] for i in members},
+                    warmup=warmup,
+                    repeats=repeats,
+                    device=device,
+                    max_others=max_others,
+                )
+            )
     finally:
         if checkpoint is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)
-    results = []
-    for index, spec in enumerate(cases):
-        timing = timings[str(index)]
-        memory_row = memories.get(index, {})
-        row = {
-            "method": spec["method"],
-            "config": spec["config"],
-            "settings": spec.get("settings", {}),
-            "total_params": counts[index]["total"],
-            "trainable_params": counts[index]["trainable"],
-            "trainable_params_no_head": counts[index]["trainable_no_head"],
-            "step_ms_median": round(timing["median_ms"], 3),
-            "step_ms_min": round(timing["min_ms"], 3),
-            "step_ms_all": [round(t, 3) for t in timing["times_ms"]],
-            "peak_mem_mb": memory_row.get("peak_mem_mb"),
-            "step_mem_mb": memory_row.get("step_mem_mb"),
-        }
-        if "active" in counts[index]:
-            row["active_params"] = counts[index]["active"]
-            row["config"] = dict(
-                row["config"], dense_hidden=counts[index]["dense_hidden"]
-            )
-        results.append(row)
+    results = [
+        _row(spec, timings[i], memories.get(i, {}), counts[i])
+        for i, spec in enumerate(cases)
+    ]
     add_ratios(results, suite)
     first = cases[0]
     config = {
         "quick": quick,
         "warmup": warmup,
-        "repeats": repeats,
-        "memory": "subprocess VmHWM (ru_maxrss)"
-        if torch.device(device).type == "cpu"
-        else "subprocess torch.cuda.max_memory_allocated",
-        "timing": "interleaved rounds, median",
+        "repeats": fixed_repeats
+        or {
+            g: 2 if quick else next(c["rounds"] for c in cases if c["group"] == g)
+            for g in groups
+        },
+        "memory": (
+            "subprocess VmHWM (ru_maxrss), glibc mmap threshold 64 KiB"
+            if torch.device(device).type == "cpu"
+            else "subprocess torch.cuda.max_memory_allocated"
+        )
+        + ("; quick: one subprocess for all cases" if quick else ""),
+        "timing": "interleaved rounds per group (order reversed on odd rounds); "
+        "ratios: median of per-round ratios",
+        "max_others": max_others,
     }
     if first["kind"] == "ast":
         config.update(
@@ -244,15 +381,49 @@ def run_suite(
             num_classes=first["num_classes"],
         )
     else:
-        config.update(step="forward + backward (bridge alone, all frames valid)")
+        config.update(
+            step="bridge alone, all frames valid: train = forward + backward with a "
+            "frozen encoder (no input gradient); train_input_grad = with the input "
+            "gradient; forward = inference"
+        )
     return {
         "suite": suite,
         "device": str(device),
         "torch": torch.__version__,
         "machine": machine_info(device),
+        "provenance": origin,
         "config": config,
         "results": results,
     }
+
+
+def _row(spec, timing, memory_row, count):
+    """The JSON row of one case."""
+    row = {
+        "method": spec["method"],
+        "group": spec["group"],
+        "config": spec["config"],
+        "settings": spec.get("settings", {}),
+        "total_params": count["total"],
+        "trainable_params": count["trainable"],
+        "trainable_params_no_head": count["trainable_no_head"],
+        "step_ms_median": round(timing["median_ms"], 3),
+        "step_ms_min": round(timing["min_ms"], 3),
+        "step_ms_iqr": [round(timing["q1_ms"], 3), round(timing["q3_ms"], 3)],
+        "step_ms_all": [round(t, 3) for t in timing["times_ms"]],
+        "others_cpu": timing["others"],
+        "retries": timing["retries"],
+        "kept_disturbed": timing["kept_disturbed"],
+        "peak_mem_mb": memory_row.get("peak_mem_mb"),
+        "step_mem_mb": memory_row.get("step_mem_mb"),
+    }
+    if "active" in count:
+        row["active_params"] = count["active"]
+        row["active_ratio"] = round(count["active"] / count["total"], 4)
+        row["macs_per_token"] = count["macs_per_token"]
+        row["macs_ratio"] = round(count["macs_ratio"], 4)
+        row["config"] = dict(row["config"], dense_hidden=count["dense_hidden"])
+    return row
 
 
 def _label(spec):
@@ -260,7 +431,9 @@ def _label(spec):
     cfg = spec["config"]
     parts = [spec["method"]] + [
         f"{k}={cfg[k]}"
-        for k in ("num_experts", "bottleneck", "frames")
+        for k in ("num_experts", "bottleneck", "frames", "shape", "mode")
         if cfg.get(k) is not None
     ]
+    if spec.get("naive"):
+        parts.append("(naive loop)")
     return " ".join(parts)

@@ -6,9 +6,11 @@ in a fresh process):
 * ``kind="ast"``: an AST-shaped encoder with random weights, adapted by a
   registered PETL method, plus a linear head; one step is forward, backward
   and an AdamW step on random fbank features (feature extraction excluded).
-* ``kind="bridge"``: the audio-to-LLM bridge alone (``moe_adapter`` or the
-  ``dense`` projector of equal total size); one step is forward + backward on
-  ``[batch, time, channels]``.
+* ``kind="bridge"``: the audio-to-LLM bridge alone (see
+  :mod:`benchmarks.bridge`).
+
+Cases that are compared with each other share a ``group``: a group is timed
+in interleaved rounds of its own (see :func:`benchmarks.core.time_interleaved`).
 
 Authors
  * speechbrain-moe contributors 2026
@@ -21,8 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.bridge import bridge_cases, build_bridge_step
+from benchmarks.naive import swap_in_naive
 from speechbrain_moe.lobes.base import masked_mean
-from speechbrain_moe.petl import apply_method, available_methods
 from speechbrain_moe.routing import collect_aux_loss, token_mask
 from speechbrain_moe.summary import count_parameters
 
@@ -55,63 +58,38 @@ PAPER_SETTINGS = {
     "prefix": {"num_prefix": 10},
 }
 
-#: The paper's bridge (Whisper-large 1280 x 4 stacked -> LLM 2048) divided by 8.
-BRIDGE_PAPER = {
-    "input_size": 5120,
-    "fused_size": 2560,
-    "num_experts": 8,
-    "top_k": 4,
-    "expert_hidden": 1280,
-    "aggregation_hidden": 10240,
-    "output_size": 2048,
-}
+#: Methods that get a naive-loop peer in ``table1`` (see :mod:`benchmarks.naive`).
+NAIVE_PEERS = ("dense_moa", "soft_moa")
 
 
-def scaled_bridge_shape(divisor):
-    """The paper's bridge shape with every width divided by ``divisor``.
+def petl(backbone=None, method=None, settings=None):
+    """The one call into the package's PETL methods.
 
     Arguments
     ---------
-    divisor : int
-        Width divisor (8 for the benchmark, larger for ``--quick``).
+    backbone : torch.nn.Module, optional
+        Backbone to adapt in place with ``method`` and ``settings``; without
+        one, the names of the registered methods are returned.
+    method : str, optional
+        Method name.
+    settings : dict, optional
+        Settings of the method.
 
     Returns
     -------
-    dict
+    torch.nn.Module or list of str
+        The adapted backbone, or the method names.
 
     Example
     -------
-    >>> scaled_bridge_shape(8)["fused_size"], scaled_bridge_shape(8)["top_k"]
-    (320, 4)
+    >>> "soft_moa" in petl()
+    True
     """
-    keep = ("num_experts", "top_k")
-    return {
-        k: v if k in keep else max(1, v // divisor) for k, v in BRIDGE_PAPER.items()
-    }
+    from speechbrain_moe.petl import apply_method, available_methods
 
-
-def dense_hidden_for(total, input_size, output_size):
-    """Hidden width of ``Linear -> ReLU -> Linear`` with ``total`` parameters.
-
-    Arguments
-    ---------
-    total : int
-        Parameter budget.
-    input_size : int
-        Input width.
-    output_size : int
-        Output width.
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> dense_hidden_for(10 * 4 + 4 + 4 * 3 + 3, 10, 3)
-    4
-    """
-    return max(1, round((total - output_size) / (input_size + 1 + output_size)))
+    if backbone is None:
+        return list(available_methods())
+    return apply_method(backbone, method, settings or {})
 
 
 # ---------------------------------------------------------------- case lists
@@ -133,10 +111,13 @@ def table1_cases(quick=False):
     -------
     >>> [c["method"] for c in table1_cases(quick=True)][:3]
     ['adapter', 'bitfit', 'convpass']
+    >>> [c["method"] for c in table1_cases(quick=True) if c.get("naive")]
+    ['dense_moa', 'soft_moa']
     """
     model = AST_TINY if quick else AST_BASE
     cases = []
-    for method in available_methods():
+    methods = petl()
+    for method in methods + [m for m in NAIVE_PEERS if m in methods]:
         settings = dict(PAPER_SETTINGS.get(method, {}))
         config = {
             "frames": 100,
@@ -145,7 +126,12 @@ def table1_cases(quick=False):
             "bottleneck": settings.get("bottleneck", settings.get("hidden_size")),
             "top_k": settings.get("top_k"),
         }
-        cases.append(_ast_case(method, settings, config, model))
+        naive = any(c["method"] == method for c in cases)
+        case = _ast_case(method, settings, config, model, "frames=100")
+        if naive:
+            case["naive"] = True
+            case["config"] = dict(config, implementation="naive_loop")
+        cases.append(case)
     return cases
 
 
@@ -183,7 +169,10 @@ def scaling_cases(quick=False):
                 "num_experts": settings.get("num_experts"),
                 "bottleneck": settings["bottleneck"],
             }
-            cases.append(_ast_case(method, settings, config, model))
+            case = _ast_case(method, settings, config, model, f"frames={frames}")
+            # A 2 % target on steps that vary by several % from round to round.
+            case["rounds"] = {100: 41, 400: 31}.get(frames, 31)
+            cases.append(case)
     for bottleneck in bottlenecks:
         for num_experts in experts:
             for method in ("soft_moa", "dense_moa"):
@@ -199,43 +188,21 @@ def scaling_cases(quick=False):
                     "num_experts": num_experts,
                     "bottleneck": bottleneck,
                 }
-                cases.append(_ast_case(method, settings, config, model))
+                case = _ast_case(method, settings, config, model, "experts")
+                case["memory"] = False  # the sweep's target is time only
+                cases.append(case)
     return cases
-
-
-def bridge_cases(quick=False):
-    """The MoE-Adapter bridge vs the dense projector of equal total size.
-
-    Arguments
-    ---------
-    quick : bool
-        Widths divided by 64 instead of 8, shorter sequences.
-
-    Returns
-    -------
-    list of dict
-
-    Example
-    -------
-    >>> [c["method"] for c in bridge_cases(quick=True)]
-    ['moe_adapter', 'dense']
-    """
-    shape = scaled_bridge_shape(64 if quick else 8)
-    # 30 s of Whisper frames (1500) stacked by 4.
-    config = {"batch_size": 2 if quick else 8, "time": 25 if quick else 375, **shape}
-    return [
-        {"kind": "bridge", "suite": "bridge", "method": method, "config": dict(config)}
-        for method in ("moe_adapter", "dense")
-    ]
 
 
 CASE_LISTS = {"table1": table1_cases, "scaling": scaling_cases, "bridge": bridge_cases}
 
 
-def _ast_case(method, settings, config, model):
+def _ast_case(method, settings, config, model, group):
     """A case spec for an AST-shaped encoder adapted by ``method``."""
     return {
         "kind": "ast",
+        "group": group,
+        "rounds": 21 if group == "frames=100" else 11,
         "method": method,
         "settings": settings,
         "config": config,
@@ -347,7 +314,9 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
         lobe = shared_copy(base)
     else:
         lobe = AST(checkpoint, max_frames=config["frames"])
-    apply_method(lobe, spec["method"], spec["settings"])
+    petl(lobe, spec["method"], spec["settings"])
+    if spec.get("naive"):
+        swap_in_naive(lobe)
     head = nn.Linear(lobe.output_size, spec["num_classes"])
     modules = nn.ModuleDict({"backbone": lobe, "head": head}).to(device)
     modules.train()
@@ -374,105 +343,6 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-    return step, counts
-
-
-def build_bridge_modules(config):
-    """The two bridges of the ``bridge`` suite, equal in total size.
-
-    Arguments
-    ---------
-    config : dict
-        A ``bridge`` case config (widths, experts, top-k).
-
-    Returns
-    -------
-    dict
-        ``moe_adapter`` and ``dense`` modules, plus ``per_expert`` (parameters
-        of one routed expert) and ``dense_hidden``.
-
-    Example
-    -------
-    >>> parts = build_bridge_modules(bridge_cases(quick=True)[0]["config"])
-    >>> total = lambda m: sum(p.numel() for p in m.parameters())
-    >>> abs(total(parts["dense"]) - total(parts["moe_adapter"])) / total(parts["dense"]) < 0.01
-    True
-    """
-    from speechbrain_moe.adapters.bridges import DenseProjector, MoEAdapterBridge
-
-    torch.manual_seed(0)
-    moe = MoEAdapterBridge(
-        config["input_size"],
-        config["output_size"],
-        fused_size=config["fused_size"],
-        num_experts=config["num_experts"],
-        top_k=config["top_k"],
-        expert_hidden=config["expert_hidden"],
-        aggregation_hidden=config["aggregation_hidden"],
-    )
-    total = sum(p.numel() for p in moe.parameters())
-    hidden = dense_hidden_for(total, config["input_size"], config["output_size"])
-    dense = DenseProjector(
-        config["input_size"], config["output_size"], hidden_size=hidden
-    )
-    per_expert = (
-        sum(p.numel() for p in moe.moe.experts.parameters()) // config["num_experts"]
-    )
-    return {
-        "moe_adapter": moe,
-        "dense": dense,
-        "per_expert": per_expert,
-        "dense_hidden": hidden,
-    }
-
-
-def build_bridge_step(spec, device="cpu"):
-    """Builds one bridge case; returns its forward+backward function and counts.
-
-    Arguments
-    ---------
-    spec : dict
-        A ``kind="bridge"`` case.
-    device : str
-        ``cpu`` or ``cuda``.
-
-    Returns
-    -------
-    step : callable
-        Forward + backward (gradients cleared after each step).
-    counts : dict
-        ``total``, ``trainable``, ``trainable_no_head``, ``active`` and
-        ``dense_hidden``.
-    """
-    config = spec["config"]
-    parts = build_bridge_modules(config)
-    module = parts[spec["method"]].to(device).train()
-    total = sum(p.numel() for p in module.parameters())
-    active = total
-    if spec["method"] == "moe_adapter":
-        active = total - (config["num_experts"] - config["top_k"]) * parts["per_expert"]
-    counts = {
-        "total": total,
-        "trainable": total,
-        "trainable_no_head": total,
-        "active": active,
-        "dense_hidden": parts["dense_hidden"],
-    }
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(
-        config["batch_size"], config["time"], config["input_size"], generator=generator
-    )
-    x = x.to(device)
-    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-    params = list(module.parameters())
-
-    def step():
-        """One timed training step."""
-        loss = module(x, mask).pow(2).mean() + collect_aux_loss(module)
-        loss.backward()
-        for param in params:
-            param.grad = None
 
     return step, counts
 

@@ -11,10 +11,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks import validate_report
 from benchmarks.__main__ import main
+from benchmarks.bridge import bridge_macs, scaled_bridge_shape
+from benchmarks.bridge_params import bridge_parameter_report
+from benchmarks.naive import PEERS
 from benchmarks.report import markdown_table
+from speechbrain_moe.adapters import DenseMoA, SoftMoA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +37,17 @@ def _run(tmp_path, suite, *extra):
 def test_table1_quick(tmp_path):
     plot = tmp_path / "table1.png"
     report = _run(tmp_path, "table1", "--no-memory", "--plot", str(plot))
-    rows = {r["method"]: r for r in report["results"]}
+    rows = {
+        r["method"]: r for r in report["results"] if "implementation" not in r["config"]
+    }
+    naive = {
+        r["method"]: r for r in report["results"] if "implementation" in r["config"]
+    }
+    assert set(naive) == {"dense_moa", "soft_moa"}
+    for method, row in naive.items():
+        assert row["config"]["implementation"] == "naive_loop"
+        assert row["ratio_to_ours"] > 0 and len(row["ratio_to_ours_iqr"]) == 2
+        assert row["trainable_params"] == rows[method]["trainable_params"]
     for method in (
         "adapter",
         "soft_moa",
@@ -64,18 +79,59 @@ def test_scaling_quick(tmp_path):
 
 def test_bridge_quick_with_memory(tmp_path):
     report = _run(tmp_path, "bridge")
-    rows = {r["method"]: r for r in report["results"]}
-    assert set(rows) == {"moe_adapter", "dense"}
-    moe, dense = rows["moe_adapter"], rows["dense"]
-    assert moe["active_params"] < moe["total_params"]
-    assert dense["active_params"] == dense["total_params"]
-    assert (
-        abs(moe["total_params"] - dense["total_params"]) / dense["total_params"] < 0.01
-    )
-    assert dense["ratio_to_dense"] == 1.0
-    for row in rows.values():  # measured in a fresh subprocess
-        assert row["peak_mem_mb"] > 0 and row["mem_ratio_to_dense"] > 0
+    groups = {}
+    for row in report["results"]:
+        groups.setdefault(row["group"], {})[row["method"]] = row
+    assert {g.split("/")[1] for g in groups} == {"train", "train_input_grad", "forward"}
+    for rows in groups.values():
+        assert set(rows) == {"moe_adapter", "dense"}
+        moe, dense = rows["moe_adapter"], rows["dense"]
+        assert moe["active_params"] < moe["total_params"]
+        assert moe["active_ratio"] < 1 and moe["macs_ratio"] < 1
+        assert dense["active_params"] == dense["total_params"]
+        assert (
+            abs(moe["total_params"] - dense["total_params"]) / dense["total_params"]
+            < 0.01
+        )
+        assert dense["ratio_to_dense"] == 1.0
+        for row in rows.values():  # measured in a (shared) fresh subprocess
+            assert row["peak_mem_mb"] > 0 and row["mem_ratio_to_dense"] > 0
     assert "| moe_adapter |" in markdown_table(report)
+    assert report["provenance"]["date"] and "--quick" in report["provenance"]["command"]
+
+
+@pytest.mark.parametrize("cls", [DenseMoA, SoftMoA])
+def test_naive_peers_compute_the_same_function(cls):
+    """The naive-loop peer built from our module gives the same values and
+    gradients: the table1 comparison is between two implementations of one
+    function."""
+    torch.manual_seed(0)
+    ours = cls(8, num_experts=3, bottleneck=2)
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.normal_(0.0, 0.5)
+    peer = PEERS[cls](ours)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    target = torch.randn(2, 5, 8)
+    y_ours, y_peer = ours(x), peer(x)
+    torch.testing.assert_close(y_peer, y_ours, atol=1e-5, rtol=1e-4)
+    (g_ours,) = torch.autograd.grad((y_ours * target).sum(), x)
+    (g_peer,) = torch.autograd.grad((y_peer * target).sum(), x)
+    torch.testing.assert_close(g_peer, g_ours, atol=1e-5, rtol=1e-4)
+    with pytest.raises(NotImplementedError, match="unpadded"):
+        peer(x, torch.tensor([[True] * 5, [True] * 3 + [False] * 2]))
+
+
+def test_bridge_mac_limits_at_the_paper_shape():
+    """Arithmetic limits of moe_adapter / dense at the paper's shape: 0.77 for
+    inference and with an input gradient, 0.95 with a frozen encoder (the
+    dense projector's big first layer needs no input gradient then)."""
+    hidden = bridge_parameter_report(verbose=False)["dense_hidden"]
+    macs = bridge_macs(scaled_bridge_shape(1), hidden)
+    ratio = {m: macs["moe_adapter"][m] / macs["dense"][m] for m in macs["dense"]}
+    assert ratio["forward"] == pytest.approx(0.77, abs=0.01)
+    assert ratio["train_input_grad"] == pytest.approx(0.77, abs=0.01)
+    assert ratio["train"] == pytest.approx(0.953, abs=0.01)
 
 
 def test_make_table_renders_results(tmp_path):

@@ -54,3 +54,32 @@ def test_parameter_report(capsys):
     paper_total = c["routed_experts"] + c["aggregation"] + 2560 * 2048
     assert abs(paper_total / 1e6 - 94.4) < 0.1
     assert abs((paper_total - gap) / 1e6 - 70.8) < 0.1
+
+
+@pytest.mark.parametrize("chunk", [None, 10 * 300])
+def test_recomputed_mlp_equals_sequential_in_value_and_gradient(chunk, monkeypatch):
+    """The aggregation MLP recomputes its activation in backward (and, with a
+    small chunk, runs its forward in row chunks): same values, same
+    gradients, same state-dict keys as the plain nn.Sequential."""
+    from speechbrain_moe.adapters import bridges
+    from speechbrain_moe.adapters.bridges import RecomputedMLP
+
+    if chunk:  # 300 rows per chunk: 701 rows make three chunks
+        monkeypatch.setattr(bridges._ActivationLinear, "CHUNK", chunk)
+    torch.manual_seed(0)
+    mlp = RecomputedMLP(6, 10, 5)
+    plain = torch.nn.Sequential(
+        torch.nn.Linear(6, 10), torch.nn.SiLU(), torch.nn.Linear(10, 5)
+    )
+    plain.load_state_dict(mlp.state_dict())
+    x = torch.randn(1, 701, 6, requires_grad=True)
+    target = torch.randn(1, 701, 5)
+    inputs_a, inputs_b = [x, *mlp.parameters()], [x, *plain.parameters()]
+    y_a, y_b = mlp(x), plain(x)
+    torch.testing.assert_close(y_a, y_b)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(mlp(x), y_b.detach())
+    grads_a = torch.autograd.grad((y_a * target).sum(), inputs_a)
+    grads_b = torch.autograd.grad((y_b * target).sum(), inputs_b)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

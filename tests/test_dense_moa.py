@@ -62,3 +62,16 @@ def test_every_expert_and_the_router_get_gradient():
     assert moa.experts.down_weight.grad.abs().sum(dim=(0, 2)).gt(0).all()
     assert moa.experts.up_weight.grad.abs().sum(dim=(1, 2)).gt(0).all()
     assert moa.router.weight.grad.abs().sum(1).gt(0).all()
+
+
+def test_gradients_equal_per_expert_loop():
+    """Router and down-projections share one product: gradients of the
+    tokens and of every parameter still equal the loop's."""
+    moa = randomize(DenseMoA(8, num_experts=5, bottleneck=3, output_size=6))
+    x = torch.randn(2, 6, 8, requires_grad=True)
+    target = torch.randn(2, 6, 6)
+    params = [x, *moa.parameters()]
+    got = torch.autograd.grad((moa(x) * target).sum(), params)
+    expected = torch.autograd.grad((loop_reference(moa, x) * target).sum(), params)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

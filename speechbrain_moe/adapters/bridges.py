@@ -15,11 +15,109 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
-import torch  # noqa: F401  (the doctests use it)
+import torch
 import torch.nn as nn
 
 from speechbrain_moe.adapters.moe import SparseMoE
 from speechbrain_moe.adapters.soft_moa import SoftMoA
+from speechbrain_moe.experts import _activation_grad
+
+
+class _ActivationLinear(torch.autograd.Function):
+    """``linear(activation(pre))`` that saves ``pre`` only.
+
+    Forward: row chunks of at most :attr:`CHUNK` elements, so the activation
+    is never a full ``[tokens, hidden]`` tensor (no large allocation, the
+    chunk stays in cache). Backward: the activation is recomputed into one
+    buffer that then receives the hidden gradient and, in place, the
+    pre-activation gradient: one ``[tokens, hidden]`` allocation where
+    autograd makes three, and one fewer tensor kept between the passes.
+    """
+
+    CHUNK = 1 << 22
+
+    @staticmethod
+    def forward(ctx, pre, activation, weight, bias):
+        """``activation(pre) @ weight^T + bias``."""
+        dtype = pre.dtype
+        weight_t = weight.to(dtype).t()
+        flat = pre.reshape(-1, pre.shape[-1])
+        out = pre.new_empty(flat.shape[0], weight.shape[0])
+        rows = max(256, _ActivationLinear.CHUNK // max(1, flat.shape[-1]))
+        for start in range(0, flat.shape[0], rows):
+            hidden = activation(flat[start : start + rows])
+            if bias is None:
+                torch.mm(hidden, weight_t, out=out[start : start + rows])
+            else:
+                torch.addmm(
+                    bias.to(dtype), hidden, weight_t, out=out[start : start + rows]
+                )
+        ctx.save_for_backward(pre, weight)
+        ctx.activation, ctx.has_bias = activation, bias is not None
+        return out.view(*pre.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        """Gradients of ``pre``, ``weight`` and ``bias``."""
+        pre, weight = ctx.saved_tensors
+        flat_pre = pre.reshape(-1, pre.shape[-1])
+        flat = grad.reshape(-1, grad.shape[-1]).to(pre.dtype)
+        buffer = ctx.activation(flat_pre)
+        grad_weight = (flat.t() @ buffer).to(weight.dtype)
+        grad_bias = flat.sum(0).to(weight.dtype) if ctx.has_bias else None
+        torch.mm(flat, weight.to(pre.dtype), out=buffer)
+        _activation_grad(ctx.activation, buffer, flat_pre, out=buffer)
+        return buffer.view(pre.shape), None, grad_weight, grad_bias
+
+
+class RecomputedMLP(nn.Sequential):
+    """``Linear -> activation -> Linear`` keeping no activation output.
+
+    Same parameters and state-dict keys as the ``nn.Sequential`` it
+    replaces (``0.*`` and ``2.*``), same values and gradients; the backward
+    pass recomputes the activation from the first layer's output instead of
+    storing it, and neither pass allocates more than one ``[tokens,
+    hidden]`` tensor (see :class:`_ActivationLinear`).
+
+    Arguments
+    ---------
+    input_size : int
+        Input width.
+    hidden_size : int
+        Hidden width.
+    output_size : int
+        Output width.
+    activation : type
+        Activation class.
+
+    Example
+    -------
+    >>> import torch
+    >>> mlp = RecomputedMLP(4, 8, 3)
+    >>> x = torch.randn(2, 4)
+    >>> torch.allclose(mlp(x), nn.Sequential.forward(mlp, x))
+    True
+    """
+
+    def __init__(self, input_size, hidden_size, output_size, activation=nn.SiLU):
+        super().__init__(
+            nn.Linear(input_size, hidden_size),
+            activation(),
+            nn.Linear(hidden_size, output_size),
+        )
+
+    def forward(self, x):
+        """Applies the MLP."""
+        first, activation, last = self
+        if torch.is_grad_enabled():
+            return _ActivationLinear.apply(first(x), activation, last.weight, last.bias)
+        # Inference: activate the hidden tensor in place, chunk by chunk.
+        hidden = first(x)
+        flat = hidden.view(-1, hidden.shape[-1])
+        rows = max(256, _ActivationLinear.CHUNK // max(1, flat.shape[-1]))
+        for start in range(0, flat.shape[0], rows):
+            flat[start : start + rows] = activation(flat[start : start + rows])
+        return last(hidden)
 
 
 class DenseProjector(nn.Module):
@@ -42,6 +140,7 @@ class DenseProjector(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> proj = DenseProjector(20, 8, hidden_size=16)
     >>> proj(torch.randn(2, 3, 20)).shape
     torch.Size([2, 3, 8])
@@ -113,6 +212,7 @@ class MoEAdapterBridge(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> bridge = MoEAdapterBridge(20, 8, fused_size=12, num_experts=4, top_k=2,
     ...                           expert_hidden=6, aggregation_hidden=16)
     >>> y = bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool))
@@ -151,10 +251,8 @@ class MoEAdapterBridge(nn.Module):
             zero_init_output=False,
         )
         if aggregation_hidden:
-            self.aggregate = nn.Sequential(
-                nn.Linear(output_size, aggregation_hidden),
-                nn.SiLU(),
-                nn.Linear(aggregation_hidden, output_size),
+            self.aggregate = RecomputedMLP(
+                output_size, aggregation_hidden, output_size, nn.SiLU
             )
         else:
             self.aggregate = nn.Linear(output_size, output_size)
@@ -198,6 +296,7 @@ class SoftMoABridge(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> bridge = SoftMoABridge(20, 8, num_experts=3, bottleneck=4)
     >>> bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool)).shape
     torch.Size([2, 3, 8])
