@@ -44,15 +44,9 @@ def _read_json(path):
 
 
 def record_run(output_folder, **info):
-    """Adds ``info`` and this process's command line (run from its folder;
-    ``torchrun`` under DDP) to ``<output_folder>/run_info.json``.
-
-    Arguments
-    ---------
-    output_folder : str
-        The experiment folder.
-    **info
-        Plain values for the card (``task``, ``dataset``).
+    """Adds ``info`` (plain values for the card: ``task``, ``dataset``) and
+    this process's command line (run from its folder; ``torchrun`` under DDP)
+    to ``<output_folder>/run_info.json``.
 
     Example
     -------
@@ -78,7 +72,8 @@ def record_run(output_folder, **info):
 
 
 def parse_log_line(line):
-    """The statistics of one ``train_log.txt`` line (SpeechBrain's format).
+    """The statistics of one ``train_log.txt`` line (SpeechBrain's format):
+    ``meta`` and each stage present -> its statistics, as logged (strings).
 
     Arguments
     ---------
@@ -88,7 +83,6 @@ def parse_log_line(line):
     Returns
     -------
     dict
-        ``meta`` and the stages present -> statistics, as logged (strings).
 
     Example
     -------
