@@ -35,10 +35,6 @@ def unwrap(module):
     module : torch.nn.Module
         Possibly wrapped module.
 
-    Returns
-    -------
-    torch.nn.Module
-
     Example
     -------
     >>> m = torch.nn.Linear(2, 2)

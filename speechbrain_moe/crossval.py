@@ -37,10 +37,6 @@ def read_test_accuracy(train_log):
     train_log : str
         Path of the log.
 
-    Returns
-    -------
-    float
-
     Example
     -------
     >>> import tempfile

@@ -41,10 +41,6 @@ def read_clip(path, sample_rate=16000, max_seconds=None, hint=TRAINING_HINT):
     hint : str
         What to do when the file is missing or unreadable (in the message).
 
-    Returns
-    -------
-    torch.Tensor
-
     Example
     -------
     >>> import tempfile, soundfile as sf

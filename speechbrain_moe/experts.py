@@ -161,11 +161,6 @@ class _SortedDispatch:
         counts : torch.Tensor, optional
             ``[num_experts]`` rows per expert (computed when not given).
 
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[tokens, output_size]``.
-
         Example
         -------
         >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
@@ -201,11 +196,6 @@ class _SortedDispatch:
             Number of rows of each expert, in expert order (sums to ``rows``).
         row_weights : torch.Tensor, optional
             ``[rows]`` weight of each row's output.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[rows, output_size]``.
 
         Example
         -------
@@ -251,11 +241,6 @@ class _DenseMixing:
             Mixing weights, shape ``[..., num_experts]``. ``None`` sums the
             experts with weight one (always-on shared experts).
 
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[..., output_size]``.
-
         Example
         -------
         >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
@@ -281,11 +266,6 @@ class _DenseMixing:
             ``[..., num_experts * bottleneck]`` pre-activations.
         gates : torch.Tensor, optional
             ``[..., num_experts]`` mixing weights (None: all ones).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[..., output_size]``.
 
         Example
         -------
@@ -401,11 +381,6 @@ class ExpertBank(_DenseMixing, _SortedDispatch, nn.Module):
         x : torch.Tensor
             Shape ``[batch, num_experts, tokens, input_size]``.
 
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[batch, num_experts, tokens, output_size]``.
-
         Example
         -------
         >>> bank = ExpertBank(3, 8, 2, zero_init_up=False)
@@ -428,11 +403,6 @@ class ExpertBank(_DenseMixing, _SortedDispatch, nn.Module):
             Expert index.
         x : torch.Tensor
             Shape ``[..., input_size]``.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``[..., output_size]``.
 
         Example
         -------

@@ -13,17 +13,8 @@ KINDS = {"petl": "PETL method", "bridges": "bridge"}
 
 
 def packaged_names(kind):
-    """Names of the files of ``kind`` shipped with the package.
-
-    Arguments
-    ---------
-    kind : str
-        ``petl`` or ``bridges``.
-
-    Returns
-    -------
-    list of str
-    """
+    """Names of the files of ``kind`` (``petl`` or ``bridges``) shipped with
+    the package."""
     folder = resources.files("speechbrain_moe") / "hparams" / kind
     return sorted(
         entry.name[: -len(".yaml")]

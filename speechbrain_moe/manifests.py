@@ -39,30 +39,8 @@ def _check_audio(path):
     return info.frames / info.samplerate, None
 
 
-def skip_preparation(save_folder, files, options):
-    """Whether a preparation already wrote ``files`` with the same ``options``.
-
-    Arguments
-    ---------
-    save_folder : str
-        Where the manifests and the options of their preparation are.
-    files : list of str
-        Manifest paths that must all exist.
-    options : dict
-        JSON-serialisable preparation options.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = open(os.path.join(folder, OPTIONS_FILE), "w").write('{"fold": 1}')
-    >>> skip_preparation(folder, [], {"fold": 1}), skip_preparation(folder, [], {"fold": 2})
-    (True, False)
-    """
+def _already_prepared(save_folder, files, options):
+    """Whether a preparation already wrote ``files`` with the same ``options``."""
     opt_file = os.path.join(save_folder, OPTIONS_FILE)
     if not os.path.isfile(opt_file) or not all(os.path.isfile(f) for f in files):
         return False
@@ -97,18 +75,8 @@ def check_data_folder(data_folder, required, dataset, where):
         )
 
 
-def split_files(save_folder):
-    """The train/valid/test manifest paths of a preparation, by split.
-
-    Arguments
-    ---------
-    save_folder : str
-        Where the manifests go.
-
-    Returns
-    -------
-    dict
-    """
+def _split_files(save_folder):
+    """The train/valid/test manifest paths of a preparation, by split."""
     return {
         s: os.path.join(save_folder, f"{s}.csv") for s in ("train", "valid", "test")
     }
@@ -125,10 +93,6 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
         Folds used for testing and validation (None: the one after test_fold).
     num_folds : int
         Folds of the data set.
-
-    Returns
-    -------
-    dict
 
     Example
     -------
@@ -245,10 +209,10 @@ def prepare_manifests(save_folder, options, list_clips, dataset, split_of, **kwa
     dict
         Split -> CSV path.
     """
-    files = split_files(save_folder)
+    files = _split_files(save_folder)
     if kwargs.get("skip_prep"):
         return files
-    if skip_preparation(save_folder, list(files.values()), options):
+    if _already_prepared(save_folder, list(files.values()), options):
         logger.info("%s manifests already in %s, skipping.", dataset, save_folder)
         return files
     clips = kwargs.get("clips") or scan_clips(list_clips(), dataset)

@@ -36,17 +36,10 @@ class RoutedModule(nn.Module):
         self.register_buffer("load_sum", torch.zeros(num_experts), persistent=False)
 
     def report(self, weights, mask, **extra):
-        """Hands this batch's routing weights to the active recorders.
-
-        Arguments
-        ---------
-        weights : torch.Tensor
-            ``[batch, time, experts]`` contribution of each expert to each token.
-        mask : torch.Tensor or None
-            ``[batch, time]``, True for real tokens (None: all real).
-        **extra : torch.Tensor
-            Further per-token statistics (e.g. ``selected`` for top-k routing).
-        """
+        """Hands this batch's routing ``weights`` (``[batch, time, experts]``,
+        the share of each expert in each token), ``mask`` (``[batch, time]``,
+        True: real; None: all) and ``extra`` per-token statistics (e.g.
+        ``selected`` of top-k routing) to the active recorders."""
         if not self.tracking_load and self.routing_sink is None:
             return
         weights = weights.detach().float()
@@ -61,12 +54,8 @@ class RoutedModule(nn.Module):
 
 
 def routed_modules(model):
-    """Yields ``(name, module)`` for every :class:`RoutedModule` in ``model``.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Any model (DDP-wrapped modules included).
+    """Yields ``(name, module)`` for every :class:`RoutedModule` in ``model``
+    (DDP-wrapped modules included).
 
     Example
     -------
@@ -79,17 +68,8 @@ def routed_modules(model):
 
 
 def collect_aux_loss(model):
-    """Sums the auxiliary losses of the last forward pass and clears them.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        The model (or a module dict) whose routers ran.
-
-    Returns
-    -------
-    torch.Tensor
-        A scalar; zero when the model has no auxiliary loss.
+    """Sums (a scalar; zero when there is none) and clears the auxiliary
+    losses of the last forward pass of ``model``'s routers.
 
     Example
     -------
@@ -159,20 +139,8 @@ def record_routing(model, callback):
 
 
 def track_load(model, enabled=True):
-    """Switches the per-expert load counters of every router on or off.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Model containing routed modules.
-    enabled : bool
-        Whether to count (see :func:`pop_load_stats`).
-
-    Returns
-    -------
-    int
-        Number of routed modules found.
-    """
+    """Switches the per-expert load counters (:func:`pop_load_stats`) of every
+    router of ``model`` on or off; returns the number of routers."""
     modules = list(routed_modules(model))
     for _, module in modules:
         module.tracking_load = enabled
@@ -210,12 +178,8 @@ def load_statistics(load):
 
 
 def pop_load_stats(model):
-    """Balance figures since the last call, per router and averaged; resets.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Model whose routers have :func:`track_load` on.
+    """Balance figures since the last call, per router of ``model`` (with
+    :func:`track_load` on) and averaged; resets the counters.
 
     Returns
     -------

@@ -58,10 +58,6 @@ def format_parameters(counts):
     counts : dict
         From :func:`count_parameters`.
 
-    Returns
-    -------
-    str
-
     Example
     -------
     >>> print(format_parameters(count_parameters(nn.ModuleDict({"head": nn.Linear(2, 2)}))))

@@ -81,10 +81,6 @@ def petl_root(backbone):
         A lobe with ``petl_targets`` and ``petl_root_name``, the attribute
         holding the module to adapt (absent or None: the lobe itself).
 
-    Returns
-    -------
-    tuple
-
     Example
     -------
     >>> import torch

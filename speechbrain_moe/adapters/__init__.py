@@ -1,6 +1,11 @@
-"""Adapter modules: each maps ``[batch, time, d]`` (+ optional padding mask) to
-``[batch, time, d_out]`` and is placed in a backbone by
-:mod:`speechbrain_moe.placement`.
+"""Adapter modules, placed in a backbone by :mod:`speechbrain_moe.placement`.
+
+Every adapter is built as ``Adapter(input_size, output_size=None, **settings)``
+and called as ``forward(x, mask=None)``: ``x`` is ``[batch, time, input_size]``,
+``mask`` ``[batch, time]`` (True for real tokens, None: all real) and the
+result ``[batch, time, output_size]``. Token-wise adapters ignore the mask;
+routers keep padded tokens out of their routing, statistics and losses, and
+give them a zero output.
 
 Authors
  * speechbrain-moe contributors 2026

@@ -50,18 +50,5 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x, mask=None):
-        """Adapts ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            Unused (the adapter is per token); accepted for a common interface.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Adapts ``x``."""
         return self.up(self.activation(self.down(x)))

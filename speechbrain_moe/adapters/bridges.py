@@ -156,20 +156,7 @@ class DenseProjector(nn.Module):
         )
 
     def forward(self, x, mask=None):
-        """Projects every frame.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            Unused (frame-wise module).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Projects every frame."""
         del mask
         return self.net(x)
 
@@ -191,24 +178,14 @@ class MoEAdapterBridge(nn.Module):
         LLM embedding width.
     fused_size : int
         Width after the fuse layer.
-    num_experts : int
-        Routed experts.
-    top_k : int
-        Experts per token.
     expert_hidden : int
         Hidden size of each expert.
-    num_shared_experts : int
-        Always-on experts.
     aggregation_hidden : int, optional
         Hidden size of the aggregation MLP (None: a single Linear).
-    balance_loss_weight : float
-        Weight of the Switch balance loss.
-    z_loss_weight : float
-        Weight of the router z-loss.
-    routing : str
-        Routing of :class:`SparseMoE`.
-    bias_balancing : bool
-        Auxiliary-loss-free bias balancing.
+    **moe_settings
+        The other settings of :class:`SparseMoE` (``num_experts`` 8,
+        ``top_k`` 4, ``num_shared_experts``, ``routing``,
+        ``balance_loss_weight``, ``z_loss_weight``, ``bias_balancing``).
 
     Example
     -------
@@ -225,30 +202,19 @@ class MoEAdapterBridge(nn.Module):
         input_size,
         output_size,
         fused_size=2560,
-        num_experts=8,
-        top_k=4,
         expert_hidden=1280,
-        num_shared_experts=0,
         aggregation_hidden=None,
-        balance_loss_weight=0.01,
-        z_loss_weight=0.001,
-        routing="topk_softmax",
-        bias_balancing=False,
+        **moe_settings,
     ):
         super().__init__()
         self.fuse = nn.Linear(input_size, fused_size)
+        moe_settings = {"num_experts": 8, "top_k": 4, **moe_settings}
         self.moe = SparseMoE(
             fused_size,
-            num_experts=num_experts,
-            top_k=top_k,
             hidden_size=expert_hidden,
             output_size=output_size,
-            num_shared_experts=num_shared_experts,
-            routing=routing,
-            balance_loss_weight=balance_loss_weight,
-            z_loss_weight=z_loss_weight,
-            bias_balancing=bias_balancing,
             zero_init_output=False,
+            **moe_settings,
         )
         if aggregation_hidden:
             self.aggregate = RecomputedMLP(
@@ -259,20 +225,7 @@ class MoEAdapterBridge(nn.Module):
         self.norm = nn.LayerNorm(output_size)
 
     def forward(self, x, mask=None):
-        """Routes the stacked frames and projects them to the LLM width.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            ``[batch, time]``, True for real frames (padding is not routed).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Routes the stacked frames and projects them to the LLM width."""
         return self.norm(self.aggregate(self.moe(self.fuse(x), mask)))
 
 
@@ -325,19 +278,6 @@ class SoftMoABridge(nn.Module):
         self.norm = nn.LayerNorm(output_size)
 
     def forward(self, x, mask=None):
-        """Mixes the stacked frames through the soft slots.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            ``[batch, time]``, True for real frames.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Mixes the stacked frames through the soft slots."""
         fused = self.fuse(x)
         return self.norm(self.out_proj(fused + self.moa(fused, mask)))

@@ -83,20 +83,7 @@ class Convpass(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x, mask=None):
-        """Adapts ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, prefix + height * width, input_size]``.
-        mask : torch.Tensor, optional
-            ``[batch, time]``, True for real tokens.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Adapts ``x``."""
         batch, length, _ = x.shape
         prefix, height = self.num_prefix_tokens, self.grid_height
         grid_tokens = length - prefix

@@ -57,21 +57,7 @@ class DenseMoA(RoutedModule):
         )
 
     def forward(self, x, mask=None):
-        """Mixes the experts on every token of ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            ``[batch, time]``, True for real tokens (used for statistics only:
-            routing is per token).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Mixes the experts on every token of ``x``."""
         bank, n = self.experts, self.num_experts
         # Router and down-projections as one product: x is read once, and
         # its gradient is written by one product instead of two plus a sum.

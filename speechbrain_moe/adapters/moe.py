@@ -30,7 +30,8 @@ class _TopKRouting:
         Returns
         -------
         weights : torch.Tensor
-            ``[tokens, top_k]``, each row sums to one.
+            ``[tokens, top_k]`` (rows sum to one with ``topk_softmax``, to at
+            most one with ``softmax_topk``).
         experts : torch.Tensor
             ``[tokens, top_k]`` expert indices.
 
@@ -106,11 +107,12 @@ class _TopKRouting:
 class SparseMoE(_TopKRouting, RoutedModule):
     """Top-k routed experts ``E_i(x) = W2_i SiLU(W1_i LN(x))``, dropless.
 
-    Router logits ``l = W_g LN(x)``; each token goes to its ``top_k`` experts
-    with weights either ``softmax`` over the k selected logits
-    (``routing="topk_softmax"``) or the full softmax restricted to them and
-    renormalised (``routing="softmax_topk"``). Optional always-on shared
-    experts are added to every token. No capacity limit: no token is dropped.
+    Router logits ``l = W_g LN(x)``; each token goes to its ``top_k`` experts,
+    weighted by the softmax over the k selected logits (``routing=
+    "topk_softmax"``, summing to one) or by the full softmax's probabilities of
+    those k, *not* renormalised (``"softmax_topk"``, as Switch/ST-MoE; they sum
+    to at most one). Optional always-on shared experts are added to every
+    token. No capacity limit: no token is dropped.
 
     Auxiliary losses, stored in ``self.aux_loss`` after each forward and
     summed by :func:`speechbrain_moe.routing.collect_aux_loss`:
@@ -127,15 +129,13 @@ class SparseMoE(_TopKRouting, RoutedModule):
     Arguments
     ---------
     input_size : int
-        Size of the incoming tokens.
+        Size of the incoming tokens (``output_size`` defaults to it).
     num_experts : int
         Number of routed experts N.
     top_k : int
         Experts per token (``1 <= top_k <= num_experts``).
     hidden_size : int
         Hidden size of each expert.
-    output_size : int, optional
-        Output size (default ``input_size``).
     num_shared_experts : int
         Always-on experts (each of ``hidden_size``).
     routing : str
@@ -144,15 +144,13 @@ class SparseMoE(_TopKRouting, RoutedModule):
         alpha of the Switch balance loss (0 disables it).
     z_loss_weight : float
         beta of the router z-loss (0 disables it).
-    bias_balancing : bool
-        Use the auxiliary-loss-free bias balancing.
-    bias_update_rate : float
-        Step of the bias update.
+    bias_balancing, bias_update_rate : bool, float
+        Use the auxiliary-loss-free bias balancing, and its step.
     norm : bool
         Apply a LayerNorm to the input before routing and experts.
     zero_init_output : bool
-        Zero-initialise the experts' output projections (for residual use
-        inside an encoder; the bridge sets it to False).
+        Zero-initialise the experts' output projections (residual use inside
+        an encoder; the bridge sets it to False).
     activation : type
         Activation class of the experts.
     dispatch : str
@@ -242,21 +240,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
 
     def forward(self, x, mask=None):
-        """Routes every real token of ``x`` to its experts.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            ``[batch, time]``, True for real tokens. Padded tokens are not
-            routed, take no part in the losses and get a zero output.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Routes every real token of ``x`` to its experts."""
         batch, length, _ = x.shape
         if mask is not None and bool(mask.all()):
             mask = None

@@ -171,21 +171,7 @@ class SoftMoA(RoutedModule):
         return x @ phi
 
     def forward(self, x, mask=None):
-        """Routes ``x`` through the experts' slots and back.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time, input_size]``.
-        mask : torch.Tensor, optional
-            ``[batch, time]``, True for real tokens. Padded tokens take no part
-            in the slots and get a zero output.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, output_size]``.
-        """
+        """Routes ``x`` through the experts' slots and back."""
         if mask is not None and bool(mask.all()):
             mask = None  # nothing to mask: skip two passes over the tokens
         # Slots from the raw tokens; dX through logits and slots in one product.

@@ -66,10 +66,6 @@ class ExperimentInterface(Pretrained):
         max_seconds : float, optional
             Longer audio is cut, with a warning naming the file.
 
-        Returns
-        -------
-        torch.Tensor
-            ``[samples]``.
         """
         return read_clip(path, self.hparams.sample_rate, max_seconds, INFERENCE_HINT)
 

@@ -80,10 +80,6 @@ def parse_log_line(line):
     line : str
         E.g. ``"epoch: 2, lr: 1.00e-03 - train loss: 1.20 - valid loss: 1.30"``.
 
-    Returns
-    -------
-    dict
-
     Example
     -------
     >>> parse_log_line("Epoch loaded: 2 - test loss: 1.31, test accuracy: 3.00e-01")

@@ -81,9 +81,6 @@ class SpeechLLMTranscriber(ExperimentInterface):
         prompt : str, optional
             Text prompt (default ``asr_prompt``).
 
-        Returns
-        -------
-        str
         """
         max_seconds = getattr(self.hparams, "max_audio_seconds", None)
         wav = self.read_file(path, max_seconds)

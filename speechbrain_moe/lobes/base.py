@@ -29,10 +29,6 @@ def lengths_to_mask(lengths, max_len):
     max_len : int
         Width of the mask.
 
-    Returns
-    -------
-    torch.Tensor
-
     Example
     -------
     >>> lengths_to_mask(torch.tensor([1, 3]), 3)
@@ -51,11 +47,6 @@ def masked_mean(hidden, mask):
         ``[batch, time, channels]``.
     mask : torch.Tensor or None
         ``[batch, time]`` (None: every token is real).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, channels]``.
 
     Example
     -------
@@ -76,10 +67,6 @@ def unwrap(module):
     ---------
     module : torch.nn.Module
         A model, or an ``AdaptedModel`` around it.
-
-    Returns
-    -------
-    torch.nn.Module
 
     Example
     -------

@@ -32,15 +32,15 @@ def load_bridge(bridge, overrides=None):
     Arguments
     ---------
     bridge : str
-        ``dense``, ``moe_adapter``, ``soft_moa`` or the path of a bridge YAML
-        file, whose ``bridge`` key builds ``bridge(input_size, output_size)``.
+        ``dense``, ``moe_adapter``, ``soft_moa`` or a bridge YAML's path (its
+        ``bridge`` key builds ``bridge(input_size, output_size)``).
     overrides : dict, optional
-        New values for some of its settings, e.g. ``{"top_k": 2}``.
+        New values of its settings, e.g. ``{"top_k": 2}``.
 
     Returns
     -------
     functools.partial
-        ``(input_size, output_size) -> Module``, with ``bridge_name`` and
+        ``(input_size, output_size) -> Module``; ``bridge_name``,
         ``bridge_settings`` attributes.
 
     Example
@@ -133,10 +133,9 @@ class SpeechPromptLayout:
         Returns
         -------
         dict
-            ``inputs_embeds`` ``[B, S, d]``; ``attention_mask``,
-            ``position_ids``, ``labels`` (-100 but at text tokens) and
-            ``loss_mask`` (True where the *next* token is a target), all
-            ``[B, S]``; ``prefix_length``.
+            ``inputs_embeds`` ``[B, S, d]``, ``prefix_length`` and ``[B, S]``
+            ``attention_mask``, ``position_ids``, ``labels`` (-100 but at text
+            tokens), ``loss_mask`` (True where the *next* token is a target).
         """
         bos = []
         if self.bos_index is not None:
@@ -302,19 +301,9 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
 
 
 def target_nll(logits, targets, target_mask):
-    """Mean cross-entropy over the real target tokens of the batch.
-
-    Arguments
-    ---------
-    logits : torch.Tensor
-        ``[batch, len, vocab]``; ``logits[:, j]`` predicts ``targets[:, j]``.
-    targets, target_mask : torch.Tensor
-        ``[batch, len]`` token ids, and True for those that count.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar.
+    """Mean cross-entropy over the real target tokens of the batch:
+    ``logits[:, j]`` (``[batch, len, vocab]``) predicts ``targets[:, j]``
+    (``[batch, len]``), counted where ``target_mask`` is True.
 
     Example
     -------

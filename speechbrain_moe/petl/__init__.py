@@ -18,10 +18,6 @@ __all__ = ["apply_method", "available_methods", "insert_adapters", "wrap_modules
 def available_methods():
     """Names of the methods shipped with the package.
 
-    Returns
-    -------
-    list of str
-
     Example
     -------
     >>> available_methods()[:3]
