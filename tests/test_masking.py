@@ -3,18 +3,9 @@ over tokens, and padded tokens never changing the outputs of real ones."""
 
 import pytest
 import torch
+from random_init import randomize
 
 from speechbrain_moe.adapters import Convpass, DenseMoA, SoftMoA, SparseMoE
-
-
-def randomize(module, seed=0):
-    """Gives every parameter random values (no zero-initialised projection)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.normal_(0.0, 0.5)
-    return module
-
 
 MIXTURES = {
     "soft_moa": lambda: SoftMoA(8, num_experts=3, bottleneck=2, slots_per_expert=2),

@@ -6,17 +6,9 @@ expert on its own slots, combine softmax over all slots."""
 import pytest
 import torch
 import torch.nn.functional as F
+from random_init import randomize
 
 from speechbrain_moe.adapters import SoftMoA
-
-
-def randomize(module, seed=0):
-    """Gives every parameter random values (no zero-initialised projection)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.normal_(0.0, 0.5)
-    return module
 
 
 def reference(moa, x):
