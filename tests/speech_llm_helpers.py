@@ -113,3 +113,19 @@ def greedy_without_cache(self, inputs, max_new_tokens):
         embeds = torch.cat([embeds, self.embed_tokens(token).unsqueeze(1)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return torch.stack(out, dim=1)
+
+
+def bridge_recipe_command(out, data, llm, encoder, overrides):
+    """``train.py hparams/bridge.yaml`` with a MoE-Adapter bridge shrunk by
+    ``overrides``, on the synthetic LibriSpeech ``data`` (run it in the recipe
+    folder, flags appended)."""
+    return [
+        "train.py",
+        "hparams/bridge.yaml",
+        f"--output_folder={out}",
+        f"--data_folder={data}",
+        f"--llm_source={llm}",
+        f"--backbone_source={encoder}",
+        "--bridge=moe_adapter",
+        f"--bridge_overrides={overrides}",
+    ]

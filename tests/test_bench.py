@@ -17,6 +17,7 @@ from benchmarks import validate_report
 from benchmarks.__main__ import main
 from benchmarks.bridge import bridge_macs, scaled_bridge_shape
 from benchmarks.bridge_params import bridge_parameter_report
+from benchmarks.make_table import END, START, render
 from benchmarks.naive import PEERS
 from benchmarks.report import markdown_table
 from speechbrain_moe.adapters import DenseMoA, SoftMoA
@@ -153,6 +154,25 @@ def test_make_table_renders_results(tmp_path):
     subprocess.run(cmd + ["--update", str(readme)], check=True, cwd=ROOT)
     text = readme.read_text()
     assert "old" not in text and "| moe_adapter |" in text and text.endswith("end\n")
+
+
+@pytest.mark.parametrize("markdown", ["README.md", "benchmarks/README.md"])
+def test_committed_tables_are_rendered_from_committed_results(markdown):
+    """The README tables are exactly what ``make_table`` makes of the JSON."""
+    results = os.path.join(ROOT, "benchmarks", "results")
+    suites = set()
+    for name in os.listdir(results):
+        if name.endswith(".json"):
+            with open(os.path.join(results, name)) as handle:
+                report = json.load(handle)
+            assert validate_report(report) == [], name
+            suites.add(report["suite"])
+    assert suites == {"table1", "scaling", "bridge"}
+    with open(os.path.join(ROOT, markdown)) as handle:
+        block = handle.read().split(START, 1)[1].split(END, 1)[0]
+    assert block.strip() == render(results).strip(), (
+        f"{markdown} is stale: run python -m benchmarks.make_table --update {markdown}"
+    )
 
 
 def test_unknown_suite_is_rejected():

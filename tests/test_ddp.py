@@ -12,6 +12,7 @@ import subprocess
 import pytest
 import torch
 from conftest import PYTHON, REPO
+from speech_llm_helpers import bridge_recipe_command
 
 TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -111,16 +112,15 @@ def test_llm_bridge_three_epochs(tmp_path):
     out = tmp_path / "exp"
     output = run(
         TORCHRUN
+        + bridge_recipe_command(
+            out,
+            libri,
+            llm,
+            whisper,
+            "{fused_size: 32, expert_hidden: 16, aggregation_hidden: 32, "
+            "num_experts: 4, top_k: 2}",
+        )
         + [
-            "train.py",
-            "hparams/bridge.yaml",
-            f"--output_folder={out}",
-            f"--data_folder={libri}",
-            f"--llm_source={llm}",
-            f"--backbone_source={whisper}",
-            "--bridge=moe_adapter",
-            "--bridge_overrides={fused_size: 32, expert_hidden: 16, "
-            "aggregation_hidden: 32, num_experts: 4, top_k: 2}",
             '--llm_lora_layers=["*q_proj", "*v_proj"]',
             "--number_of_epochs=3",
             "--select_n_sentences=4",

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 import torch
 from conftest import PYTHON, REPO
+from speech_llm_helpers import bridge_recipe_command
 
 from speechbrain_moe.inference import (
     PETLAudioClassifier,
@@ -210,17 +211,16 @@ def test_transcriber_reproduces_the_recipe_decoding(tmp_path):
     out = tmp_path / "exp"
     recipe = os.path.join(REPO, "recipes", "LibriSpeech", "LLM_bridge")
     run(
-        [
-            PYTHON,
-            "train.py",
-            "hparams/bridge.yaml",
-            f"--output_folder={out}",
-            f"--data_folder={libri}",
-            f"--llm_source={llm}",
-            f"--backbone_source={whisper}",
-            "--bridge=moe_adapter",
-            "--bridge_overrides={fused_size: 64, expert_hidden: 32, "
-            "aggregation_hidden: 128, num_experts: 4, top_k: 2}",
+        [PYTHON]
+        + bridge_recipe_command(
+            out,
+            libri,
+            llm,
+            whisper,
+            "{fused_size: 64, expert_hidden: 32, aggregation_hidden: 128, "
+            "num_experts: 4, top_k: 2}",
+        )
+        + [
             "--max_new_tokens=8",
             "--number_of_epochs=1",
             "--select_n_sentences=4",
