@@ -45,7 +45,6 @@ from benchmarks.core import (
 from benchmarks.report import (
     describe,
     format_table,
-    markdown_table,
     plot_report,
     validate_report,
 )
@@ -58,7 +57,6 @@ __all__ = [
     "describe",
     "format_table",
     "machine_info",
-    "markdown_table",
     "measure_memory",
     "memory_in_subprocess",
     "peak_rss_mb",

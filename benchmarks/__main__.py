@@ -17,7 +17,6 @@ import sys
 from benchmarks.report import (
     describe,
     format_table,
-    markdown_table,
     plot_report,
 )
 from benchmarks.runner import run_suite, run_worker
@@ -126,7 +125,7 @@ def main(argv=None):
         print()
         print(describe(report))
         print()
-        print(markdown_table(report))
+        print(format_table(report, markdown=True))
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)

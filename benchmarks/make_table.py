@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from benchmarks.report import SUITE_ORDER, describe, markdown_table
+from benchmarks.report import SUITE_ORDER, describe, format_table
 from benchmarks.targets import targets_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +53,7 @@ def render(results_dir):
     ]
     for name, report in reports:
         blocks.append(
-            f"### {report['suite']} (`{name}`)\n\n{describe(report)}\n\n{markdown_table(report)}"
+            f"### {report['suite']} (`{name}`)\n\n{describe(report)}\n\n{format_table(report, markdown=True)}"
         )
     return "\n\n".join(blocks)
 

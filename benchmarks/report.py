@@ -138,46 +138,16 @@ def _columns(report):
     return cols
 
 
-def format_table(report):
-    """A fixed-width console table of a report.
+def format_table(report, markdown=False):
+    """The results of a report as a table: fixed-width for the console, or
+    Markdown (what ``benchmarks/README.md`` shows).
 
     Arguments
     ---------
     report : dict
         A report of :func:`benchmarks.run_suite`.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> rep = {"suite": "table1", "device": "cpu", "results": [{"method": "adapter",
-    ...        "config": {"frames": 100}, "trainable_params_no_head": 470000,
-    ...        "step_ms_median": 10.0, "step_ms_min": 9.5, "peak_mem_mb": 500.0,
-    ...        "ratio_to_adapter": 1.0, "mem_ratio_to_adapter": 1.0}]}
-    >>> print(format_table(rep).splitlines()[2].split()[0])
-    adapter
-    """
-    cols = _columns(report)
-    rows = [[fn(r) for _, fn in cols] for r in report["results"]]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(cols)]
-    header = "  ".join(h.ljust(w) for (h, _), w in zip(cols, widths))
-    title = f"suite {report['suite']} on {report['device']}"
-    if report.get("config", {}).get("quick"):
-        title += "  ** QUICK SMOKE RUN: tiny shapes, timings not comparable **"
-    lines = [title, header]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(report):
-    """A Markdown table of a report (what ``benchmarks/README.md`` shows).
-
-    Arguments
-    ---------
-    report : dict
-        A report of :func:`benchmarks.run_suite`.
+    markdown : bool
+        Markdown rows instead of padded columns under a title line.
 
     Returns
     -------
@@ -190,17 +160,24 @@ def markdown_table(report):
     ...        "active_ratio": 1.0, "macs_ratio": 1.0, "step_ms_median": 1.0,
     ...        "step_ms_iqr": [0.9, 1.1], "step_ms_min": 0.9, "peak_mem_mb": None,
     ...        "ratio_to_adapter": None, "ratio_to_dense": 1.0}]}
-    >>> print(markdown_table(rep).splitlines()[2])
+    >>> print(format_table(rep, markdown=True).splitlines()[2])
     | small | train | dense | 10 | 1.00 | 1.00 | 1.0 [0.9-1.1] | - | 1.000 | - |
+    >>> print(format_table(rep).splitlines()[2].split()[:3])
+    ['small', 'train', 'dense']
     """
     cols = _columns(report)
-    lines = [
-        "| " + " | ".join(h for h, _ in cols) + " |",
-        "|" + "|".join("---" for _ in cols) + "|",
-    ]
-    for row in report["results"]:
-        lines.append("| " + " | ".join(fn(row) for _, fn in cols) + " |")
-    return "\n".join(lines)
+    rows = [[h for h, _ in cols]]
+    rows += [[fn(r) for _, fn in cols] for r in report["results"]]
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    title = f"suite {report['suite']} on {report['device']}"
+    if report.get("config", {}).get("quick"):
+        title += "  ** QUICK SMOKE RUN: tiny shapes, timings not comparable **"
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join([title] + lines)
 
 
 def describe(report):

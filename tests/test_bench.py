@@ -19,7 +19,7 @@ from benchmarks.bridge import bridge_macs, scaled_bridge_shape
 from benchmarks.bridge_params import bridge_parameter_report
 from benchmarks.make_table import END, START, render
 from benchmarks.naive import PEERS
-from benchmarks.report import markdown_table
+from benchmarks.report import format_table
 from speechbrain_moe.adapters import DenseMoA, SoftMoA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +97,7 @@ def test_bridge_quick_with_memory(tmp_path):
         assert dense["ratio_to_dense"] == 1.0
         for row in rows.values():  # measured in a (shared) fresh subprocess
             assert row["peak_mem_mb"] > 0 and row["mem_ratio_to_dense"] > 0
-    assert "| moe_adapter |" in markdown_table(report)
+    assert "| moe_adapter |" in format_table(report, markdown=True)
     assert report["provenance"]["date"] and "--quick" in report["provenance"]["command"]
 
 
