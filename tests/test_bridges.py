@@ -56,16 +56,21 @@ def test_parameter_report(capsys):
     assert abs((paper_total - gap) / 1e6 - 70.8) < 0.1
 
 
-@pytest.mark.parametrize("chunk", [None, 10 * 300])
-def test_recomputed_mlp_equals_sequential_in_value_and_gradient(chunk, monkeypatch):
+@pytest.mark.parametrize("chunk, cached", [(None, None), (3000, None), (3000, 0)])
+def test_recomputed_mlp_equals_sequential_in_value_and_gradient(
+    chunk, cached, monkeypatch
+):
     """The aggregation MLP recomputes its activation in backward (and, with a
-    small chunk, runs its forward in row chunks): same values, same
-    gradients, same state-dict keys as the plain nn.Sequential."""
+    small chunk, runs its forward in row chunks; at inference, both layers on
+    blocks of 256 rows, or with ``cached=0`` one block activated in chunks):
+    same values, same gradients, same state-dict keys as nn.Sequential."""
     from speechbrain_moe.adapters import bridges
     from speechbrain_moe.adapters.bridges import RecomputedMLP
 
     if chunk:  # 300 rows per chunk: 701 rows make three chunks
         monkeypatch.setattr(bridges._ActivationLinear, "CHUNK", chunk)
+    if cached is not None:
+        monkeypatch.setattr(RecomputedMLP, "CACHED_WEIGHTS", cached)
     torch.manual_seed(0)
     mlp = RecomputedMLP(6, 10, 5)
     plain = torch.nn.Sequential(
@@ -77,8 +82,9 @@ def test_recomputed_mlp_equals_sequential_in_value_and_gradient(chunk, monkeypat
     inputs_a, inputs_b = [x, *mlp.parameters()], [x, *plain.parameters()]
     y_a, y_b = mlp(x), plain(x)
     torch.testing.assert_close(y_a, y_b)
-    with torch.no_grad():  # the in-place inference path
+    with torch.no_grad():  # the inference path (and an empty input)
         torch.testing.assert_close(mlp(x), y_b.detach())
+        assert mlp(x[:, :0]).shape == (1, 0, 5)
     grads_a = torch.autograd.grad((y_a * target).sum(), inputs_a)
     grads_b = torch.autograd.grad((y_b * target).sum(), inputs_b)
     for a, b in zip(grads_a, grads_b):

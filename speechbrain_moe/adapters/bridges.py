@@ -99,6 +99,9 @@ class RecomputedMLP(nn.Sequential):
     True
     """
 
+    #: Up to this many weight elements, inference runs on blocks of rows.
+    CACHED_WEIGHTS = 1 << 22
+
     def __init__(self, input_size, hidden_size, output_size, activation=nn.SiLU):
         super().__init__(
             nn.Linear(input_size, hidden_size),
@@ -111,13 +114,24 @@ class RecomputedMLP(nn.Sequential):
         first, activation, last = self
         if torch.is_grad_enabled():
             return _ActivationLinear.apply(first(x), activation, last.weight, last.bias)
-        # Inference: activate the hidden tensor in place, chunk by chunk.
-        hidden = first(x)
-        flat = hidden.view(-1, hidden.shape[-1])
-        rows = max(256, _ActivationLinear.CHUNK // max(1, flat.shape[-1]))
-        for start in range(0, flat.shape[0], rows):
-            flat[start : start + rows] = activation(flat[start : start + rows])
-        return last(hidden)
+        # Inference. Small weights stay in cache: run both layers on blocks of
+        # rows, never allocating the [tokens, hidden] tensor (whose fresh
+        # pages cost more than the products at small widths). Large weights
+        # would be re-read per block: one block, activated in place.
+        flat, out = x.reshape(-1, x.shape[-1]), None
+        rows = max(1, flat.shape[0])
+        if first.weight.numel() + last.weight.numel() <= self.CACHED_WEIGHTS:
+            rows = max(256, (_ActivationLinear.CHUNK >> 2) // first.out_features)
+        step = max(256, _ActivationLinear.CHUNK // first.out_features)
+        for start in range(0, max(1, flat.shape[0]), rows):
+            hidden = first(flat[start : start + rows])
+            for part in hidden.split(step):
+                part.copy_(activation(part))
+            if out is None:  # the dtype autocast chose
+                out = hidden.new_empty(flat.shape[0], last.out_features)
+            weight, bias = last.weight.to(hidden.dtype), last.bias.to(hidden.dtype)
+            torch.addmm(bias, hidden, weight.t(), out=out[start : start + rows])
+        return out.view(*x.shape[:-1], last.out_features)
 
 
 class DenseProjector(nn.Module):
