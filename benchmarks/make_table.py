@@ -26,7 +26,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def render(results_dir):
-    """Markdown for every ``*.json`` report in ``results_dir``, in suite order.
+    """Markdown for every suite's ``*.json`` report in ``results_dir``, in order.
 
     Arguments
     ---------
@@ -41,7 +41,8 @@ def render(results_dir):
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as handle:
             report = json.load(handle)
-        if isinstance(report, dict) and "suite" in report and "results" in report:
+        # Suite reports only (``layers.json`` of benchmarks.layers is cited, not tabled).
+        if isinstance(report, dict) and report.get("suite") in SUITE_ORDER:
             reports.append((os.path.basename(path), report))
     reports.sort(key=lambda item: (SUITE_ORDER.get(item[1]["suite"], 99), item[0]))
     if not reports:

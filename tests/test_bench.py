@@ -165,9 +165,12 @@ def test_committed_tables_are_rendered_from_committed_results(markdown):
         if name.endswith(".json"):
             with open(os.path.join(results, name)) as handle:
                 report = json.load(handle)
-            assert validate_report(report) == [], name
+            if report["suite"] == "layers":  # benchmarks.layers: cited, not tabled
+                assert {r["part"] for r in report["results"]} == {"soft_moa", "bridge"}
+            else:
+                assert validate_report(report) == [], name
             suites.add(report["suite"])
-    assert suites == {"table1", "scaling", "bridge"}
+    assert suites == {"table1", "scaling", "bridge", "layers"}
     with open(os.path.join(ROOT, markdown)) as handle:
         block = handle.read().split(START, 1)[1].split(END, 1)[0]
     assert block.strip() == render(results).strip(), (
@@ -178,3 +181,30 @@ def test_committed_tables_are_rendered_from_committed_results(markdown):
 def test_unknown_suite_is_rejected():
     with pytest.raises(SystemExit):
         main(["--suite", "tabel1"])
+
+
+def test_layer_costs_time_every_stage_and_count_its_work():
+    """``benchmarks.layers``: both Soft-MoA lengths and every bridge stage are
+    timed; the stages' multiply-adds add up to the whole MoE bridge's."""
+    from benchmarks.layers import bridge_rows, format_rows, soft_moa_rows
+
+    soft = soft_moa_rows(1, tokens=(12, 20), batch=2, width=32, warmup=0)
+    assert [(r["tokens"], r["method"]) for r in soft] == [
+        (12, "adapter"),
+        (12, "soft_moa"),
+        (20, "adapter"),
+        (20, "soft_moa"),
+    ]
+    stages = {r["stage"]: r for r in bridge_rows(1, "small", warmup=0)}
+    assert set(stages) == {
+        "dense",
+        "moe.fuse",
+        "moe.sparse",
+        "moe.aggregate",
+        "moe.norm",
+        "moe (whole)",
+    }
+    parts = sum(stages[f"moe.{n}"]["gmac"] for n in ("fuse", "sparse", "aggregate"))
+    assert abs(parts - stages["moe (whole)"]["gmac"]) < 1e-9
+    assert all(r["ms"] > 0 for r in soft + list(stages.values()))
+    assert "GMAC/s" in format_rows(soft + list(stages.values()))

@@ -1,0 +1,279 @@
+"""Layer-level costs behind two step-level ratios of the suites.
+
+``python -m benchmarks.layers [--json benchmarks/results/layers.json]``
+
+* ``soft_moa``: one Soft-MoA layer (14 experts of bottleneck 1) against one
+  bottleneck-24 adapter, the module alone, forward + backward, AST-base width
+  (768), batch 8, at the ``scaling`` suite's token counts. Twelve times the
+  per-layer difference, over the adapter step of ``scaling``, is the step
+  ratio the Soft-MoA layers themselves account for.
+* ``bridge``: each stage of the MoE-Adapter bridge (fuse, sparse layer,
+  aggregation MLP, LayerNorm) and the dense projector, forward + backward
+  with the input gradient, with the multiply-adds of each and the rate at
+  which it runs them (GMAC/s): where the sparse bridge loses to the dense
+  projector at a given shape.
+
+Both are timed like the suites (:func:`benchmarks.core.time_interleaved`,
+interleaved rounds, contention gate; ratios are medians of per-round
+ratios).
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+from benchmarks.bridge import BRIDGE_SHAPES, build_bridge_modules, scaled_bridge_shape
+from benchmarks.core import machine_info, time_interleaved
+from benchmarks.runner import paired_ratio, provenance
+from speechbrain_moe.adapters import BottleneckAdapter, SoftMoA
+
+#: Tokens of the scaling suite's 100, 400 and 1000 fbank frames (AST patches + 2).
+SOFT_MOA_TOKENS = (110, 410, 1190)
+
+
+def backward_step(module, x, *args):
+    """Forward + backward of ``module`` on ``x`` (which needs a gradient).
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The layer.
+    x : torch.Tensor
+        Its input (``requires_grad=True``).
+    *args
+        Further arguments of ``module``.
+
+    Returns
+    -------
+    callable
+        One step; gradients are cleared after it.
+
+    Example
+    -------
+    >>> step = backward_step(torch.nn.Linear(3, 2), torch.randn(4, 3, requires_grad=True))
+    >>> step()
+    """
+    out = module(x, *args)
+    grad = torch.randn_like(out)
+    params = list(module.parameters())
+
+    def step():
+        module(x, *args).backward(grad)
+        x.grad = None
+        for param in params:
+            param.grad = None
+
+    return step
+
+
+def soft_moa_rows(rounds, tokens=SOFT_MOA_TOKENS, batch=8, width=768, **timing):
+    """Soft-MoA layer vs bottleneck-24 adapter, module alone, per length.
+
+    Arguments
+    ---------
+    rounds : int
+        Timed interleaved rounds.
+    tokens : tuple of int
+        Sequence lengths.
+    batch, width : int
+        Batch size and token width.
+    **timing
+        Further options of :func:`time_interleaved`.
+
+    Returns
+    -------
+    list of dict
+    """
+    rows = []
+    for length in tokens:
+        torch.manual_seed(0)
+        x = torch.randn(batch, length, width, requires_grad=True)
+        steps = {
+            "adapter": backward_step(BottleneckAdapter(width, 24), x),
+            "soft_moa": backward_step(SoftMoA(width, 14, bottleneck=1), x),
+        }
+        times = time_interleaved(steps, repeats=rounds, **timing)
+        ratio = paired_ratio(
+            times["soft_moa"]["times_ms"], times["adapter"]["times_ms"]
+        )
+        for method, t in times.items():
+            rows.append(
+                {
+                    "part": "soft_moa",
+                    "tokens": length,
+                    "method": method,
+                    "ms": t["median_ms"],
+                    "ms_iqr": [t["q1_ms"], t["q3_ms"]],
+                    "ratio_to_adapter": 1.0 if method == "adapter" else ratio[0],
+                    "extra_ms_12_layers": 12
+                    * (t["median_ms"] - times["adapter"]["median_ms"]),
+                }
+            )
+    return rows
+
+
+def bridge_stage_macs(c, dense_hidden):
+    """Forward multiply-adds per token of each bridge stage.
+
+    Arguments
+    ---------
+    c : dict
+        Bridge widths (:func:`benchmarks.bridge.scaled_bridge_shape`).
+    dense_hidden : int
+        Hidden width of the dense projector.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> bridge_stage_macs(scaled_bridge_shape(8), 1783)["moe.fuse"]
+    204800
+    """
+    expert = (
+        c["fused_size"] * c["expert_hidden"] + c["expert_hidden"] * c["output_size"]
+    )
+    return {
+        "dense": dense_hidden * (c["input_size"] + c["output_size"]),
+        "moe.fuse": c["input_size"] * c["fused_size"],
+        "moe.sparse": c["fused_size"] * c["num_experts"] + c["top_k"] * expert,
+        "moe.aggregate": 2 * c["output_size"] * c["aggregation_hidden"],
+        "moe.norm": 0,
+    }
+
+
+def bridge_rows(rounds, shape="small", **timing):
+    """Each stage of the MoE-Adapter bridge and the dense projector.
+
+    Arguments
+    ---------
+    rounds : int
+        Timed interleaved rounds.
+    shape : str
+        A shape of the ``bridge`` suite (``small`` or ``paper``).
+    **timing
+        Further options of :func:`time_interleaved`.
+
+    Returns
+    -------
+    list of dict
+    """
+    _, divisor, batch = next(s for s in BRIDGE_SHAPES if s[0] == shape)
+    config = {**scaled_bridge_shape(divisor), "time": 375}
+    parts = build_bridge_modules(config)
+    moe, dense = parts["moe_adapter"], parts["dense"]
+    torch.manual_seed(0)
+    x = torch.randn(batch, config["time"], config["input_size"], requires_grad=True)
+    steps, inputs = {"dense": backward_step(dense, x)}, x
+    for name in ("fuse", "sparse", "aggregate", "norm"):
+        stage = moe.moe if name == "sparse" else getattr(moe, name)
+        steps[f"moe.{name}"] = backward_step(stage, inputs)
+        inputs = stage(inputs).detach().requires_grad_()
+    steps["moe (whole)"] = backward_step(moe, x)
+    times = time_interleaved(steps, repeats=rounds, **timing)
+    macs = bridge_stage_macs(config, parts["dense_hidden"])
+    macs["moe (whole)"] = sum(v for k, v in macs.items() if k.startswith("moe."))
+    tokens = batch * config["time"]
+    rows = []
+    for name, t in times.items():
+        gmac = 3 * macs[name] * tokens / 1e9  # forward + both gradients
+        rows.append(
+            {
+                "part": "bridge",
+                "shape": shape,
+                "stage": name,
+                "ms": t["median_ms"],
+                "ms_iqr": [t["q1_ms"], t["q3_ms"]],
+                "gmac": gmac,
+                "gmac_per_s": gmac / (t["median_ms"] / 1000) if gmac else None,
+                "ratio_to_dense": paired_ratio(
+                    t["times_ms"], times["dense"]["times_ms"]
+                )[0],
+            }
+        )
+    return rows
+
+
+def format_rows(rows):
+    """Console table of the rows.
+
+    Arguments
+    ---------
+    rows : list of dict
+        From :func:`soft_moa_rows` and :func:`bridge_rows`.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> print(format_rows([{"part": "bridge", "shape": "small", "stage": "dense",
+    ...     "ms": 10.0, "ms_iqr": [9.0, 11.0], "gmac": 1.0, "gmac_per_s": 100.0,
+    ...     "ratio_to_dense": 1.0}]))
+    bridge small    dense           10.0 ms [9.0-11.0]  1.00 GMAC  100 GMAC/s  1.000 x dense
+    """
+    lines = []
+    for r in rows:
+        cell = f"{r['ms']:.1f} ms [{r['ms_iqr'][0]:.1f}-{r['ms_iqr'][1]:.1f}]"
+        if r["part"] == "soft_moa":
+            lines.append(
+                f"soft_moa {r['tokens']:>5} tokens  {r['method']:<9} {cell:<24}"
+                f" {r['ratio_to_adapter']:.3f} x adapter  "
+                f"12 layers: {r['extra_ms_12_layers']:+.1f} ms"
+            )
+        else:
+            rate = f"{r['gmac_per_s']:.0f} GMAC/s" if r["gmac_per_s"] else "-"
+            lines.append(
+                f"bridge {r['shape']:<8} {r['stage']:<14} {cell:<19} "
+                f"{r['gmac']:.2f} GMAC  {rate}  {r['ratio_to_dense']:.3f} x dense"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Runs both parts, prints the table, writes the JSON report."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.layers")
+    parser.add_argument("--json", help="Write the report to this JSON file.")
+    parser.add_argument("--rounds", type=int, default=21, help="Bridge rounds.")
+    parser.add_argument(
+        "--soft-rounds", type=int, default=101, help="Soft-MoA rounds (short steps)."
+    )
+    parser.add_argument("--shapes", default="small,paper", help="Bridge shapes.")
+    parser.add_argument("--max-others", type=float, default=0.15)
+    args = parser.parse_args(argv)
+    timing = {"warmup": 2, "max_others": args.max_others}
+    rows = soft_moa_rows(args.soft_rounds, **timing)
+    for shape in args.shapes.split(","):
+        rows += bridge_rows(args.rounds, shape, **timing)
+    print(format_rows(rows))
+    if args.json:
+        report = {
+            "suite": "layers",
+            "torch": torch.__version__,
+            "machine": machine_info(),
+            "provenance": provenance(),
+            "config": {
+                "rounds": args.rounds,
+                "soft_rounds": args.soft_rounds,
+                **timing,
+            },
+            "results": rows,
+        }
+        argv = sys.argv[1:] if argv is None else argv
+        report["provenance"]["command"] = " ".join(
+            ["python -m benchmarks.layers", *argv]
+        )
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
