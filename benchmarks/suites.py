@@ -171,7 +171,7 @@ def scaling_cases(quick=False):
             }
             case = _ast_case(method, settings, config, model, f"frames={frames}")
             # A 2 % target on steps that vary by several % from round to round
-            # (1000 frames: 31 rounds gave 1.025 [1.000-1.037]; 61 resolve it).
+            # (1000 frames: 31 rounds gave 1.025 [1.000-1.037]; 61 narrow it).
             case["rounds"] = {100: 41, 400: 31}.get(frames, 61)
             cases.append(case)
     for bottleneck in bottlenecks:

@@ -115,9 +115,9 @@ class RecomputedMLP(nn.Sequential):
         if torch.is_grad_enabled():
             return _ActivationLinear.apply(first(x), activation, last.weight, last.bias)
         # Inference. Small weights stay in cache: run both layers on blocks of
-        # rows, never allocating the [tokens, hidden] tensor (whose fresh
-        # pages cost more than the products at small widths). Large weights
-        # would be re-read per block: one block, activated in place.
+        # rows, never allocating the [tokens, hidden] tensor (peak memory, and
+        # fresh pages on each call). Large weights would be re-read per
+        # block: one block, activated in place.
         flat, out = x.reshape(-1, x.shape[-1]), None
         rows = max(1, flat.shape[0])
         if first.weight.numel() + last.weight.numel() <= self.CACHED_WEIGHTS:
