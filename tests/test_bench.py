@@ -208,3 +208,14 @@ def test_layer_costs_time_every_stage_and_count_its_work():
     assert abs(parts - stages["moe (whole)"]["gmac"]) < 1e-9
     assert all(r["ms"] > 0 for r in soft + list(stages.values()))
     assert "GMAC/s" in format_rows(soft + list(stages.values()))
+
+
+def test_profile_step_compares_two_cases(capsys):
+    """``benchmarks.profile_step`` profiles both cases of a group and names
+    the operators only one of them runs."""
+    from benchmarks.profile_step import main as profile_main
+
+    profile_main(["--suite", "bridge", "--group", "small/forward", "--rows", "3"])
+    out = capsys.readouterr().out
+    assert out.startswith("self CPU ms of one step: moe_adapter")
+    assert "aten::" in out and len(out.splitlines()) == 7
