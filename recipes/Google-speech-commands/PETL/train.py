@@ -28,6 +28,7 @@ import logging
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from prepare_GSC import prepare_GSC
 from speechbrain.utils.distributed import run_on_main
@@ -128,3 +129,9 @@ if __name__ == "__main__":
         max_key="accuracy",
         test_loader_kwargs=hparams["test_dataloader_opts"],
     )
+
+    # Stop the process group's threads before the interpreter does: left to
+    # interpreter shutdown, gloo can abort the process (SIGABRT after a
+    # successful run; pytorch/pytorch#179291). Only reached on success.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -412,3 +412,9 @@ if __name__ == "__main__":
             min_key="loss",
             test_loader_kwargs=hparams["test_dataloader_opts"],
         )
+
+    # Stop the process group's threads before the interpreter does: left to
+    # interpreter shutdown, gloo can abort the process (SIGABRT after a
+    # successful run; pytorch/pytorch#179291). Only reached on success.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
