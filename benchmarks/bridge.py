@@ -87,6 +87,43 @@ def dense_hidden_for(total, input_size, output_size):
     return max(1, round((total - output_size) / (input_size + 1 + output_size)))
 
 
+def stage_macs(config, dense_hidden):
+    """Forward multiply-adds per token of each layer group of both bridges.
+
+    Arguments
+    ---------
+    config : dict
+        A bridge case config (widths, experts, top-k).
+    dense_hidden : int
+        Hidden width of the dense projector.
+
+    Returns
+    -------
+    dict
+        ``dense.first``, ``dense.rest`` (its two layers), ``moe.fuse``,
+        ``moe.sparse`` (router + the ``top_k`` experts) and ``moe.aggregate``.
+
+    Example
+    -------
+    >>> stage_macs(scaled_bridge_shape(8), 1783)["moe.fuse"]
+    204800
+    """
+    c = config
+    expert = (
+        c["fused_size"] * c["expert_hidden"] + c["expert_hidden"] * c["output_size"]
+    )
+    aggregation = c["output_size"] ** 2
+    if c.get("aggregation_hidden"):
+        aggregation = 2 * c["output_size"] * c["aggregation_hidden"]
+    return {
+        "dense.first": c["input_size"] * dense_hidden,
+        "dense.rest": dense_hidden * c["output_size"],
+        "moe.fuse": c["input_size"] * c["fused_size"],
+        "moe.sparse": c["fused_size"] * c["num_experts"] + c["top_k"] * expert,
+        "moe.aggregate": aggregation,
+    }
+
+
 def bridge_macs(config, dense_hidden):
     """Multiply-adds per token of each bridge, for each step kind.
 
@@ -113,23 +150,11 @@ def bridge_macs(config, dense_hidden):
     >>> round(macs["moe_adapter"]["train"] / macs["dense"]["train"], 3)
     0.953
     """
-    c = config
-    expert = (
-        c["fused_size"] * c["expert_hidden"] + c["expert_hidden"] * c["output_size"]
-    )
-    if c.get("aggregation_hidden"):
-        aggregation = 2 * c["output_size"] * c["aggregation_hidden"]
-    else:
-        aggregation = c["output_size"] ** 2
-    first = {
-        "moe_adapter": c["input_size"] * c["fused_size"],
-        "dense": c["input_size"] * dense_hidden,
-    }
+    stages = stage_macs(config, dense_hidden)
+    first = {"moe_adapter": stages["moe.fuse"], "dense": stages["dense.first"]}
     rest = {
-        "moe_adapter": c["fused_size"] * c["num_experts"]
-        + c["top_k"] * expert
-        + aggregation,
-        "dense": dense_hidden * c["output_size"],
+        "moe_adapter": stages["moe.sparse"] + stages["moe.aggregate"],
+        "dense": stages["dense.rest"],
     }
     out = {}
     for method in first:

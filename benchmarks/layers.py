@@ -27,7 +27,12 @@ import sys
 
 import torch
 
-from benchmarks.bridge import BRIDGE_SHAPES, build_bridge_modules, scaled_bridge_shape
+from benchmarks.bridge import (
+    BRIDGE_SHAPES,
+    build_bridge_modules,
+    scaled_bridge_shape,
+    stage_macs,
+)
 from benchmarks.core import machine_info, time_interleaved
 from benchmarks.runner import paired_ratio, provenance
 from speechbrain_moe.adapters import BottleneckAdapter, SoftMoA
@@ -117,37 +122,6 @@ def soft_moa_rows(rounds, tokens=SOFT_MOA_TOKENS, batch=8, width=768, **timing):
     return rows
 
 
-def bridge_stage_macs(c, dense_hidden):
-    """Forward multiply-adds per token of each bridge stage.
-
-    Arguments
-    ---------
-    c : dict
-        Bridge widths (:func:`benchmarks.bridge.scaled_bridge_shape`).
-    dense_hidden : int
-        Hidden width of the dense projector.
-
-    Returns
-    -------
-    dict
-
-    Example
-    -------
-    >>> bridge_stage_macs(scaled_bridge_shape(8), 1783)["moe.fuse"]
-    204800
-    """
-    expert = (
-        c["fused_size"] * c["expert_hidden"] + c["expert_hidden"] * c["output_size"]
-    )
-    return {
-        "dense": dense_hidden * (c["input_size"] + c["output_size"]),
-        "moe.fuse": c["input_size"] * c["fused_size"],
-        "moe.sparse": c["fused_size"] * c["num_experts"] + c["top_k"] * expert,
-        "moe.aggregate": 2 * c["output_size"] * c["aggregation_hidden"],
-        "moe.norm": 0,
-    }
-
-
 def bridge_rows(rounds, shape="small", **timing):
     """Each stage of the MoE-Adapter bridge and the dense projector.
 
@@ -177,7 +151,9 @@ def bridge_rows(rounds, shape="small", **timing):
         inputs = stage(inputs).detach().requires_grad_()
     steps["moe (whole)"] = backward_step(moe, x)
     times = time_interleaved(steps, repeats=rounds, **timing)
-    macs = bridge_stage_macs(config, parts["dense_hidden"])
+    macs = stage_macs(config, parts["dense_hidden"])
+    macs["dense"] = macs.pop("dense.first") + macs.pop("dense.rest")
+    macs["moe.norm"] = 0
     macs["moe (whole)"] = sum(v for k, v in macs.items() if k.startswith("moe."))
     tokens = batch * config["time"]
     rows = []
