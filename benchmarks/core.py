@@ -13,6 +13,8 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -26,6 +28,33 @@ import torch
 
 #: glibc ``M_MMAP_THRESHOLD`` (bytes) of the memory subprocesses.
 MMAP_THRESHOLD = "65536"
+#: ``mallopt`` parameters of glibc's ``malloc.h``.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory():
+    """Makes glibc keep freed memory for reuse rather than return it to the OS.
+
+    By default glibc serves large tensors with ``mmap`` and unmaps them when
+    freed, so every step faults its large activations in again (a
+    1000-frame AST-base step: 0.3M to 0.95M minor faults, 1 to 5.5 s of
+    system time, varying from step to step whatever the method). With
+    ``mmap`` off and no trimming, a warm step reuses the heap and faults
+    nothing, as GPU steps do with PyTorch's caching allocator. The timing
+    process calls this once; memory is measured in separate subprocesses.
+
+    Returns
+    -------
+    str or None
+        What was set, or None where ``mallopt`` is missing (not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
+    if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+        return None
+    return "glibc mallopt: mmap off, no trim (freed memory reused, no page faults)"
 
 
 def sync(device):

@@ -33,7 +33,7 @@ from benchmarks.bridge import (
     scaled_bridge_shape,
     stage_macs,
 )
-from benchmarks.core import machine_info, time_interleaved
+from benchmarks.core import keep_freed_memory, machine_info, time_interleaved
 from benchmarks.runner import paired_ratio, provenance
 from speechbrain_moe.adapters import BottleneckAdapter, SoftMoA
 
@@ -225,6 +225,7 @@ def main(argv=None):
     parser.add_argument("--max-others", type=float, default=0.15)
     args = parser.parse_args(argv)
     timing = {"warmup": 2, "max_others": args.max_others}
+    allocator = keep_freed_memory()  # steady-state steps, as the suites time
     rows = soft_moa_rows(args.soft_rounds, **timing)
     for shape in args.shapes.split(","):
         rows += bridge_rows(args.rounds, shape, **timing)
@@ -239,6 +240,7 @@ def main(argv=None):
                 "rounds": args.rounds,
                 "soft_rounds": args.soft_rounds,
                 **timing,
+                "allocator": allocator or "system default",
             },
             "results": rows,
         }

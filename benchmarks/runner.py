@@ -13,6 +13,7 @@ import subprocess
 import torch
 
 from benchmarks.core import (
+    keep_freed_memory,
     machine_info,
     measure_memory,
     memory_in_subprocess,
@@ -331,6 +332,10 @@ def run_suite(
             # Memory first: the workers must not be children of a process
             # that already holds every case.
             memories = _measure_memories(cases, suite, quick, device, checkpoint, log)
+        # Full CPU runs time steady-state steps (see keep_freed_memory); a
+        # quick run, often inside a test process, keeps the system allocator.
+        cpu = torch.device(device).type == "cpu"
+        allocator = keep_freed_memory() if cpu and not quick else None
         timings, counts = {}, {}
         groups = list(dict.fromkeys(c["group"] for c in cases))
         for group in groups:
@@ -383,6 +388,7 @@ def run_suite(
         "its rounds and freed after (order reversed on odd rounds); "
         "ratios: median of per-round ratios",
         "max_others": max_others,
+        "allocator": allocator or "system default",
     }
     if first["kind"] == "ast":
         config.update(
