@@ -210,13 +210,18 @@ def bridge_cases(quick=False):
     return cases
 
 
-def build_bridge_modules(config):
+def build_bridge_modules(config, only=None):
     """The two bridges of a ``bridge`` case, equal in total size.
 
     Arguments
     ---------
     config : dict
         A ``bridge`` case config (widths, experts, top-k).
+    only : str, optional
+        ``moe_adapter`` or ``dense``: build the other one on the ``meta``
+        device (sizes only), so that a memory worker's peak never holds the
+        weights of both (at the paper's shape, 390 MB that hid the forward
+        step's own peak).
 
     Returns
     -------
@@ -232,20 +237,22 @@ def build_bridge_modules(config):
     True
     """
     torch.manual_seed(0)
-    moe = MoEAdapterBridge(
-        config["input_size"],
-        config["output_size"],
-        fused_size=config["fused_size"],
-        num_experts=config["num_experts"],
-        top_k=config["top_k"],
-        expert_hidden=config["expert_hidden"],
-        aggregation_hidden=config["aggregation_hidden"],
-    )
+    with torch.device("meta" if only == "dense" else "cpu"):
+        moe = MoEAdapterBridge(
+            config["input_size"],
+            config["output_size"],
+            fused_size=config["fused_size"],
+            num_experts=config["num_experts"],
+            top_k=config["top_k"],
+            expert_hidden=config["expert_hidden"],
+            aggregation_hidden=config["aggregation_hidden"],
+        )
     total = sum(p.numel() for p in moe.parameters())
     hidden = dense_hidden_for(total, config["input_size"], config["output_size"])
-    dense = DenseProjector(
-        config["input_size"], config["output_size"], hidden_size=hidden
-    )
+    with torch.device("meta" if only == "moe_adapter" else "cpu"):
+        dense = DenseProjector(
+            config["input_size"], config["output_size"], hidden_size=hidden
+        )
     per_expert = (
         sum(p.numel() for p in moe.moe.experts.parameters()) // config["num_experts"]
     )
@@ -285,7 +292,7 @@ def build_bridge_step(spec, device="cpu"):
     """
     config = spec["config"]
     mode = config.get("mode", "train")
-    parts = build_bridge_modules(config)
+    parts = build_bridge_modules(config, only=spec["method"])
     module = parts[spec["method"]].to(device).train()
     total = sum(p.numel() for p in module.parameters())
     active = total

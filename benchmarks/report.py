@@ -217,6 +217,8 @@ def describe(report):
             f". Step: {cfg.get('step', '-')}; {cfg.get('warmup')} warm-up, "
             f"interleaved rounds: {rounds}; memory: {cfg.get('memory')}"
         )
+        if cfg.get("allocator"):
+            parts.append(f"; timing allocator: {cfg['allocator']}")
         rows = report.get("results", [])
         if cfg.get("max_others") is not None and rows:
             retries = sum(r.get("retries", 0) for r in rows)
