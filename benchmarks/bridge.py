@@ -218,10 +218,11 @@ def build_bridge_modules(config, only=None):
     config : dict
         A ``bridge`` case config (widths, experts, top-k).
     only : str, optional
-        ``moe_adapter`` or ``dense``: build the other one on the ``meta``
-        device (sizes only), so that a memory worker's peak never holds the
-        weights of both (at the paper's shape, 390 MB that hid the forward
-        step's own peak).
+        ``moe_adapter`` or ``dense``: return only that one (the other is
+        None), and never hold the weights of both, so that a memory worker's
+        peak is its own step's (at the paper's shape both held 390 MB more,
+        which hid the forward step's peak). The MoE-Adapter is always built
+        first: its size sets the dense projector's width.
 
     Returns
     -------
@@ -237,25 +238,27 @@ def build_bridge_modules(config, only=None):
     True
     """
     torch.manual_seed(0)
-    with torch.device("meta" if only == "dense" else "cpu"):
-        moe = MoEAdapterBridge(
-            config["input_size"],
-            config["output_size"],
-            fused_size=config["fused_size"],
-            num_experts=config["num_experts"],
-            top_k=config["top_k"],
-            expert_hidden=config["expert_hidden"],
-            aggregation_hidden=config["aggregation_hidden"],
-        )
+    moe = MoEAdapterBridge(
+        config["input_size"],
+        config["output_size"],
+        fused_size=config["fused_size"],
+        num_experts=config["num_experts"],
+        top_k=config["top_k"],
+        expert_hidden=config["expert_hidden"],
+        aggregation_hidden=config["aggregation_hidden"],
+    )
     total = sum(p.numel() for p in moe.parameters())
     hidden = dense_hidden_for(total, config["input_size"], config["output_size"])
-    with torch.device("meta" if only == "moe_adapter" else "cpu"):
-        dense = DenseProjector(
-            config["input_size"], config["output_size"], hidden_size=hidden
-        )
     per_expert = (
         sum(p.numel() for p in moe.moe.experts.parameters()) // config["num_experts"]
     )
+    if only == "dense":
+        moe = None  # freed before the dense projector is built
+    dense = None
+    if only != "moe_adapter":
+        dense = DenseProjector(
+            config["input_size"], config["output_size"], hidden_size=hidden
+        )
     return {
         "moe_adapter": moe,
         "dense": dense,
