@@ -7,6 +7,7 @@ Authors
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -15,7 +16,12 @@ import torch
 
 from benchmarks import validate_report
 from benchmarks.__main__ import main
-from benchmarks.bridge import bridge_macs, scaled_bridge_shape
+from benchmarks.bridge import (
+    bridge_cases,
+    bridge_macs,
+    build_bridge_modules,
+    scaled_bridge_shape,
+)
 from benchmarks.bridge_params import bridge_parameter_report
 from benchmarks.make_table import END, START, render
 from benchmarks.naive import PEERS
@@ -99,6 +105,32 @@ def test_bridge_quick_with_memory(tmp_path):
             assert row["peak_mem_mb"] > 0 and row["mem_ratio_to_dense"] > 0
     assert "| moe_adapter |" in format_table(report, markdown=True)
     assert report["provenance"]["date"] and "--quick" in report["provenance"]["command"]
+
+
+def test_memory_worker_builds_only_its_own_bridge():
+    """Holding both bridges at build time would set the forward step's peak."""
+    config = bridge_cases(quick=True)[0]["config"]
+    both = build_bridge_modules(config)
+    for method, other in (("moe_adapter", "dense"), ("dense", "moe_adapter")):
+        parts = build_bridge_modules(config, only=method)
+        assert parts[other] is None and parts[method] is not None
+        assert parts["dense_hidden"] == both["dense_hidden"]
+        for mine, full in zip(parts[method].parameters(), both[method].parameters()):
+            assert torch.equal(mine, full)  # same seed, same weights
+
+
+def test_timing_allocator_keeps_freed_memory():
+    """Full runs time steady-state steps: glibc told to keep freed memory."""
+    code = "from benchmarks.core import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    if platform.libc_ver()[0] == "glibc":
+        assert out.stdout.startswith("glibc mallopt: mmap off, no trim")
+    for suite in ("table1", "scaling", "bridge"):
+        with open(os.path.join(ROOT, "benchmarks", "results", f"{suite}.json")) as f:
+            assert json.load(f)["config"]["allocator"].startswith("glibc mallopt")
 
 
 @pytest.mark.parametrize("cls", [DenseMoA, SoftMoA])
