@@ -388,7 +388,8 @@ def run_suite(
         "its rounds and freed after (order reversed on odd rounds); "
         "ratios: median of per-round ratios",
         "max_others": max_others,
-        "allocator": allocator or "system default",
+        "allocator": allocator
+        or ("system default" if cpu else "PyTorch CUDA caching allocator"),
     }
     if first["kind"] == "ast":
         config.update(
