@@ -132,10 +132,8 @@ def bridge_macs(config, dense_hidden):
 
     Arguments
     ---------
-    config : dict
-        A bridge case config (widths, experts, top-k).
-    dense_hidden : int
-        Hidden width of the dense projector.
+    config, dense_hidden : dict, int
+        As in :func:`stage_macs`, which counts each layer group's share.
 
     Returns
     -------
