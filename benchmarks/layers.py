@@ -11,7 +11,12 @@
   aggregation MLP, LayerNorm) and the dense projector, forward + backward
   with the input gradient, with the multiply-adds of each and the rate at
   which it runs them (GMAC/s): where the sparse bridge loses to the dense
-  projector at a given shape.
+  projector at a given shape. Two more rows bound what any implementation
+  of the sparse layer can reach: ``moe.sparse products``, its expert
+  products alone on rows already sorted by expert
+  (:func:`expert_products_step`), and ``moe floor``, the whole MoE-Adapter
+  with that in place of its sparse layer (per round, the sum of the
+  ``FLOOR_STAGES``).
 
 Both are timed like the suites (:func:`benchmarks.core.time_interleaved`,
 interleaved rounds, contention gate; ratios are medians of per-round
@@ -33,7 +38,12 @@ from benchmarks.bridge import (
     scaled_bridge_shape,
     stage_macs,
 )
-from benchmarks.core import keep_freed_memory, machine_info, time_interleaved
+from benchmarks.core import (
+    keep_freed_memory,
+    machine_info,
+    quartiles,
+    time_interleaved,
+)
 from benchmarks.runner import paired_ratio, provenance
 from speechbrain_moe.adapters import BottleneckAdapter, SoftMoA
 
@@ -122,6 +132,65 @@ def soft_moa_rows(rounds, tokens=SOFT_MOA_TOKENS, batch=8, width=768, **timing):
     return rows
 
 
+#: Stages whose times add up to the floor of the whole MoE-Adapter.
+FLOOR_STAGES = ("fuse", "sparse products", "aggregate", "norm")
+
+
+def expert_products_step(moe, tokens):
+    """The expert products of ``moe`` alone, on rows already sorted by expert.
+
+    ``moe`` routes ``tokens`` once (its real top-k choices); the step then
+    runs, for each expert's block of rows, the six products of a forward +
+    backward with the input gradient (``x W_down``, ``h W_up``, the hidden
+    gradient, both weight gradients, the row gradient) on contiguous rows and
+    the bank's weight views. No LayerNorm, router, activation, gather or
+    scatter: a floor under any implementation of the sparse layer.
+
+    Arguments
+    ---------
+    moe : speechbrain_moe.adapters.SparseMoE
+        The sparse layer (its router picks the blocks' sizes).
+    tokens : torch.Tensor
+        Its input, ``[batch, time, input_size]``.
+
+    Returns
+    -------
+    step : callable
+        One step.
+    rows : int
+        Rows (token, choice pairs) of the step.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import SparseMoE
+    >>> step, rows = expert_products_step(SparseMoE(8, 4, 2, 6), torch.randn(2, 3, 8))
+    >>> step(); rows
+    12
+    """
+    with torch.no_grad():
+        flat = moe.norm(tokens).reshape(-1, tokens.shape[-1])
+        _, experts = moe.route(moe.router(flat).float())
+    counts = torch.bincount(experts.reshape(-1), minlength=moe.num_experts).tolist()
+    bank = moe.experts
+    down, up = bank.down_weight.detach(), bank.up_weight.detach()
+    x = flat.index_select(0, experts.reshape(-1).argsort(stable=True) // moe.top_k)
+    grad = torch.randn(x.shape[0], bank.output_size)
+
+    def step():
+        start = 0
+        for i, count in enumerate(counts):
+            rows, grad_rows = x[start : start + count], grad[start : start + count]
+            hidden = rows @ down[:, i]
+            hidden @ up[i]
+            grad_hidden = grad_rows @ up[i].t()
+            hidden.t() @ grad_rows
+            rows.t() @ grad_hidden
+            grad_hidden @ down[:, i].t()
+            start += count
+
+    return step, x.shape[0]
+
+
 def bridge_rows(rounds, shape="small", **timing):
     """Each stage of the MoE-Adapter bridge and the dense projector.
 
@@ -150,12 +219,33 @@ def bridge_rows(rounds, shape="small", **timing):
         steps[f"moe.{name}"] = backward_step(stage, inputs)
         inputs = stage(inputs).detach().requires_grad_()
     steps["moe (whole)"] = backward_step(moe, x)
+    with torch.no_grad():
+        fused = moe.fuse(x)
+    steps["moe.sparse products"], choices = expert_products_step(moe.moe, fused)
     times = time_interleaved(steps, repeats=rounds, **timing)
     macs = stage_macs(config, parts["dense_hidden"])
     macs["dense"] = macs.pop("dense.first") + macs.pop("dense.rest")
     macs["moe.norm"] = 0
     macs["moe (whole)"] = sum(v for k, v in macs.items() if k.startswith("moe."))
     tokens = batch * config["time"]
+    per_choice = config["expert_hidden"] * (
+        config["fused_size"] + config["output_size"]
+    )
+    macs["moe.sparse products"] = per_choice * choices / tokens
+    # The whole MoE-Adapter if its sparse layer cost its expert products only.
+    floor = [
+        sum(rounds)
+        for rounds in zip(*(times[f"moe.{n}"]["times_ms"] for n in FLOOR_STAGES))
+    ]
+    q1, median, q3 = quartiles(floor)
+    times["moe floor"] = {
+        "median_ms": median,
+        "q1_ms": q1,
+        "q3_ms": q3,
+        "times_ms": floor,
+    }
+    macs["moe floor"] = macs["moe (whole)"] - macs["moe.sparse"]
+    macs["moe floor"] += macs["moe.sparse products"]
     rows = []
     for name, t in times.items():
         gmac = 3 * macs[name] * tokens / 1e9  # forward + both gradients
@@ -193,7 +283,7 @@ def format_rows(rows):
     >>> print(format_rows([{"part": "bridge", "shape": "small", "stage": "dense",
     ...     "ms": 10.0, "ms_iqr": [9.0, 11.0], "gmac": 1.0, "gmac_per_s": 100.0,
     ...     "ratio_to_dense": 1.0}]))
-    bridge small    dense           10.0 ms [9.0-11.0]  1.00 GMAC  100 GMAC/s  1.000 x dense
+    bridge small    dense                 10.0 ms [9.0-11.0]  1.00 GMAC  100 GMAC/s  1.000 x dense
     """
     lines = []
     for r in rows:
@@ -207,7 +297,7 @@ def format_rows(rows):
         else:
             rate = f"{r['gmac_per_s']:.0f} GMAC/s" if r["gmac_per_s"] else "-"
             lines.append(
-                f"bridge {r['shape']:<8} {r['stage']:<14} {cell:<19} "
+                f"bridge {r['shape']:<8} {r['stage']:<20} {cell:<19} "
                 f"{r['gmac']:.2f} GMAC  {rate}  {r['ratio_to_dense']:.3f} x dense"
             )
     return "\n".join(lines)

@@ -235,9 +235,22 @@ def test_layer_costs_time_every_stage_and_count_its_work():
         "moe.aggregate",
         "moe.norm",
         "moe (whole)",
+        "moe.sparse products",
+        "moe floor",
     }
     parts = sum(stages[f"moe.{n}"]["gmac"] for n in ("fuse", "sparse", "aggregate"))
     assert abs(parts - stages["moe (whole)"]["gmac"]) < 1e-9
+    # The floor swaps the sparse layer for its expert products (no router),
+    # and its time is the sum of its stages' times.
+    products = stages["moe.sparse products"]["gmac"]
+    assert 0 < stages["moe.sparse"]["gmac"] - products < 0.05 * products
+    floor = parts - stages["moe.sparse"]["gmac"] + products
+    assert abs(stages["moe floor"]["gmac"] - floor) < 1e-9
+    floor_ms = sum(
+        stages[f"moe.{n}"]["ms"]
+        for n in ("fuse", "sparse products", "aggregate", "norm")
+    )
+    assert abs(stages["moe floor"]["ms"] - floor_ms) < 1e-9  # one round
     assert all(r["ms"] > 0 for r in soft + list(stages.values()))
     assert "GMAC/s" in format_rows(soft + list(stages.values()))
 
