@@ -234,8 +234,8 @@ def bridge_rows(rounds, shape="small", **timing):
     macs["moe.sparse products"] = per_choice * choices / tokens
     # The whole MoE-Adapter if its sparse layer cost its expert products only.
     floor = [
-        sum(rounds)
-        for rounds in zip(*(times[f"moe.{n}"]["times_ms"] for n in FLOOR_STAGES))
+        sum(stages)
+        for stages in zip(*(times[f"moe.{n}"]["times_ms"] for n in FLOOR_STAGES))
     ]
     q1, median, q3 = quartiles(floor)
     times["moe floor"] = {
