@@ -16,7 +16,11 @@
   products alone on rows already sorted by expert
   (:func:`expert_products_step`), and ``moe floor``, the whole MoE-Adapter
   with that in place of its sparse layer (per round, the sum of the
-  ``FLOOR_STAGES``).
+  ``FLOOR_STAGES``). The dense projector and the floor's stages are timed a
+  second time each on its own, rounds back to back (suffix
+  ``(back-to-back)``, ratios to the dense projector timed the same way):
+  a stage repeated right after itself finds its data and weights in cache,
+  which the interleaved rounds do not give it.
 
 Both are timed like the suites (:func:`benchmarks.core.time_interleaved`,
 interleaved rounds, contention gate; ratios are medians of per-round
@@ -134,6 +138,8 @@ def soft_moa_rows(rounds, tokens=SOFT_MOA_TOKENS, batch=8, width=768, **timing):
 
 #: Stages whose times add up to the floor of the whole MoE-Adapter.
 FLOOR_STAGES = ("fuse", "sparse products", "aggregate", "norm")
+#: Suffix of the stages timed each on its own, rounds back to back.
+BACK_TO_BACK = "(back-to-back)"
 
 
 def expert_products_step(moe, tokens):
@@ -223,6 +229,13 @@ def bridge_rows(rounds, shape="small", **timing):
         fused = moe.fuse(x)
     steps["moe.sparse products"], choices = expert_products_step(moe.moe, fused)
     times = time_interleaved(steps, repeats=rounds, **timing)
+    times["moe floor"] = floor_times(times)
+    # The same stages, each repeated on its own (caches warm from its own
+    # previous call), to show how much the floor depends on the timing.
+    for name in ("dense", *(f"moe.{n}" for n in FLOOR_STAGES)):
+        alone = time_interleaved({name: steps[name]}, repeats=rounds, **timing)
+        times[f"{name} {BACK_TO_BACK}"] = alone[name]
+    times[f"moe floor {BACK_TO_BACK}"] = floor_times(times, f" {BACK_TO_BACK}")
     macs = stage_macs(config, parts["dense_hidden"])
     macs["dense"] = macs.pop("dense.first") + macs.pop("dense.rest")
     macs["moe.norm"] = 0
@@ -232,23 +245,13 @@ def bridge_rows(rounds, shape="small", **timing):
         config["fused_size"] + config["output_size"]
     )
     macs["moe.sparse products"] = per_choice * choices / tokens
-    # The whole MoE-Adapter if its sparse layer cost its expert products only.
-    floor = [
-        sum(stages)
-        for stages in zip(*(times[f"moe.{n}"]["times_ms"] for n in FLOOR_STAGES))
-    ]
-    q1, median, q3 = quartiles(floor)
-    times["moe floor"] = {
-        "median_ms": median,
-        "q1_ms": q1,
-        "q3_ms": q3,
-        "times_ms": floor,
-    }
     macs["moe floor"] = macs["moe (whole)"] - macs["moe.sparse"]
     macs["moe floor"] += macs["moe.sparse products"]
     rows = []
     for name, t in times.items():
-        gmac = 3 * macs[name] * tokens / 1e9  # forward + both gradients
+        base = name.removesuffix(f" {BACK_TO_BACK}")
+        dense_name = "dense" if base == name else f"dense {BACK_TO_BACK}"
+        gmac = 3 * macs[base] * tokens / 1e9  # forward + both gradients
         rows.append(
             {
                 "part": "bridge",
@@ -259,11 +262,41 @@ def bridge_rows(rounds, shape="small", **timing):
                 "gmac": gmac,
                 "gmac_per_s": gmac / (t["median_ms"] / 1000) if gmac else None,
                 "ratio_to_dense": paired_ratio(
-                    t["times_ms"], times["dense"]["times_ms"]
+                    t["times_ms"], times[dense_name]["times_ms"]
                 )[0],
             }
         )
     return rows
+
+
+def floor_times(times, suffix=""):
+    """Per round, the sum of the :data:`FLOOR_STAGES` times.
+
+    The whole MoE-Adapter as it would cost if its sparse layer cost only its
+    expert products.
+
+    Arguments
+    ---------
+    times : dict
+        From :func:`time_interleaved`, with every ``moe.<stage><suffix>``.
+    suffix : str
+        Suffix of the stage names.
+
+    Returns
+    -------
+    dict
+        ``median_ms``, ``q1_ms``, ``q3_ms`` and ``times_ms`` of the sums.
+
+    Example
+    -------
+    >>> times = {f"moe.{n}": {"times_ms": [1.0, 2.0]} for n in FLOOR_STAGES}
+    >>> floor_times(times)["times_ms"]
+    [4.0, 8.0]
+    """
+    stages = (times[f"moe.{n}{suffix}"]["times_ms"] for n in FLOOR_STAGES)
+    floor = [sum(per_round) for per_round in zip(*stages)]
+    q1, median, q3 = quartiles(floor)
+    return {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "times_ms": floor}
 
 
 def format_rows(rows):
@@ -283,7 +316,7 @@ def format_rows(rows):
     >>> print(format_rows([{"part": "bridge", "shape": "small", "stage": "dense",
     ...     "ms": 10.0, "ms_iqr": [9.0, 11.0], "gmac": 1.0, "gmac_per_s": 100.0,
     ...     "ratio_to_dense": 1.0}]))
-    bridge small    dense                 10.0 ms [9.0-11.0]  1.00 GMAC  100 GMAC/s  1.000 x dense
+    bridge small    dense                               10.0 ms [9.0-11.0]  1.00 GMAC  100 GMAC/s  1.000 x dense
     """
     lines = []
     for r in rows:
@@ -297,7 +330,7 @@ def format_rows(rows):
         else:
             rate = f"{r['gmac_per_s']:.0f} GMAC/s" if r["gmac_per_s"] else "-"
             lines.append(
-                f"bridge {r['shape']:<8} {r['stage']:<20} {cell:<19} "
+                f"bridge {r['shape']:<8} {r['stage']:<34} {cell:<19} "
                 f"{r['gmac']:.2f} GMAC  {rate}  {r['ratio_to_dense']:.3f} x dense"
             )
     return "\n".join(lines)

@@ -228,6 +228,8 @@ def test_layer_costs_time_every_stage_and_count_its_work():
         (20, "soft_moa"),
     ]
     stages = {r["stage"]: r for r in bridge_rows(1, "small", warmup=0)}
+    floor_parts = ("fuse", "sparse products", "aggregate", "norm")
+    alone = ["dense", *(f"moe.{n}" for n in floor_parts), "moe floor"]
     assert set(stages) == {
         "dense",
         "moe.fuse",
@@ -237,6 +239,7 @@ def test_layer_costs_time_every_stage_and_count_its_work():
         "moe (whole)",
         "moe.sparse products",
         "moe floor",
+        *(f"{name} (back-to-back)" for name in alone),
     }
     parts = sum(stages[f"moe.{n}"]["gmac"] for n in ("fuse", "sparse", "aggregate"))
     assert abs(parts - stages["moe (whole)"]["gmac"]) < 1e-9
@@ -246,11 +249,11 @@ def test_layer_costs_time_every_stage_and_count_its_work():
     assert 0 < stages["moe.sparse"]["gmac"] - products < 0.05 * products
     floor = parts - stages["moe.sparse"]["gmac"] + products
     assert abs(stages["moe floor"]["gmac"] - floor) < 1e-9
-    floor_ms = sum(
-        stages[f"moe.{n}"]["ms"]
-        for n in ("fuse", "sparse products", "aggregate", "norm")
-    )
-    assert abs(stages["moe floor"]["ms"] - floor_ms) < 1e-9  # one round
+    for suffix in ("", " (back-to-back)"):
+        floor_ms = sum(stages[f"moe.{n}{suffix}"]["ms"] for n in floor_parts)
+        assert abs(stages[f"moe floor{suffix}"]["ms"] - floor_ms) < 1e-9  # one round
+        assert stages[f"moe floor{suffix}"]["gmac"] == stages["moe floor"]["gmac"]
+    assert stages["dense (back-to-back)"]["ratio_to_dense"] == 1.0
     assert all(r["ms"] > 0 for r in soft + list(stages.values()))
     assert "GMAC/s" in format_rows(soft + list(stages.values()))
 
