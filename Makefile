@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo lint loc clean
+.PHONY: install test test-fast demo lint loc clean bench-gpu
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# On a CUDA machine: the grouped/dense equality check, then the table1 and
+# bridge suites, in float32 and under bf16 autocast (JSON beside the CPU ones).
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.dispatch_check --device cuda --json benchmarks/results/dispatch_cuda.json
+	$(PY) -m benchmarks.dispatch_check --device cuda --autocast bf16 --json benchmarks/results/dispatch_cuda_bf16.json
+	$(PY) -m benchmarks --suite bridge --device cuda --json benchmarks/results/bridge_cuda.json
+	$(PY) -m benchmarks --suite bridge --device cuda --autocast bf16 --json benchmarks/results/bridge_cuda_bf16.json
+	$(PY) -m benchmarks --suite table1 --device cuda --json benchmarks/results/table1_cuda.json
+	$(PY) -m benchmarks --suite table1 --device cuda --autocast bf16 --json benchmarks/results/table1_cuda_bf16.json
 
 loc:
 	$(PYTHON) tools/loc.py speechbrain_moe

@@ -46,6 +46,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
     parser.add_argument(
+        "--autocast",
+        choices=("bf16", "fp16"),
+        help="Run forward passes and losses under torch.autocast (default: float32).",
+    )
+    parser.add_argument(
         "--plot", help="Draw the report to this image file (matplotlib)."
     )
     parser.add_argument(
@@ -117,6 +122,7 @@ def main(argv=None):
         log=log,
         max_others=max_others,
         command=list(sys.argv[1:] if argv is None else argv),
+        autocast=args.autocast,
     )
     if args.threads:
         report["config"]["threads"] = args.threads

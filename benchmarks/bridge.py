@@ -21,6 +21,7 @@ Authors
 
 import torch
 
+from benchmarks.core import forward_context
 from speechbrain_moe.adapters.bridges import DenseProjector, MoEAdapterBridge
 from speechbrain_moe.routing import collect_aux_loss
 
@@ -320,10 +321,11 @@ def build_bridge_step(spec, device="cpu"):
     def step():
         """One timed step."""
         if mode == "forward":
-            with torch.no_grad():
+            with torch.no_grad(), forward_context(spec, device):
                 module(x, mask)
             return
-        loss = module(x, mask).pow(2).mean() + collect_aux_loss(module)
+        with forward_context(spec, device):
+            loss = module(x, mask).float().pow(2).mean() + collect_aux_loss(module)
         loss.backward()
         x.grad = None
         for param in params:

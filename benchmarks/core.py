@@ -13,6 +13,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -55,6 +56,43 @@ def keep_freed_memory():
     if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
         return None
     return "glibc mallopt: mmap off, no trim (freed memory reused, no page faults)"
+
+
+#: ``--autocast`` names and their dtypes.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def forward_context(spec, device):
+    """``torch.autocast`` for a case with ``spec["autocast"]``, else a no-op.
+
+    Steps wrap their forward pass and loss in it (not the backward pass or
+    the optimizer step, as PyTorch's autocast guide asks).
+
+    Arguments
+    ---------
+    spec : dict
+        A case spec; ``autocast`` is None or a key of :data:`AUTOCAST_DTYPES`.
+    device : str
+        ``cpu`` or ``cuda``.
+
+    Returns
+    -------
+    context manager
+
+    Example
+    -------
+    >>> with forward_context({"autocast": "bf16"}, "cpu"):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.bfloat16
+    """
+    name = spec.get("autocast")
+    if not name:
+        return contextlib.nullcontext()
+    if name not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"Unknown autocast {name!r}; choose one of {', '.join(AUTOCAST_DTYPES)}."
+        )
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[name])
 
 
 def sync(device):

@@ -217,6 +217,8 @@ def describe(report):
             f". Step: {cfg.get('step', '-')}; {cfg.get('warmup')} warm-up, "
             f"interleaved rounds: {rounds}; memory: {cfg.get('memory')}"
         )
+        if cfg.get("autocast"):
+            parts.append(f"; forward under torch.autocast {cfg['autocast']}")
         if cfg.get("allocator"):
             parts.append(f"; timing allocator: {cfg['allocator']}")
         rows = report.get("results", [])

@@ -13,6 +13,7 @@ import subprocess
 import torch
 
 from benchmarks.core import (
+    AUTOCAST_DTYPES,
     keep_freed_memory,
     machine_info,
     measure_memory,
@@ -281,6 +282,7 @@ def run_suite(
     log=print,
     max_others=None,
     command=None,
+    autocast=None,
 ):
     """Runs one suite and returns its report (the JSON document).
 
@@ -306,6 +308,9 @@ def run_suite(
         Contention gate of :func:`benchmarks.core.time_interleaved`.
     command : list of str, optional
         Command-line arguments, recorded in the report.
+    autocast : str, optional
+        ``bf16`` or ``fp16``: every case's forward pass and loss run under
+        ``torch.autocast`` (see :func:`benchmarks.core.forward_context`).
 
     Returns
     -------
@@ -321,7 +326,11 @@ def run_suite(
         )
     warmup = (1 if quick else 2) if warmup is None else warmup
     fixed_repeats = repeats
-    cases = CASE_LISTS[suite](quick=quick)
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"Unknown autocast {autocast!r}; choose one of {', '.join(AUTOCAST_DTYPES)}."
+        )
+    cases = [dict(c, autocast=autocast) for c in CASE_LISTS[suite](quick=quick)]
     origin = provenance(command)  # the code that is measured, before it runs
     checkpoint = None
     if any(c["kind"] == "ast" for c in cases):
@@ -388,6 +397,7 @@ def run_suite(
         "its rounds and freed after (order reversed on odd rounds); "
         "ratios: median of per-round ratios",
         "max_others": max_others,
+        "autocast": autocast,
         "allocator": allocator
         or ("system default" if cpu else "PyTorch CUDA caching allocator"),
     }

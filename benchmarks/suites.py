@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.bridge import bridge_cases, build_bridge_step
+from benchmarks.core import forward_context
 from benchmarks.naive import swap_in_naive
 from speechbrain_moe.lobes.base import masked_mean
 from speechbrain_moe.routing import collect_aux_loss, token_mask
@@ -337,10 +338,10 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
 
     def step():
         """One timed training step."""
-        with token_mask(lobe.model, mask):
+        with forward_context(spec, device), token_mask(lobe.model, mask):
             hidden = lobe.model(input_values=feats).last_hidden_state
-        logits = head(masked_mean(hidden, mask))
-        loss = F.cross_entropy(logits, labels) + collect_aux_loss(lobe)
+            logits = head(masked_mean(hidden, mask))
+            loss = F.cross_entropy(logits, labels) + collect_aux_loss(lobe)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

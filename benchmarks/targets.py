@@ -136,9 +136,34 @@ def targets_table(reports):
     for report in reports:
         if report.get("config", {}).get("quick"):
             continue  # smoke runs check nothing
+        where = run_label(report)
         for check in target_checks(report):
             met = {True: "yes", False: "**no**", None: "-"}[check["met"]]
-            lines.append(
-                f"| {check['what']} | {check['measured']} | {check['limit']} | {met} |"
-            )
+            what = check["what"] + (f" ({where})" if where else "")
+            lines.append(f"| {what} | {check['measured']} | {check['limit']} | {met} |")
     return "\n".join(lines)
+
+
+def run_label(report):
+    """``cuda, bf16``-style label of a report (empty for float32 on the CPU).
+
+    Arguments
+    ---------
+    report : dict
+        A report of :func:`benchmarks.run_suite`.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> run_label({"device": "cpu", "config": {}})
+    ''
+    >>> run_label({"device": "cuda", "config": {"autocast": "bf16"}})
+    'cuda, bf16'
+    """
+    device = str(report.get("device", "cpu"))
+    parts = [] if device == "cpu" else [device]
+    autocast = report.get("config", {}).get("autocast")
+    return ", ".join(parts + ([autocast] if autocast else []))

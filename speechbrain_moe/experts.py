@@ -22,6 +22,7 @@ Authors
 """
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -217,14 +218,24 @@ class _SortedDispatch:
         return out + row_weights.to(x.dtype).unsqueeze(-1) * bias
 
     def _sorted(self, x, index, row_weights, counts):
-        """Runs :class:`_RoutedExperts` (without its graph under ``no_grad``)."""
-        dtype = x.dtype
-        args = (x, index, row_weights.to(dtype), counts, self.activation)
+        """Runs :class:`_RoutedExperts` (without its graph under ``no_grad``).
+
+        Under ``torch.autocast`` the experts compute in the autocast dtype,
+        as the ``nn.Linear`` layers around them do: every operand is cast to
+        it once, and the hand-written passes run with autocast off, so that
+        no product inside them picks a dtype of its own.
+        """
+        device = x.device.type
+        dtype, autocast = x.dtype, torch.is_autocast_enabled(device)
+        if autocast:
+            dtype = torch.get_autocast_dtype(device)
+        args = (x.to(dtype), index, row_weights.to(dtype), counts, self.activation)
         args += tuple(p.to(dtype) for p in (self.down_weight, self.down_bias))
         args += (self.up_weight.to(dtype),)
-        if torch.is_grad_enabled():
-            return _RoutedExperts.apply(*args)
-        return _RoutedExperts.run(*args, keep=False)[0]  # keeps no activation
+        with torch.autocast(device, enabled=False) if autocast else nullcontext():
+            if torch.is_grad_enabled():
+                return _RoutedExperts.apply(*args)
+            return _RoutedExperts.run(*args, keep=False)[0]  # keeps no activation
 
 
 class _DenseMixing:

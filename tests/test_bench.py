@@ -107,6 +107,38 @@ def test_bridge_quick_with_memory(tmp_path):
     assert report["provenance"]["date"] and "--quick" in report["provenance"]["command"]
 
 
+def test_bridge_quick_under_autocast(tmp_path):
+    """``--autocast bf16``: forward passes under ``torch.autocast``, in the
+    timed steps and in the memory worker, recorded in the report."""
+    from benchmarks.report import describe
+    from benchmarks.targets import run_label
+
+    report = _run(tmp_path, "bridge", "--autocast", "bf16")
+    assert report["config"]["autocast"] == "bf16"
+    assert "torch.autocast bf16" in describe(report)
+    assert run_label(report) == "bf16"
+    assert all(row["peak_mem_mb"] > 0 for row in report["results"])
+
+
+def test_dispatch_check_compares_grouped_with_dense(tmp_path, monkeypatch):
+    """``benchmarks.dispatch_check``: grouped and dense dispatch agree in
+    float32 and under bf16 autocast, every parameter gets a gradient, and a
+    difference above the tolerance fails the check (exit status 1)."""
+    from benchmarks import dispatch_check
+
+    for autocast in (None, "bf16"):
+        result = dispatch_check.compare_dispatch("quick", autocast=autocast, time=20)
+        assert result["ok"] and result["missing_grads"] == []
+        assert {"output", "input grad", "grad experts.up_weight"} <= set(
+            result["differences"]
+        )
+    out = tmp_path / "dispatch.json"
+    assert dispatch_check.main(["--shapes", "quick", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]["quick"]["ok"] is True
+    monkeypatch.setitem(dispatch_check.TOLERANCE, None, 0.0)
+    assert dispatch_check.main(["--shapes", "quick"]) == 1
+
+
 def test_memory_worker_builds_only_its_own_bridge():
     """Holding both bridges at build time would set the forward step's peak."""
     config = bridge_cases(quick=True)[0]["config"]
@@ -199,10 +231,13 @@ def test_committed_tables_are_rendered_from_committed_results(markdown):
                 report = json.load(handle)
             if report["suite"] == "layers":  # benchmarks.layers: cited, not tabled
                 assert {r["part"] for r in report["results"]} == {"soft_moa", "bridge"}
+            elif report["suite"] == "dispatch_check":  # cited, not tabled
+                assert all(r["ok"] for r in report["results"].values()), name
             else:
                 assert validate_report(report) == [], name
             suites.add(report["suite"])
-    assert suites == {"table1", "scaling", "bridge", "layers"}
+    expected = {"table1", "scaling", "bridge", "layers"}
+    assert expected <= suites <= expected | {"dispatch_check"}
     with open(os.path.join(ROOT, markdown)) as handle:
         block = handle.read().split(START, 1)[1].split(END, 1)[0]
     assert block.strip() == render(results).strip(), (

@@ -218,6 +218,26 @@ def test_grouped_and_dense_dispatch_agree_in_value_and_gradient():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_grouped_dispatch_under_autocast_matches_dense(dtype):
+    """Under ``torch.autocast`` (``--precision bf16``) the grouped experts
+    compute in the autocast dtype, like the dense path and the Linear layers;
+    float32 tokens from the LayerNorm once made ``index_add_`` mix dtypes."""
+    grouped = make_moe(top_k=2, dispatch="grouped", num_shared_experts=1)
+    dense = make_moe(top_k=2, dispatch="dense", num_shared_experts=1)
+    x = torch.randn(3, 7, 6)
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 2 + [0] * 5]).bool()
+    with torch.autocast("cpu", dtype=dtype):
+        y_g, y_d = grouped(x, mask), dense(x, mask)
+    assert y_g.dtype == y_d.dtype == dtype
+    torch.testing.assert_close(y_g.float(), y_d.float(), atol=2e-2, rtol=2e-2)
+    g_grads = torch.autograd.grad(y_g.float().pow(2).sum(), list(grouped.parameters()))
+    d_grads = torch.autograd.grad(y_d.float().pow(2).sum(), list(dense.parameters()))
+    for a, b in zip(g_grads, d_grads):
+        assert a.dtype == torch.float32  # parameters stay float32
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+
+
 def test_auto_dispatch_picks_dense_for_narrow_experts_only():
     assert SparseMoE(8, num_experts=8, top_k=2, hidden_size=3).dispatch == "dense"
     assert SparseMoE(8, num_experts=8, top_k=4, hidden_size=64).dispatch == "grouped"
