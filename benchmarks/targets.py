@@ -145,16 +145,9 @@ def targets_table(reports):
 
 
 def run_label(report):
-    """``cuda, bf16``-style label of a report (empty for float32 on the CPU).
+    """``cuda, bf16``-style label of a ``report`` (as in :func:`target_checks`).
 
-    Arguments
-    ---------
-    report : dict
-        A report of :func:`benchmarks.run_suite`.
-
-    Returns
-    -------
-    str
+    Empty for a float32 run on the CPU.
 
     Example
     -------
