@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from benchmarks.core import AUTOCAST_DTYPES
 from benchmarks.report import (
     describe,
     format_table,
@@ -47,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
     parser.add_argument(
         "--autocast",
-        choices=("bf16", "fp16"),
+        choices=sorted(AUTOCAST_DTYPES),
         help="Run forward passes and losses under torch.autocast (default: float32).",
     )
     parser.add_argument(

@@ -39,6 +39,23 @@ BRIDGE_PAPER = {
 BRIDGE_MODES = ("train", "train_input_grad", "forward")
 #: (name, width divisor, batch) of the full suite; 375 = 30 s of Whisper frames / 4.
 BRIDGE_SHAPES = (("small", 8, 8), ("paper", 1, 4))
+#: The ``--quick`` shape (smoke runs and tests).
+QUICK_SHAPE = ("quick", 64, 2)
+
+
+def bridge_shape(name):
+    """``(width divisor, batch)`` of a named shape (``small``, ``paper``, ``quick``).
+
+    Example
+    -------
+    >>> bridge_shape("small")
+    (8, 8)
+    """
+    for shape, divisor, batch in (*BRIDGE_SHAPES, QUICK_SHAPE):
+        if shape == name:
+            return divisor, batch
+    names = ", ".join(s[0] for s in (*BRIDGE_SHAPES, QUICK_SHAPE))
+    raise ValueError(f"Unknown bridge shape {name!r}; choose one of {names}.")
 
 
 def scaled_bridge_shape(divisor):
@@ -183,7 +200,7 @@ def bridge_cases(quick=False):
     >>> [(c["method"], c["config"]["mode"]) for c in bridge_cases(quick=True)][:2]
     [('moe_adapter', 'train'), ('dense', 'train')]
     """
-    shapes = (("quick", 64, 2),) if quick else BRIDGE_SHAPES
+    shapes = (QUICK_SHAPE,) if quick else BRIDGE_SHAPES
     cases = []
     for shape_name, divisor, batch in shapes:
         for mode in BRIDGE_MODES:

@@ -85,14 +85,25 @@ def forward_context(spec, device):
     ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
     torch.bfloat16
     """
-    name = spec.get("autocast")
+    name = check_autocast(spec.get("autocast"))
     if not name:
         return contextlib.nullcontext()
-    if name not in AUTOCAST_DTYPES:
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[name])
+
+
+def check_autocast(name):
+    """Returns ``name`` if it is None or a key of :data:`AUTOCAST_DTYPES`.
+
+    Example
+    -------
+    >>> check_autocast("bf16")
+    'bf16'
+    """
+    if name is not None and name not in AUTOCAST_DTYPES:
         raise ValueError(
             f"Unknown autocast {name!r}; choose one of {', '.join(AUTOCAST_DTYPES)}."
         )
-    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[name])
+    return name
 
 
 def sync(device):

@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from benchmarks.bridge import BRIDGE_SHAPES, scaled_bridge_shape
+from benchmarks.bridge import bridge_shape, scaled_bridge_shape
 from benchmarks.core import AUTOCAST_DTYPES, forward_context, machine_info
 from benchmarks.runner import provenance
 from speechbrain_moe.adapters import SparseMoE
@@ -74,9 +74,7 @@ def compare_dispatch(shape="small", device="cpu", autocast=None, batch=None, tim
     >>> result["ok"], result["missing_grads"]
     (True, [])
     """
-    divisor, default_batch = {"quick": (64, 2)}.get(shape, (None, None))
-    if divisor is None:
-        _, divisor, default_batch = next(s for s in BRIDGE_SHAPES if s[0] == shape)
+    divisor, default_batch = bridge_shape(shape)
     config = scaled_bridge_shape(divisor)
     torch.manual_seed(0)
     grouped = SparseMoE(

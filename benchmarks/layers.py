@@ -37,7 +37,7 @@ import sys
 import torch
 
 from benchmarks.bridge import (
-    BRIDGE_SHAPES,
+    bridge_shape,
     build_bridge_modules,
     scaled_bridge_shape,
     stage_macs,
@@ -213,7 +213,7 @@ def bridge_rows(rounds, shape="small", **timing):
     -------
     list of dict
     """
-    _, divisor, batch = next(s for s in BRIDGE_SHAPES if s[0] == shape)
+    divisor, batch = bridge_shape(shape)
     config = {**scaled_bridge_shape(divisor), "time": 375}
     parts = build_bridge_modules(config)
     moe, dense = parts["moe_adapter"], parts["dense"]

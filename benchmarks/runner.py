@@ -13,7 +13,7 @@ import subprocess
 import torch
 
 from benchmarks.core import (
-    AUTOCAST_DTYPES,
+    check_autocast,
     keep_freed_memory,
     machine_info,
     measure_memory,
@@ -326,10 +326,7 @@ def run_suite(
         )
     warmup = (1 if quick else 2) if warmup is None else warmup
     fixed_repeats = repeats
-    if autocast is not None and autocast not in AUTOCAST_DTYPES:
-        raise ValueError(
-            f"Unknown autocast {autocast!r}; choose one of {', '.join(AUTOCAST_DTYPES)}."
-        )
+    check_autocast(autocast)  # before any memory worker starts
     cases = [dict(c, autocast=autocast) for c in CASE_LISTS[suite](quick=quick)]
     origin = provenance(command)  # the code that is measured, before it runs
     checkpoint = None
