@@ -265,7 +265,7 @@ def add_noise(audio, snr_db, rng):
     Example
     -------
     >>> rng = np.random.default_rng(0)
-    >>> x = np.sin(np.arange(16000) / 5).astype(np.float32)
+    >>> x = 0.1 * np.sin(np.arange(16000) / 5).astype(np.float32)
     >>> noisy = add_noise(x, 10.0, rng)
     >>> round(float(10 * np.log10((x**2).mean() / ((noisy - x) ** 2).mean())))
     10
@@ -298,7 +298,7 @@ def fit_length(audio, samples, rng):
 
     Example
     -------
-    >>> fit_length(np.ones(3, np.float32), 5, np.random.default_rng(0)).sum()
+    >>> float(fit_length(np.ones(3, np.float32), 5, np.random.default_rng(0)).sum())
     3.0
     """
     if len(audio) >= samples:
