@@ -69,11 +69,13 @@ def test_classifier_from_experiment_and_package(esc50_experiment, tmp_path):
     # adapter-only package: no frozen backbone weight in it
     package = exp / "inference_model"
     assert sorted(os.listdir(package)) == [
+        "MANIFEST.json",
         "README.md",
         "backbone.ckpt",
         "classifier.ckpt",
         "inference.yaml",
         "label_encoder.ckpt",
+        "soft_moa.yaml",  # the method file it was trained with
     ]
     saved = torch.load(package / "backbone.ckpt", weights_only=True)
     assert not any("attention.q_proj.weight" in k for k in saved)

@@ -62,18 +62,67 @@ class PETLAudioClassifier(ExperimentInterface):
         super().__init__(*args, **kwargs)
         encoder = self.hparams.label_encoder
         encoder.expect_len(len(encoder))
+        outputs = [
+            m.out_features
+            for m in self.mods.classifier.modules()
+            if isinstance(getattr(m, "out_features", None), int)
+        ]
+        if outputs:
+            self.check_head(outputs[-1])
         if merge:
             merge_and_unload(self.mods.backbone)
+
+    def check_head(self, outputs):
+        """Refuses a label encoder that does not match the head: each output
+        of the head must have exactly one label.
+
+        Arguments
+        ---------
+        outputs : int
+            The number of outputs of the head.
+
+        Example
+        -------
+        >>> from speechbrain.dataio.encoder import CategoricalEncoder
+        >>> encoder = CategoricalEncoder()
+        >>> encoder.update_from_iterable(["dog", "rain"])
+        >>> model = PETLAudioClassifier(
+        ...     modules={"backbone": torch.nn.Identity(), "classifier": torch.nn.Identity()},
+        ...     hparams={"label_encoder": encoder, "sample_rate": 16000})
+        >>> model.check_head(3)
+        Traceback (most recent call last):
+        ...
+        ValueError: The classifier head has 3 outputs but the label encoder ...
+        """
+        labels = len(self.hparams.label_encoder)
+        if outputs == labels:
+            return
+        what = "outputs have no label" if outputs > labels else "labels have no output"
+        raise ValueError(
+            f"The classifier head has {outputs} outputs but the label encoder has "
+            f"{labels} labels: {what}. The label "
+            "encoder (label_encoder.ckpt, packaged from the run's "
+            "save/label_encoder.txt) does not belong to this model: it was rewritten "
+            "after training (e.g. after the data changed), or the run was trained "
+            f"with n_classes={outputs} for data of {labels} classes. Restore the "
+            "run's save/label_encoder.txt, or train again into a new "
+            f"--output_folder (with --n_classes={labels})."
+        )
 
     def classify_batch(self, wavs, wav_lens=None):
         """Classifies a batch of waveforms.
 
         Arguments
         ---------
-        wavs : torch.Tensor
-            ``[batch, samples]`` at ``sample_rate`` (or one clip ``[samples]``).
+        wavs : torch.Tensor or numpy.ndarray
+            ``[batch, samples]`` at ``sample_rate``, one clip ``[samples]`` or
+            ``[samples, channels]`` (as ``soundfile.read`` gives it), or
+            ``[batch, samples, channels]``; channels are mixed down. Float
+            samples, or integer PCM (int16, int32, int8, uint8: scaled to
+            [-1, 1] as ``soundfile`` does). See
+            :meth:`~speechbrain_moe.inference.interfaces.ExperimentInterface.check_batch`.
         wav_lens : torch.Tensor, optional
-            Relative lengths in (0, 1] (default: all 1).
+            Relative lengths in (0, 1], one per clip (default: all 1).
 
         Returns
         -------
@@ -91,6 +140,7 @@ class PETLAudioClassifier(ExperimentInterface):
         with torch.no_grad():
             embeddings = self.mods.backbone(wavs, wav_lens)
             out_prob = torch.log_softmax(self.mods.classifier(embeddings), dim=-1)
+        self.check_head(out_prob.shape[-1])
         score, index = torch.max(out_prob, dim=-1)
         text_lab = self.hparams.label_encoder.decode_torch(index)
         return out_prob, score, index, text_lab
