@@ -42,7 +42,7 @@ from analysis.plots import (
 from analysis.utilisation import UtilisationAccumulator
 from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import PETLAudioClassifier
-from speechbrain_moe.routing import collect_aux_loss, record_routing, routed_modules
+from speechbrain_moe.routing import record_routing, routed_modules, routing_context
 
 
 def parse_args(argv):
@@ -174,7 +174,6 @@ def routing_analysis(model, dataset, out, batch_size=8, method=""):
         for batch in make_dataloader(dataset, batch_size=batch_size):
             acc.set_groups([decode[int(i)] for i in batch.label_encoded.data.view(-1)])
             log_probs_of(model, batch)
-            collect_aux_loss(model.mods)
     summary = acc.summary()
     summary["method"] = method
     out.mkdir(parents=True, exist_ok=True)
@@ -231,8 +230,10 @@ def gradient_analysis(model, dataset, column, out, batches=4, batch_size=8, meth
         """NLL plus auxiliary losses of one batch, with gradients on."""
         with torch.enable_grad():
             labels = batch.label_encoded.data.to(model.device).view(-1)
-            nll = torch.nn.functional.nll_loss(log_probs_of(model, batch), labels)
-            return nll + collect_aux_loss(model.mods)
+            with routing_context(model.mods) as routing:
+                log_probs = log_probs_of(model, batch)
+            nll = torch.nn.functional.nll_loss(log_probs, labels)
+            return nll + routing.aux_loss
 
     grads = mean_group_gradients(body, loaders, loss_fn, max_batches=batches)
     names, matrix = cosine_matrix(grads)

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.core import forward_context
 from speechbrain_moe.adapters.bridges import DenseProjector, MoEAdapterBridge
-from speechbrain_moe.routing import collect_aux_loss
+from speechbrain_moe.routing import routing_context
 
 #: The paper's bridge: Whisper-large (1280) x 4 stacked -> LLM width 2048.
 BRIDGE_PAPER = {
@@ -341,8 +341,8 @@ def build_bridge_step(spec, device="cpu"):
             with torch.no_grad(), forward_context(spec, device):
                 module(x, mask)
             return
-        with forward_context(spec, device):
-            loss = module(x, mask).float().pow(2).mean() + collect_aux_loss(module)
+        with forward_context(spec, device), routing_context(module) as routing:
+            loss = module(x, mask).float().pow(2).mean() + routing.aux_loss
         loss.backward()
         x.grad = None
         for param in params:

@@ -27,7 +27,7 @@ from benchmarks.bridge import bridge_cases, build_bridge_step
 from benchmarks.core import forward_context
 from benchmarks.naive import swap_in_naive
 from speechbrain_moe.lobes.base import masked_mean
-from speechbrain_moe.routing import collect_aux_loss, token_mask
+from speechbrain_moe.routing import routing_context, token_mask
 from speechbrain_moe.summary import count_parameters
 
 SUITES = ("table1", "scaling", "bridge")
@@ -338,10 +338,11 @@ def build_ast_step(spec, checkpoint, device="cpu", base=None):
 
     def step():
         """One timed training step."""
-        with forward_context(spec, device), token_mask(lobe.model, mask):
-            hidden = lobe.model(input_values=feats).last_hidden_state
+        with forward_context(spec, device), token_mask(mask):
+            with routing_context(lobe) as routing:
+                hidden = lobe.model(input_values=feats).last_hidden_state
             logits = head(masked_mean(hidden, mask))
-            loss = F.cross_entropy(logits, labels) + collect_aux_loss(lobe)
+            loss = F.cross_entropy(logits, labels) + routing.aux_loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,7 @@
 """speechbrain-moe: mixtures of adapters and PETL baselines for SpeechBrain."""
 
 from speechbrain_moe.petl import apply_method, available_methods
-from speechbrain_moe.routing import collect_aux_loss
+from speechbrain_moe.routing import routing_context
 
 __version__ = "0.2.0"
-__all__ = ["apply_method", "available_methods", "collect_aux_loss"]
+__all__ = ["apply_method", "available_methods", "routing_context"]

@@ -20,7 +20,7 @@ from speechbrain.utils.metric_stats import ClassificationStats
 
 from speechbrain_moe.adapters.moe import update_selection_biases
 from speechbrain_moe.recoverables import RandomState
-from speechbrain_moe.routing import collect_aux_loss, pop_load_stats, track_load
+from speechbrain_moe.routing import LoadCounter, routing_context
 from speechbrain_moe.summary import count_parameters, format_parameters
 from speechbrain_moe.tensorboard import log_expert_loads
 
@@ -79,10 +79,10 @@ class PETLClassifierBrain(sb.Brain):
     ...     {"id": "b", "sig": torch.full((8,), float("nan")),
     ...      "label_encoded": torch.tensor([0])}])
     >>> brain.on_stage_start(sb.Stage.TEST)
-    >>> log_probs, finite = brain.compute_forward(batch, sb.Stage.TEST)
-    >>> finite.tolist()
-    [True, False]
-    >>> loss = brain.compute_objectives((log_probs, finite), batch, sb.Stage.TEST)
+    >>> log_probs, finite, routing = brain.compute_forward(batch, sb.Stage.TEST)
+    >>> finite.tolist(), float(routing.aux_loss)
+    ([True, False], 0.0)
+    >>> loss = brain.compute_objectives((log_probs, finite, routing), batch, sb.Stage.TEST)
     >>> brain.nll_count, bool(torch.isfinite(loss))
     (1, True)
     """
@@ -93,7 +93,8 @@ class PETLClassifierBrain(sb.Brain):
         super().__init__(*args, **kwargs)
         self.train_logger, self.tensorboard = train_logger, tensorboard
         self.lr_schedule = lr_schedule
-        self.num_routers = track_load(self.modules)
+        # Per-expert loads of the routers, summed over a stage for logging.
+        self.loads = LoadCounter(self.modules)
         self.random_state = RandomState()
         if self.checkpointer is not None:
             # Dropout and other random draws continue exactly after a resume.
@@ -109,8 +110,11 @@ class PETLClassifierBrain(sb.Brain):
         )
 
     def compute_forward(self, batch, stage):
-        """Log-probabilities ``[batch, classes]`` and which clips are finite
-        (a clip with NaN/inf samples is replaced by silence, then ignored)."""
+        """Log-probabilities ``[batch, classes]``, which clips are finite (a
+        clip with NaN/inf samples is replaced by silence, then ignored) and
+        what the routers reported during the forward pass (a
+        :class:`~speechbrain_moe.routing.RoutingContext`: auxiliary losses,
+        per-expert loads)."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         finite = torch.isfinite(wavs).all(dim=1)
@@ -123,16 +127,18 @@ class PETLClassifierBrain(sb.Brain):
                 bad,
             )
             wavs = torch.where(finite.unsqueeze(1), wavs, torch.zeros_like(wavs))
-        logits = self.modules.classifier(self.modules.backbone(wavs, wav_lens))
-        return F.log_softmax(logits, dim=-1), finite
+        with routing_context(self.modules, track_load=bool(self.loads)) as routing:
+            logits = self.modules.classifier(self.modules.backbone(wavs, wav_lens))
+        return F.log_softmax(logits, dim=-1), finite, routing
 
     def compute_objectives(self, predictions, batch, stage):
         """NLL over the finite clips plus the routers' auxiliary losses (NaN
         when no clip is finite: SpeechBrain then skips the batch)."""
-        log_probs, finite = predictions
+        log_probs, finite, routing = predictions
         labels = batch.label_encoded.data.to(log_probs.device).view(-1)
         nll = F.nll_loss(log_probs[finite], labels[finite], reduction="none")
-        aux = collect_aux_loss(self.modules)
+        aux = routing.aux_loss.to(log_probs.device)
+        self.loads.add(routing)
         ids = [i for i, ok in zip(batch.id, finite.tolist()) if ok]
         self.accuracy.append(
             ids, log_probs[finite].argmax(dim=-1).tolist(), labels[finite].tolist()
@@ -175,16 +181,15 @@ class PETLClassifierBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             # Resumed after the last training batch: restore the draws here.
             self.random_state.apply_pending()
-        if self.num_routers:
-            pop_load_stats(self.modules)
+        self.loads.reset()
 
     def stage_stats(self, stage, epoch):
         """Loss, accuracy, aux loss and load balance of a stage, as floats
         (the per-expert loads go to TensorBoard)."""
         stats = {}
-        if self.num_routers:
+        if self.loads:
             # A collective under DDP: every rank calls it, whatever its data.
-            loads = pop_load_stats(self.modules)
+            loads = self.loads.pop()
             log_expert_loads(
                 self.tensorboard, loads.get("shares", {}), stage.name.lower(), epoch
             )
@@ -196,7 +201,7 @@ class PETLClassifierBrain(sb.Brain):
             "accuracy": float(self.accuracy.summarize("accuracy")),
             **stats,
         }
-        if self.num_routers:
+        if self.loads:
             stats["aux_loss"] = self.aux_sum / max(self.num_batches, 1)
         return stats
 

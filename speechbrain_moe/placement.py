@@ -1,9 +1,17 @@
 """Where an adapter sits: wrappers usable as ``AdaptedModel``'s ``adapter_class``,
 around any sub-module (of a tuple output, only the first element is adapted).
+
+The wrapped module is called by its Hugging Face parent with that parent's
+arguments, which carry no padding mask; the wrappers hand their adapter the
+mask of the sequences being encoded from the backbone's
+:func:`speechbrain_moe.routing.token_mask` block
+(:func:`~speechbrain_moe.routing.current_token_mask`).
 """
 
 import torch
 import torch.nn as nn
+
+from speechbrain_moe.routing import current_token_mask
 
 
 def infer_sizes(module):
@@ -74,7 +82,6 @@ def _add_to_first(output, delta):
 class _Placement(nn.Module):
     """Shared construction of the placement wrappers."""
 
-    token_mask = None  # set by speechbrain_moe.routing.token_mask
     reads_output = False  # the adapter reads (and writes) the output size
 
     def __init__(
@@ -127,7 +134,7 @@ class ParallelAdapter(_Placement):
         """Runs the target and adds the adapter's output to it."""
         x = _first_input(args, kwargs)
         output = self.pretrained_module(*args, **kwargs)
-        delta = self.adapter(x, mask=self.token_mask)
+        delta = self.adapter(x, mask=current_token_mask())
         return _add_to_first(output, delta)
 
 
@@ -151,7 +158,7 @@ class SequentialAdapter(_Placement):
         """Runs the target, then adapts its output residually."""
         output = self.pretrained_module(*args, **kwargs)
         hidden = output if isinstance(output, torch.Tensor) else output[0]
-        return _add_to_first(output, self.adapter(hidden, mask=self.token_mask))
+        return _add_to_first(output, self.adapter(hidden, mask=current_token_mask()))
 
 
 PLACEMENT_MODES = {"parallel": ParallelAdapter, "sequential": SequentialAdapter}

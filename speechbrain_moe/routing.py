@@ -1,16 +1,66 @@
-"""The channel between routed modules deep in an encoder and the ``Brain``:
-auxiliary losses, padding masks, routing statistics (free when off)."""
+"""How routers deep inside an encoder reach the code that trains them.
 
+The mixtures of this package sit inside pretrained Hugging Face layers,
+which call them with fixed signatures: what a router computes besides its
+output (auxiliary losses, routing weights) cannot be returned through those
+layers, and the padding mask of the batch cannot be passed down through
+them. Both travel through one explicit channel instead, found through
+:mod:`contextvars` (never through attributes set on other modules):
+
+* **A routing context** (:func:`routing_context`): the code that runs a
+  forward pass opens one around it; every router that runs inside the block
+  reports its auxiliary loss and, when asked for, its routing weights into
+  it. After the forward the context holds what *this* pass computed::
+
+      with routing_context(model, track_load=True) as routing:
+          logits = model(x)
+      loss = task_loss + routing.aux_loss   # every router's, every call
+      load_counter.add(routing)             # per-expert loads, for logging
+
+  Nothing is stored on the routers and nothing needs clearing: a router
+  called twice in the block reports twice (both losses are summed), a new
+  block starts empty, and a forward pass run with no context open reports
+  to nobody (a router computing an auxiliary loss in training mode then
+  warns that it is dropped). Contexts nest: every open context receives
+  every report, so a model that opens its own (the Speech-LLM's forward, for
+  the loss it returns) does not hide its routers from its caller's.
+* **The token mask** (:func:`token_mask`): a backbone opens
+  ``with token_mask(mask):`` around its encoder; the adapter placements read
+  it with :func:`current_token_mask` and pass it to their adapters'
+  ``forward(x, mask)``.
+
+Load statistics for logging are summed over a stage by a
+:class:`LoadCounter` and read once per stage with :meth:`LoadCounter.pop`,
+which sums them over DDP ranks (a collective that every rank calls, in the
+same order, whatever its data).
+
+Authors
+ * speechbrain-moe contributors 2026
+"""
+
+import contextvars
 import math
+import warnings
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
+#: The routing contexts open in this thread / task, outermost first.
+_OPEN_CONTEXTS = contextvars.ContextVar("speechbrain_moe_routing", default=())
+
+#: The padding mask of the sequences the innermost running backbone encodes.
+_TOKEN_MASK = contextvars.ContextVar("speechbrain_moe_token_mask", default=None)
+
 
 class RoutedModule(nn.Module):
-    """Base class of modules that route tokens to experts: subclasses call
-    :meth:`report` once per forward and may set ``self.aux_loss``.
+    """Base class of modules that route tokens to experts.
+
+    A subclass reports what it computes in its ``forward`` to the open
+    routing contexts (:func:`routing_context`): its auxiliary loss with
+    :meth:`report_aux_loss`, its per-token routing weights with
+    :meth:`report` (cheap to skip: ask :meth:`wants_routing` first when
+    building the weights costs something).
 
     Arguments
     ---------
@@ -20,42 +70,114 @@ class RoutedModule(nn.Module):
     Example
     -------
     >>> module = RoutedModule(num_experts=2)
-    >>> _ = track_load(module)
-    >>> module.report(torch.tensor([[[0.25, 0.75]]]), None)
-    >>> module.load_sum
-    tensor([0.2500, 0.7500])
+    >>> with routing_context(module, track_load=True) as routing:
+    ...     module.report(torch.tensor([[[0.25, 0.75]]]), None)
+    ...     module.report_aux_loss(torch.tensor(0.5))
+    >>> routing.loads[""].tolist(), float(routing.aux_loss)
+    ([0.25, 0.75], 0.5)
     """
 
     def __init__(self, num_experts):
         super().__init__()
         self.num_experts = num_experts
-        self.aux_loss = None
-        self.routing_sink = None
-        self.routing_name = ""
-        self.tracking_load = False
-        self.register_buffer("load_sum", torch.zeros(num_experts), persistent=False)
+
+    def report_aux_loss(self, loss):
+        """Hands this forward pass's auxiliary loss to every open context.
+
+        Arguments
+        ---------
+        loss : torch.Tensor or None
+            A scalar (None: nothing to report).
+
+        Example
+        -------
+        >>> module = RoutedModule(2)
+        >>> with routing_context() as routing:
+        ...     module.report_aux_loss(torch.tensor(1.0))
+        ...     module.report_aux_loss(torch.tensor(2.0))
+        >>> float(routing.aux_loss)
+        3.0
+        """
+        if loss is None:
+            return
+        contexts = _OPEN_CONTEXTS.get()
+        if not contexts and self.training and torch.is_grad_enabled():
+            warnings.warn(
+                f"{type(self).__name__} computed an auxiliary loss in training "
+                "mode, but no routing context is open, so the loss is dropped. "
+                "Run the forward pass inside `with "
+                "speechbrain_moe.routing.routing_context(model) as routing:` and "
+                "add routing.aux_loss to the objective.",
+                stacklevel=2,
+            )
+        for context in contexts:
+            context.add_aux_loss(self, loss)
+
+    def wants_routing(self):
+        """Whether an open context records routing weights (load counting or
+        a recorder): without one, :meth:`report` does nothing.
+
+        Returns
+        -------
+        bool
+
+        Example
+        -------
+        >>> module = RoutedModule(2)
+        >>> with routing_context(track_load=True):
+        ...     module.wants_routing()
+        True
+        >>> module.wants_routing()
+        False
+        """
+        return any(context.wants_routing for context in _OPEN_CONTEXTS.get())
 
     def report(self, weights, mask, **extra):
-        """Hands this batch's routing ``weights`` (``[batch, time, experts]``,
-        the share of each expert in each token), ``mask`` (``[batch, time]``,
-        True: real; None: all) and ``extra`` per-token statistics (e.g.
-        ``selected`` of top-k routing) to the active recorders."""
-        if not self.tracking_load and self.routing_sink is None:
+        """Hands this forward pass's routing weights to the open contexts
+        that record them.
+
+        Arguments
+        ---------
+        weights : torch.Tensor
+            ``[batch, time, experts]``: the share of each expert in each token.
+        mask : torch.Tensor or None
+            ``[batch, time]``, True for real tokens (None: all real).
+        **extra
+            Per-token statistics of the method (e.g. ``selected`` of top-k
+            routing), shaped like ``weights``.
+
+        Example
+        -------
+        >>> module, seen = RoutedModule(2), []
+        >>> with record_routing(module, lambda name, stats: seen.append(stats)):
+        ...     module.report(torch.ones(1, 3, 2) / 2, None, selected=torch.ones(1, 3, 2))
+        >>> sorted(seen[0])
+        ['mask', 'selected', 'weights']
+        """
+        contexts = [c for c in _OPEN_CONTEXTS.get() if c.wants_routing]
+        if not contexts:
             return
         weights = weights.detach().float()
         if mask is None:
             mask = torch.ones_like(weights[..., 0], dtype=torch.bool)
-        if self.tracking_load:
-            self.load_sum += (weights * mask.unsqueeze(-1)).sum(dim=(0, 1))
-        if self.routing_sink is not None:
-            stats = {"weights": weights, "mask": mask}
-            stats.update({k: v.detach() for k, v in extra.items()})
-            self.routing_sink(self.routing_name, stats)
+        extra = {key: value.detach() for key, value in extra.items()}
+        for context in contexts:
+            context.add_routing(self, weights, mask, extra)
 
 
 def routed_modules(model):
     """Yields ``(name, module)`` for every :class:`RoutedModule` in ``model``
     (DDP-wrapped modules included).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model.
+
+    Returns
+    -------
+    generator
+        ``(name, module)`` pairs, in ``named_modules`` order.
 
     Example
     -------
@@ -67,62 +189,169 @@ def routed_modules(model):
             yield name, module
 
 
-def collect_aux_loss(model):
-    """Sums (a scalar; zero when there is none) and clears the auxiliary
-    losses of the last forward pass of ``model``'s routers.
+class RoutingContext:
+    """What the routers report during one ``with routing_context(...)`` block.
+
+    Built by :func:`routing_context`; read after (or inside) the block.
+
+    Arguments
+    ---------
+    model : torch.nn.Module, optional
+        Names the routers (their ``named_modules`` names); a router outside
+        it, or with no model, is named ``<TypeName #k>`` in order of its
+        first report. Its first parameter's device is that of a zero
+        :attr:`aux_loss`.
+    track_load : bool
+        Sum each router's routing weights over real tokens into
+        :attr:`loads`.
+    on_routing : callable, optional
+        ``on_routing(name, stats)`` receives every report's ``stats``:
+        ``weights`` ``[batch, time, experts]``, ``mask`` and the method's own
+        entries (``selected`` for top-k routing).
 
     Example
     -------
-    >>> model = nn.Sequential(RoutedModule(2), RoutedModule(2))
-    >>> model[0].aux_loss = model[1].aux_loss = torch.tensor(0.5)
-    >>> float(collect_aux_loss(model)), float(collect_aux_loss(model))
-    (1.0, 0.0)
+    >>> context = RoutingContext(track_load=True)
+    >>> context.wants_routing, float(context.aux_loss)
+    (True, 0.0)
     """
-    losses = []
-    for _, module in routed_modules(model):
-        if module.aux_loss is not None:
-            losses.append(module.aux_loss)
-            module.aux_loss = None
-    if losses:
+
+    def __init__(self, model=None, track_load=False, on_routing=None):
+        self.names = {}
+        self.device = None
+        if model is not None:
+            self.names = {module: name for name, module in routed_modules(model)}
+            param = next(model.parameters(), None)
+            self.device = None if param is None else param.device
+        self.track_load = track_load
+        self.on_routing = on_routing
+        #: ``(router name, loss)`` of every auxiliary loss reported.
+        self.aux_losses = []
+        #: Router name -> ``[experts]`` float64 routing weight summed over
+        #: real tokens (with ``track_load``).
+        self.loads = {}
+
+    @property
+    def wants_routing(self):
+        """Whether routers should report their routing weights here.
+
+        Returns
+        -------
+        bool
+        """
+        return self.track_load or self.on_routing is not None
+
+    @property
+    def aux_loss(self):
+        """Sum of every auxiliary loss reported (a zero scalar when none).
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        if not self.aux_losses:
+            return torch.zeros((), device=self.device)
+        losses = [loss for _, loss in self.aux_losses]
         return sum(losses[1:], losses[0])
-    param = next(model.parameters(), None)
-    return torch.zeros((), device=None if param is None else param.device)
+
+    def name_of(self, module):
+        """The name under which ``module``'s reports are filed.
+
+        Arguments
+        ---------
+        module : RoutedModule
+            A router.
+
+        Returns
+        -------
+        str
+        """
+        if module not in self.names:
+            self.names[module] = f"<{type(module).__name__} #{len(self.names)}>"
+        return self.names[module]
+
+    def add_aux_loss(self, module, loss):
+        """Files one auxiliary loss of ``module`` (called by the router).
+
+        Arguments
+        ---------
+        module : RoutedModule
+            The reporting router.
+        loss : torch.Tensor
+            A scalar.
+        """
+        self.aux_losses.append((self.name_of(module), loss))
+
+    def add_routing(self, module, weights, mask, extra):
+        """Files one routing report of ``module`` (called by the router).
+
+        Arguments
+        ---------
+        module : RoutedModule
+            The reporting router.
+        weights : torch.Tensor
+            ``[batch, time, experts]`` detached float32 weights.
+        mask : torch.Tensor
+            ``[batch, time]`` boolean, True for real tokens.
+        extra : dict
+            The method's own detached per-token statistics.
+        """
+        name = self.name_of(module)
+        if self.track_load:
+            load = (weights * mask.unsqueeze(-1)).sum(dim=(0, 1)).double()
+            self.loads[name] = self.loads[name] + load if name in self.loads else load
+        if self.on_routing is not None:
+            self.on_routing(name, {"weights": weights, "mask": mask, **extra})
 
 
 @contextmanager
-def _setting(modules, attribute, value):
-    """Sets ``attribute`` of every module to ``value`` for one ``with`` block."""
-    for module in modules:
-        setattr(module, attribute, value)
-    try:
-        yield
-    finally:
-        for module in modules:
-            setattr(module, attribute, None)
+def routing_context(model=None, track_load=False, on_routing=None):
+    """Opens a :class:`RoutingContext` for one ``with`` block.
 
+    Arguments
+    ---------
+    model, track_load, on_routing
+        As :class:`RoutingContext` takes them.
 
-def token_mask(model, mask):
-    """Gives ``mask`` (``[batch, time]``, True for real tokens) to every
-    module of ``model`` with a ``token_mask`` attribute, for one ``with`` block.
+    Yields
+    ------
+    RoutingContext
+        Filled by the routers that run inside the block.
 
     Example
     -------
-    >>> layer = nn.Linear(2, 2)
-    >>> layer.token_mask = None
-    >>> with token_mask(layer, torch.ones(1, 3, dtype=torch.bool)):
-    ...     layer.token_mask.shape
-    torch.Size([1, 3])
-    >>> layer.token_mask is None
-    True
+    >>> from speechbrain_moe.adapters import SparseMoE
+    >>> moe = SparseMoE(8, num_experts=4, top_k=2, hidden_size=4)
+    >>> with routing_context(moe) as routing:
+    ...     y = moe(torch.randn(2, 5, 8))
+    >>> routing.aux_loss.shape, len(routing.aux_losses)
+    (torch.Size([]), 1)
     """
-    modules = [m for m in model.modules() if hasattr(m, "token_mask")]
-    return _setting(modules, "token_mask", mask)
+    context = RoutingContext(model, track_load=track_load, on_routing=on_routing)
+    token = _OPEN_CONTEXTS.set(_OPEN_CONTEXTS.get() + (context,))
+    try:
+        yield context
+    finally:
+        _OPEN_CONTEXTS.reset(token)
 
 
 def record_routing(model, callback):
     """Streams the routing weights of every router of ``model`` to
-    ``callback(layer_name, stats)``, for one ``with`` block; ``stats`` holds
-    ``weights`` ``[batch, time, experts]``, ``mask`` and method-specific entries.
+    ``callback(layer_name, stats)`` for one ``with`` block (a
+    :func:`routing_context` with ``on_routing=callback``).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Names the routers.
+    callback : callable
+        ``callback(name, stats)``; ``stats`` holds ``weights`` ``[batch,
+        time, experts]``, ``mask`` and method-specific entries.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Yields the :class:`RoutingContext`.
 
     Example
     -------
@@ -132,19 +361,51 @@ def record_routing(model, callback):
     >>> seen
     [('0', torch.Size([2, 5]))]
     """
-    for name, module in routed_modules(model):
-        module.routing_name = name
-    modules = [module for _, module in routed_modules(model)]
-    return _setting(modules, "routing_sink", callback)
+    return routing_context(model, on_routing=callback)
 
 
-def track_load(model, enabled=True):
-    """Switches the per-expert load counters (:func:`pop_load_stats`) of every
-    router of ``model`` on or off; returns the number of routers."""
-    modules = list(routed_modules(model))
-    for _, module in modules:
-        module.tracking_load = enabled
-    return len(modules)
+@contextmanager
+def token_mask(mask):
+    """Makes ``mask`` the token mask of the adapters that run in the block.
+
+    Arguments
+    ---------
+    mask : torch.Tensor or None
+        ``[batch, time]``, True for real tokens (None: all real).
+
+    Yields
+    ------
+    torch.Tensor or None
+        ``mask``.
+
+    Example
+    -------
+    >>> with token_mask(torch.ones(1, 3, dtype=torch.bool)):
+    ...     current_token_mask().shape
+    torch.Size([1, 3])
+    >>> current_token_mask() is None
+    True
+    """
+    token = _TOKEN_MASK.set(mask)
+    try:
+        yield mask
+    finally:
+        _TOKEN_MASK.reset(token)
+
+
+def current_token_mask():
+    """The mask of the innermost :func:`token_mask` block (None outside).
+
+    Returns
+    -------
+    torch.Tensor or None
+
+    Example
+    -------
+    >>> current_token_mask() is None
+    True
+    """
+    return _TOKEN_MASK.get()
 
 
 def load_statistics(load):
@@ -177,40 +438,100 @@ def load_statistics(load):
     return {key: round(value, 6) for key, value in stats.items()}
 
 
-def pop_load_stats(model):
-    """Balance figures since the last call, per router of ``model`` (with
-    :func:`track_load` on) and averaged; resets the counters.
+class LoadCounter:
+    """Per-expert loads of every router of a model, summed over a stage.
 
-    Returns
-    -------
-    dict
-        ``{"layers": {name: stats}, "mean": stats, "shares": {name: share}}``
-        (empty: nothing counted), ``share`` the ``[experts]`` fraction of the
-        routing weight each expert received; counts summed over DDP ranks
-        (a collective: call it on every rank).
+    The counter lives with the code that trains (the ``Brain``), not on the
+    routers: :meth:`add` takes the loads of one forward pass's
+    :class:`RoutingContext` (opened with ``track_load=True``), :meth:`pop`
+    turns the sums into balance figures and starts over.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The routers counted are those of ``model`` (fixed at construction,
+        so that every DDP rank reduces the same tensors in the same order).
 
     Example
     -------
     >>> model = nn.Sequential(RoutedModule(2))
-    >>> track_load(model)
-    1
-    >>> model[0].report(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), None)
-    >>> pop_load_stats(model)["mean"]
+    >>> counter = LoadCounter(model)
+    >>> with routing_context(model, track_load=True) as routing:
+    ...     model[0].report(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), None)
+    >>> counter.add(routing)
+    >>> counter.pop()["mean"]
     {'cv': 0.0, 'entropy': 1.0, 'max_share': 0.5}
+    >>> counter.pop()
+    {}
     """
-    layers, shares = {}, {}
-    for name, module in routed_modules(model):
-        load = module.load_sum.detach().double().clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(load)
-        if float(load.sum()) > 0:
-            layers[name] = load_statistics(load)
-            shares[name] = load / load.sum()
-        module.load_sum.zero_()
-    if not layers:
-        return {}
-    mean = {
-        key: round(sum(s[key] for s in layers.values()) / len(layers), 6)
-        for key in ("cv", "entropy", "max_share")
-    }
-    return {"layers": layers, "mean": mean, "shares": shares}
+
+    def __init__(self, model):
+        self.routers = dict(routed_modules(model))
+        self.sums = {}
+
+    def __len__(self):
+        """Number of routers counted.
+
+        Returns
+        -------
+        int
+        """
+        return len(self.routers)
+
+    def add(self, routing):
+        """Adds the loads of one forward pass.
+
+        Arguments
+        ---------
+        routing : RoutingContext
+            A context opened with ``track_load=True`` (loads of routers that
+            are not in the counter's model are ignored).
+        """
+        for name, load in routing.loads.items():
+            if name in self.routers:
+                total = self.sums.get(name)
+                self.sums[name] = load if total is None else total + load
+
+    def reset(self):
+        """Forgets the loads added so far (local: no collective)."""
+        self.sums = {}
+
+    def pop(self):
+        """Balance figures of the loads added since the last pop or reset,
+        per router and averaged; then resets.
+
+        Under DDP the loads are summed over ranks first: a collective that
+        every rank must call (it reduces one tensor per router of the model,
+        counted or not, so ranks without data take part as well).
+
+        Returns
+        -------
+        dict
+            ``{"layers": {name: stats}, "mean": stats, "shares": {name:
+            share}}`` (empty: nothing counted), ``share`` the ``[experts]``
+            fraction of the routing weight each expert received.
+        """
+        distributed = torch.distributed.is_available() and (
+            torch.distributed.is_initialized()
+        )
+        layers, shares = {}, {}
+        for name, module in self.routers.items():
+            param = next(module.parameters(), None)
+            device = None if param is None else param.device
+            load = self.sums.get(name)
+            if load is None:
+                load = torch.zeros(module.num_experts, dtype=torch.float64)
+            load = load.to(device=device, dtype=torch.float64)
+            if distributed:
+                torch.distributed.all_reduce(load)
+            if float(load.sum()) > 0:
+                layers[name] = load_statistics(load)
+                shares[name] = (load / load.sum()).cpu()
+        self.reset()
+        if not layers:
+            return {}
+        mean = {
+            key: round(sum(s[key] for s in layers.values()) / len(layers), 6)
+            for key in ("cv", "entropy", "max_share")
+        }
+        return {"layers": layers, "mean": mean, "shares": shares}

@@ -59,7 +59,7 @@ def log_expert_loads(tensorboard, shares, stage, step):
     tensorboard : speechbrain.utils.train_logger.TensorboardLogger or None
         The logger (nothing is written without one, or off the main process).
     shares : dict
-        Router name -> ``[experts]`` shares (``pop_load_stats(...)["shares"]``).
+        Router name -> ``[experts]`` shares (``LoadCounter.pop()["shares"]``, :mod:`speechbrain_moe.routing`).
     stage : str
         ``train``, ``valid`` or ``test`` (part of the tag).
     step : int

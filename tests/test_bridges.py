@@ -64,15 +64,15 @@ def test_recomputed_mlp_equals_sequential_in_value_and_gradient(
     small chunk, runs its forward in row chunks; at inference, both layers on
     blocks of 256 rows, or with ``cached=0`` one block activated in chunks):
     same values, same gradients, same state-dict keys as nn.Sequential."""
-    from speechbrain_moe.adapters import bridges
     from speechbrain_moe.adapters.bridges import RecomputedMLP
+    from speechbrain_moe.kernels import recomputed_mlp
 
     if chunk:  # 300 rows per chunk: 701 rows make three chunks
-        monkeypatch.setattr(bridges._ActivationLinear, "CHUNK", chunk)
+        monkeypatch.setattr(recomputed_mlp, "CHUNK", chunk)
     if cached is not None:
-        monkeypatch.setattr(RecomputedMLP, "CACHED_WEIGHTS", cached)
+        monkeypatch.setattr(recomputed_mlp, "CACHED_WEIGHTS", cached)
     torch.manual_seed(0)
-    mlp = RecomputedMLP(6, 10, 5)
+    mlp = RecomputedMLP(6, 10, 5, implementation="kernel")
     plain = torch.nn.Sequential(
         torch.nn.Linear(6, 10), torch.nn.SiLU(), torch.nn.Linear(10, 5)
     )

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from speechbrain_moe.lobes.ast import AST
 from speechbrain_moe.petl import apply_method, available_methods
-from speechbrain_moe.routing import collect_aux_loss
+from speechbrain_moe.routing import routing_context
 
 HIDDEN = 32
 NUM_LAYERS = 2
@@ -159,8 +159,9 @@ def test_every_trainable_parameter_moves(tiny_ast_folder, case):
     backbone.train()
     for _ in range(3):
         optimizer.zero_grad()
-        logits = head(backbone(wavs, lens))
-        loss = F.cross_entropy(logits, labels) + collect_aux_loss(backbone)
+        with routing_context(backbone) as routing:
+            logits = head(backbone(wavs, lens))
+        loss = F.cross_entropy(logits, labels) + routing.aux_loss
         loss.backward()
         optimizer.step()
     after = dict(backbone.named_parameters())

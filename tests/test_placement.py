@@ -88,7 +88,8 @@ def test_adapted_model_freezes_target_and_passes_the_mask():
         lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True
     )
     mask = torch.tensor([[True, True, False]])
-    with token_mask(adapted, mask):
+    with token_mask(mask):
         adapted(torch.randn(1, 3, 8))
     assert torch.equal(seen["mask"], mask)
-    assert adapted.adapted_model[2].token_mask is None  # reset after the block
+    adapted(torch.randn(1, 3, 8))  # outside the block: no mask
+    assert seen["mask"] is None

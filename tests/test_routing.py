@@ -1,5 +1,6 @@
-"""Routing plumbing on an adapted tiny AST: collecting auxiliary losses,
-padding masks reaching the adapters, and routing statistics on demand."""
+"""Routing plumbing on an adapted tiny AST: auxiliary losses through the
+routing context, padding masks reaching the adapters, and routing statistics
+on demand."""
 
 import pytest
 import torch
@@ -7,11 +8,10 @@ import torch
 from speechbrain_moe.lobes.ast import AST
 from speechbrain_moe.petl import apply_method
 from speechbrain_moe.routing import (
-    collect_aux_loss,
-    pop_load_stats,
+    LoadCounter,
     record_routing,
     routed_modules,
-    track_load,
+    routing_context,
 )
 
 
@@ -28,7 +28,7 @@ def clips():
     return 0.1 * torch.randn(2, 16000), torch.tensor([1.0, 0.6])
 
 
-def test_collect_aux_loss_sums_every_router_and_clears(tiny_ast_folder):
+def test_routing_context_sums_every_router(tiny_ast_folder):
     backbone = adapted_ast(
         tiny_ast_folder,
         "moe_adapter",
@@ -38,24 +38,31 @@ def test_collect_aux_loss_sums_every_router_and_clears(tiny_ast_folder):
         placement="houlsby",
     )
     wavs, lens = clips()
-    backbone(wavs, lens)
+    with routing_context(backbone) as routing:
+        backbone(wavs, lens)
     routers = [m for _, m in routed_modules(backbone)]
     assert len(routers) == 4  # 2 layers x (attention + FFN)
-    expected = sum(m.aux_loss for m in routers)
-    total = collect_aux_loss(backbone)
-    torch.testing.assert_close(total, expected)
+    names = [name for name, _ in routing.aux_losses]
+    assert names == [name for name, _ in routed_modules(backbone)]
+    total = routing.aux_loss
+    torch.testing.assert_close(total, sum(loss for _, loss in routing.aux_losses))
     assert float(total.detach()) > 0
     total.backward()
     assert all(m.router.weight.grad.abs().sum() > 0 for m in routers)
-    assert float(collect_aux_loss(backbone)) == 0.0  # cleared
+    with routing_context(backbone) as later:  # a new block starts empty
+        pass
+    assert later.aux_losses == [] and float(later.aux_loss) == 0.0
 
 
-def test_collect_aux_loss_is_zero_without_routers(tiny_ast_folder):
+def test_aux_loss_is_zero_without_routers(tiny_ast_folder):
     backbone = adapted_ast(tiny_ast_folder, "soft_moa", num_experts=3)
-    backbone(*clips())
-    loss = collect_aux_loss(backbone)
+    with routing_context(backbone) as routing:
+        backbone(*clips())
+    loss = routing.aux_loss
     assert loss.shape == () and float(loss) == 0.0
-    assert float(collect_aux_loss(torch.nn.Linear(2, 2))) == 0.0
+    with routing_context(torch.nn.Linear(2, 2)) as routing:
+        pass
+    assert float(routing.aux_loss) == 0.0
 
 
 @pytest.mark.parametrize("method", ["soft_moa", "dense_moa"])
@@ -97,9 +104,12 @@ def test_sparse_recording_and_load_tracking(tiny_ast_folder):
         )
         assert (stats["selected"].sum(-1)[real] == 2).all()
         assert (stats["selected"][~real] == 0).all()  # padding is not routed
-    assert track_load(backbone) == 2
-    backbone.encode(wavs, lens)
-    stats = pop_load_stats(backbone)
+    counter = LoadCounter(backbone)
+    assert len(counter) == 2
+    with routing_context(backbone, track_load=True) as routing:
+        backbone.encode(wavs, lens)
+    counter.add(routing)
+    stats = counter.pop()
     assert set(stats["layers"]) == {name for name, _ in routed_modules(backbone)}
     assert 0.0 < stats["mean"]["entropy"] <= 1.0
-    assert pop_load_stats(backbone) == {}  # reset after reading
+    assert counter.pop() == {}  # reset after reading

@@ -20,64 +20,19 @@ import torch.nn as nn
 
 from speechbrain_moe.adapters.moe import SparseMoE
 from speechbrain_moe.adapters.soft_moa import SoftMoA
-from speechbrain_moe.experts import _activation_grad
-
-
-class _ActivationLinear(torch.autograd.Function):
-    """``linear(activation(pre))`` that saves ``pre`` only.
-
-    Forward: row chunks of at most :attr:`CHUNK` elements, so the activation
-    is never a full ``[tokens, hidden]`` tensor (no large allocation, the
-    chunk stays in cache). Backward: the activation is recomputed into one
-    buffer that then receives the hidden gradient and, in place, the
-    pre-activation gradient: one ``[tokens, hidden]`` allocation where
-    autograd makes three, and one fewer tensor kept between the passes.
-    """
-
-    CHUNK = 1 << 22
-
-    @staticmethod
-    def forward(ctx, pre, activation, weight, bias):
-        """``activation(pre) @ weight^T + bias``."""
-        dtype = pre.dtype
-        weight_t = weight.to(dtype).t()
-        flat = pre.reshape(-1, pre.shape[-1])
-        out = pre.new_empty(flat.shape[0], weight.shape[0])
-        rows = max(256, _ActivationLinear.CHUNK // max(1, flat.shape[-1]))
-        for start in range(0, flat.shape[0], rows):
-            hidden = activation(flat[start : start + rows])
-            if bias is None:
-                torch.mm(hidden, weight_t, out=out[start : start + rows])
-            else:
-                torch.addmm(
-                    bias.to(dtype), hidden, weight_t, out=out[start : start + rows]
-                )
-        ctx.save_for_backward(pre, weight)
-        ctx.activation, ctx.has_bias = activation, bias is not None
-        return out.view(*pre.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        """Gradients of ``pre``, ``weight`` and ``bias``."""
-        pre, weight = ctx.saved_tensors
-        flat_pre = pre.reshape(-1, pre.shape[-1])
-        flat = grad.reshape(-1, grad.shape[-1]).to(pre.dtype)
-        buffer = ctx.activation(flat_pre)
-        grad_weight = (flat.t() @ buffer).to(weight.dtype)
-        grad_bias = flat.sum(0).to(weight.dtype) if ctx.has_bias else None
-        torch.mm(flat, weight.to(pre.dtype), out=buffer)
-        _activation_grad(ctx.activation, buffer, flat_pre, out=buffer)
-        return buffer.view(pre.shape), None, grad_weight, grad_bias
+from speechbrain_moe.kernels import check_implementation, use_kernel
+from speechbrain_moe.kernels.recomputed_mlp import ActivationLinear, blocked_forward
 
 
 class RecomputedMLP(nn.Sequential):
-    """``Linear -> activation -> Linear`` keeping no activation output.
+    """``Linear -> activation -> Linear``: ``W_2 act(W_1 x + b_1) + b_2``.
 
-    Same parameters and state-dict keys as the ``nn.Sequential`` it
-    replaces (``0.*`` and ``2.*``), same values and gradients; the backward
-    pass recomputes the activation from the first layer's output instead of
-    storing it, and neither pass allocates more than one ``[tokens,
-    hidden]`` tensor (see :class:`_ActivationLinear`).
+    The plain path is ``nn.Sequential``'s forward. With
+    ``implementation="kernel"`` (or ``"auto"`` on the CPU) training keeps
+    no activation output (the backward pass recomputes it) and inference
+    runs on blocks of rows (see :mod:`speechbrain_moe.kernels.recomputed_mlp`);
+    same values, same gradients. Same parameters and state-dict keys as the
+    ``nn.Sequential`` it replaces (``0.*`` and ``2.*``) with either.
 
     Arguments
     ---------
@@ -89,49 +44,54 @@ class RecomputedMLP(nn.Sequential):
         Output width.
     activation : type
         Activation class.
+    implementation : str
+        ``"auto"``, ``"plain"`` or ``"kernel"`` (see
+        :mod:`speechbrain_moe.kernels`).
 
     Example
     -------
     >>> import torch
-    >>> mlp = RecomputedMLP(4, 8, 3)
+    >>> mlp = RecomputedMLP(4, 8, 3, implementation="kernel")
     >>> x = torch.randn(2, 4)
     >>> torch.allclose(mlp(x), nn.Sequential.forward(mlp, x))
     True
     """
 
-    #: Up to this many weight elements, inference runs on blocks of rows.
-    CACHED_WEIGHTS = 1 << 22
-
-    def __init__(self, input_size, hidden_size, output_size, activation=nn.SiLU):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        output_size,
+        activation=nn.SiLU,
+        implementation="auto",
+    ):
         super().__init__(
             nn.Linear(input_size, hidden_size),
             activation(),
             nn.Linear(hidden_size, output_size),
         )
+        self.implementation = check_implementation("RecomputedMLP", implementation)
 
     def forward(self, x):
-        """Applies the MLP."""
+        """Applies the MLP.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[..., input_size]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[..., output_size]``.
+        """
+        if not use_kernel(self.implementation, x):
+            return super().forward(x)
         first, activation, last = self
         if torch.is_grad_enabled():
-            return _ActivationLinear.apply(first(x), activation, last.weight, last.bias)
-        # Inference. Small weights stay in cache: run both layers on blocks of
-        # rows, never allocating the [tokens, hidden] tensor (peak memory, and
-        # fresh pages on each call). Large weights would be re-read per
-        # block: one block, activated in place.
-        flat, out = x.reshape(-1, x.shape[-1]), None
-        rows = max(1, flat.shape[0])
-        if first.weight.numel() + last.weight.numel() <= self.CACHED_WEIGHTS:
-            rows = max(256, (_ActivationLinear.CHUNK >> 2) // first.out_features)
-        step = max(256, _ActivationLinear.CHUNK // first.out_features)
-        for start in range(0, max(1, flat.shape[0]), rows):
-            hidden = first(flat[start : start + rows])
-            for part in hidden.split(step):
-                part.copy_(activation(part))
-            if out is None:  # the dtype autocast chose
-                out = hidden.new_empty(flat.shape[0], last.out_features)
-            weight, bias = last.weight.to(hidden.dtype), last.bias.to(hidden.dtype)
-            torch.addmm(bias, hidden, weight.t(), out=out[start : start + rows])
-        return out.view(*x.shape[:-1], last.out_features)
+            pre = first(x)
+            return ActivationLinear.apply(pre, activation, last.weight, last.bias)
+        return blocked_forward(first, activation, last, x)
 
 
 class DenseProjector(nn.Module):
@@ -180,8 +140,8 @@ class MoEAdapterBridge(nn.Module):
 
     ``fuse`` (Linear to ``fused_size``) -> :class:`SparseMoE` (LayerNorm input,
     ``num_experts`` SiLU experts ``fused -> expert_hidden -> output_size``,
-    ``top_k`` per token, optional shared experts, balance and z losses in
-    ``aux_loss``) -> aggregation (``Linear -> SiLU -> Linear`` of width
+    ``top_k`` per token, optional shared experts, balance and z losses
+    reported to the open routing context) -> aggregation (``Linear -> SiLU -> Linear`` of width
     ``aggregation_hidden``, or one Linear when it is None) -> LayerNorm.
 
     Arguments
@@ -196,6 +156,9 @@ class MoEAdapterBridge(nn.Module):
         Hidden size of each expert.
     aggregation_hidden : int, optional
         Hidden size of the aggregation MLP (None: a single Linear).
+    implementation : str
+        ``"auto"``, ``"plain"`` or ``"kernel"``, for the experts and the
+        aggregation MLP (see :mod:`speechbrain_moe.kernels`).
     **moe_settings
         The other settings of :class:`SparseMoE` (``num_experts`` 8,
         ``top_k`` 4, ``num_shared_experts``, ``routing``,
@@ -204,10 +167,12 @@ class MoEAdapterBridge(nn.Module):
     Example
     -------
     >>> import torch
+    >>> from speechbrain_moe.routing import routing_context
     >>> bridge = MoEAdapterBridge(20, 8, fused_size=12, num_experts=4, top_k=2,
     ...                           expert_hidden=6, aggregation_hidden=16)
-    >>> y = bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool))
-    >>> y.shape, bridge.moe.aux_loss.shape
+    >>> with routing_context(bridge) as routing:
+    ...     y = bridge(torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool))
+    >>> y.shape, routing.aux_loss.shape
     (torch.Size([2, 3, 8]), torch.Size([]))
     """
 
@@ -218,6 +183,7 @@ class MoEAdapterBridge(nn.Module):
         fused_size=2560,
         expert_hidden=1280,
         aggregation_hidden=None,
+        implementation="auto",
         **moe_settings,
     ):
         super().__init__()
@@ -228,11 +194,16 @@ class MoEAdapterBridge(nn.Module):
             hidden_size=expert_hidden,
             output_size=output_size,
             zero_init_output=False,
+            implementation=implementation,
             **moe_settings,
         )
         if aggregation_hidden:
             self.aggregate = RecomputedMLP(
-                output_size, aggregation_hidden, output_size, nn.SiLU
+                output_size,
+                aggregation_hidden,
+                output_size,
+                nn.SiLU,
+                implementation=implementation,
             )
         else:
             self.aggregate = nn.Linear(output_size, output_size)
@@ -260,6 +231,9 @@ class SoftMoABridge(nn.Module):
         Hidden size of each expert.
     slots_per_expert : int
         Slots per expert.
+    implementation : str
+        ``"auto"``, ``"plain"`` or ``"kernel"``, for the Soft-MoA (see
+        :mod:`speechbrain_moe.kernels`).
 
     Example
     -------
@@ -277,6 +251,7 @@ class SoftMoABridge(nn.Module):
         num_experts=8,
         bottleneck=64,
         slots_per_expert=1,
+        implementation="auto",
     ):
         super().__init__()
         fused_size = output_size if fused_size is None else fused_size
@@ -287,6 +262,7 @@ class SoftMoABridge(nn.Module):
             bottleneck=bottleneck,
             slots_per_expert=slots_per_expert,
             output_size=fused_size,
+            implementation=implementation,
         )
         self.out_proj = nn.Linear(fused_size, output_size)
         self.norm = nn.LayerNorm(output_size)

@@ -1,15 +1,28 @@
 """Dense Mixture of Adapters: every expert sees every token, softly gated.
 
+Notation (as in ``docs/design.md``)::
+
+    x   [..., d]    a token;  N experts A_i of bottleneck r
+    g = softmax(W_r x + b_r)                 [..., N]   router
+    y = sum_i g_i A_i(x)                     [..., d_out]
+
+The plain path computes ``g`` with the router and ``y`` with
+:meth:`ExpertBank.dense <speechbrain_moe.experts.ExpertBank.dense>` (two
+einsums over the stacked expert weights: no loop over experts, no ``[B, L,
+d, N]`` tensor). With ``implementation="kernel"`` (or ``"auto"`` on the
+CPU) the router shares the experts' input product instead
+(:func:`speechbrain_moe.kernels.dense_mixing.dense_moa`): same values.
+
 Authors
  * speechbrain-moe contributors 2026
 """
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from speechbrain_moe.checks import check_positive
 from speechbrain_moe.experts import ExpertBank
+from speechbrain_moe.kernels import check_implementation, dense_mixing, use_kernel
 from speechbrain_moe.routing import RoutedModule
 
 
@@ -17,9 +30,9 @@ class DenseMoA(RoutedModule):
     """``y = sum_i softmax(W_r x + b_r)_i A_i(x)`` over N bottleneck experts.
 
     The experts run as one bottleneck of width ``N * r`` (see
-    :meth:`ExpertBank.dense`), and the router shares their input product, so
-    14 experts of bottleneck 1 cost what a single adapter of bottleneck 15
-    costs: no loop over experts, no ``[B, L, d, N]`` tensor.
+    :meth:`ExpertBank.dense <speechbrain_moe.experts.ExpertBank.dense>`), so
+    14 experts of bottleneck 1 cost about what a single adapter of
+    bottleneck 14 costs.
 
     Arguments
     ---------
@@ -33,6 +46,9 @@ class DenseMoA(RoutedModule):
         Output size (default ``input_size``).
     activation : type
         Activation class of the experts.
+    implementation : str
+        ``"auto"``, ``"plain"`` or ``"kernel"`` (see
+        :mod:`speechbrain_moe.kernels`; same values either way).
 
     Example
     -------
@@ -48,23 +64,43 @@ class DenseMoA(RoutedModule):
         bottleneck=1,
         output_size=None,
         activation=nn.GELU,
+        implementation="auto",
     ):
         check_positive("DenseMoA", num_experts=num_experts, bottleneck=bottleneck)
         super().__init__(num_experts)
+        self.implementation = check_implementation("DenseMoA", implementation)
         self.router = nn.Linear(input_size, num_experts)
         self.experts = ExpertBank(
-            num_experts, input_size, bottleneck, output_size, activation=activation
+            num_experts,
+            input_size,
+            bottleneck,
+            output_size,
+            activation=activation,
+            implementation=implementation,
         )
 
     def forward(self, x, mask=None):
-        """Mixes the experts on every token of ``x``."""
-        bank, n = self.experts, self.num_experts
-        # Router and down-projections as one product: x is read once, and
-        # its gradient is written by one product instead of two plus a sum.
-        down = bank.down_weight.reshape(bank.input_size, -1).t()
-        weight = torch.cat([self.router.weight, down.to(self.router.weight.dtype)])
-        bias = torch.cat([self.router.bias, bank.down_bias.reshape(-1)])
-        logits, pre = F.linear(x, weight, bias).split([n, weight.shape[0] - n], -1)
-        gates = torch.softmax(logits.float(), dim=-1)
-        self.report(gates, mask)
-        return bank.mix(pre, gates)
+        """Mixes the experts on every token of ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]`` tokens.
+        mask : torch.Tensor, optional
+            ``[batch, time]``, True for real tokens: padded tokens are
+            adapted too (the mixture is token-wise) but left out of the
+            routing statistics.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]``.
+        """
+        if use_kernel(self.implementation, x):
+            y, gates = dense_mixing.dense_moa(self.router, self.experts, x)
+        else:
+            gates = torch.softmax(self.router(x).float(), dim=-1)  # g
+            y = self.experts.dense(x, gates)  # sum_i g_i A_i(x)
+        if self.wants_routing():
+            self.report(gates, mask)
+        return y

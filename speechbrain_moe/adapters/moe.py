@@ -1,5 +1,22 @@
 """The sparse top-k MoE-Adapter, with shared experts and balancing.
 
+Notation (as in ``docs/design.md``)::
+
+    x   a real token (padding removed), LN(x) its LayerNorm
+    l = W_g LN(x)                         [N]   router logits
+    S = top-k of l (+ selection bias)     the k experts chosen
+    w = softmax(l[S])  (or softmax(l)[S]) their weights
+    y = sum_{i in S} w_i E_i(LN(x)) + sum_j Shared_j(LN(x))
+    aux = alpha N sum_i f_i P_i  +  beta mean(logsumexp(l)^2)
+
+The experts run through :meth:`ExpertBank.routed
+<speechbrain_moe.experts.ExpertBank.routed>` (each expert on its own tokens,
+``index_select`` / ``index_add_``; a hand-written kernel on the CPU, see
+:mod:`speechbrain_moe.kernels`) or, for narrow experts, through
+:meth:`ExpertBank.dense <speechbrain_moe.experts.ExpertBank.dense>` with
+zero gates for the experts not chosen. The auxiliary loss is reported to
+the open routing context (:func:`speechbrain_moe.routing.routing_context`).
+
 Authors
  * speechbrain-moe contributors 2026
 """
@@ -10,6 +27,7 @@ import torch.nn as nn
 
 from speechbrain_moe.checks import check_positive
 from speechbrain_moe.experts import ExpertBank
+from speechbrain_moe.kernels import check_implementation
 from speechbrain_moe.routing import RoutedModule
 
 ROUTINGS = ("topk_softmax", "softmax_topk")
@@ -114,8 +132,9 @@ class SparseMoE(_TopKRouting, RoutedModule):
     to at most one). Optional always-on shared experts are added to every
     token. No capacity limit: no token is dropped.
 
-    Auxiliary losses, stored in ``self.aux_loss`` after each forward and
-    summed by :func:`speechbrain_moe.routing.collect_aux_loss`:
+    Auxiliary losses, reported after each forward to the open routing
+    contexts (:func:`speechbrain_moe.routing.routing_context`, whose
+    ``aux_loss`` sums them):
 
     * Switch load balance ``alpha * N * sum_i f_i P_i``, with ``f_i`` the share
       of token-slots sent to expert i and ``P_i`` its mean router probability
@@ -155,12 +174,17 @@ class SparseMoE(_TopKRouting, RoutedModule):
         Activation class of the experts.
     dispatch : str
         ``auto``, ``grouped`` or ``dense`` (same result, different cost).
+    implementation : str
+        ``"auto"``, ``"plain"`` or ``"kernel"``: the experts'
+        implementation (see :mod:`speechbrain_moe.kernels`; same values).
 
     Example
     -------
+    >>> from speechbrain_moe.routing import routing_context
     >>> moe = SparseMoE(16, num_experts=4, top_k=2, hidden_size=8, num_shared_experts=1)
-    >>> y = moe(torch.randn(2, 7, 16))
-    >>> y.shape, moe.aux_loss.shape
+    >>> with routing_context(moe) as routing:
+    ...     y = moe(torch.randn(2, 7, 16))
+    >>> y.shape, routing.aux_loss.shape
     (torch.Size([2, 7, 16]), torch.Size([]))
     """
 
@@ -181,6 +205,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
         zero_init_output=True,
         activation=nn.SiLU,
         dispatch="auto",
+        implementation="auto",
     ):
         check_positive(
             "SparseMoE", num_experts=num_experts, top_k=top_k, hidden_size=hidden_size
@@ -204,6 +229,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
                 f"SparseMoE: unknown dispatch {dispatch!r}; choose one of {DISPATCHES}."
             )
         super().__init__(num_experts)
+        self.implementation = check_implementation("SparseMoE", implementation)
         if dispatch == "auto":
             dispatch = "dense" if num_experts * hidden_size <= 256 else "grouped"
         self.dispatch = dispatch
@@ -225,6 +251,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
             output_size,
             activation=activation,
             zero_init_up=zero_init_output,
+            implementation=implementation,
         )
         self.shared = None
         if num_shared_experts:
@@ -235,12 +262,28 @@ class SparseMoE(_TopKRouting, RoutedModule):
                 output_size,
                 activation=activation,
                 zero_init_up=zero_init_output,
+                implementation=implementation,
             )
         self.register_buffer("selection_bias", torch.zeros(num_experts))
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
 
     def forward(self, x, mask=None):
-        """Routes every real token of ``x`` to its experts."""
+        """Routes every real token of ``x`` to its experts.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]`` tokens.
+        mask : torch.Tensor, optional
+            ``[batch, time]``, True for real tokens (None: all real); padded
+            tokens are not routed, take no part in the losses and get a zero
+            output.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]``.
+        """
         batch, length, _ = x.shape
         if mask is not None and bool(mask.all()):
             mask = None
@@ -261,10 +304,10 @@ class SparseMoE(_TopKRouting, RoutedModule):
         if self.shared is not None:
             out = out + self.shared.dense(tokens)
 
-        self.aux_loss = self._aux_loss(logits, counts)
+        self.report_aux_loss(self._aux_loss(logits, counts))
         if self.training and self.bias_balancing:
             self.step_counts += counts.detach().float()
-        if self.routing_sink is not None or self.tracking_load:
+        if self.wants_routing():
             self._report_routing(weights, experts, mask, batch, length)
 
         if mask is None:

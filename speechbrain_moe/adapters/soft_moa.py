@@ -1,4 +1,22 @@
-"""Soft Mixture of Adapters (Cappellazzo et al., 2024), after Soft MoE.
+"""Soft Mixture of Adapters (Cappellazzo et al., 2024), after Soft MoE
+(Puigcerver et al., 2024).
+
+Notation (as in ``docs/design.md``)::
+
+    X    [B, L, d]   tokens entering the adapter (padding masked out)
+    Phi  [d, S]      slot embeddings, S = N * p (N experts, p slots each)
+    logits = X Phi                                   [B, L, S]
+             (normalize=True: scale * normalize(X) normalize(Phi), over d)
+    D = softmax(logits, over the L real tokens)      dispatch  [B, L, S]
+    X~ = D^T X                                       slots     [B, S, d]
+    Y~_i = A_i(X~_i)        expert i on its own p slots        [B, S, d_out]
+    C = softmax(logits, over the S slots)            combine   [B, L, S]
+    Y = C Y~                                                   [B, L, d_out]
+
+The plain path below writes exactly these lines; with ``implementation=
+"kernel"`` (or ``"auto"`` on the CPU) the dispatch and combine weights come
+from :class:`speechbrain_moe.kernels.soft_route.SoftRoute` instead, the same
+values with a fused backward pass.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -10,88 +28,18 @@ import torch.nn.functional as F
 
 from speechbrain_moe.checks import check_positive
 from speechbrain_moe.experts import ExpertBank
+from speechbrain_moe.kernels import check_implementation, use_kernel
+from speechbrain_moe.kernels.soft_route import SoftRoute
 from speechbrain_moe.routing import RoutedModule
-
-
-class _SoftRoute(torch.autograd.Function):
-    """Dispatch and combine weights of Soft MoE, with a hand-written backward.
-
-    From the token-slot logits (float32): the dispatch ``D`` (softmax over the
-    real tokens of each sequence) and the combine ``C`` (softmax over the S
-    slots of each token); returns the slots ``D^T X`` ``[B, S, d]`` and ``C``
-    ``[B, L, S]``. Given ``phi``, the logits are ``X @ phi``, computed here,
-    and the backward gets the token gradient's two contributions (through the
-    logits and through the slots) from *one* batched product
-    ``[dlogits, D] @ [phi^T; dslots]``: the only ``[B, L, d]`` tensor written
-    is the gradient itself, where autograd writes two and adds them. Given
-    ``logits`` instead (normalised logits), their gradient is returned.
-
-    The weights are kept slot-major, ``[B, S, L]``: both softmaxes then run
-    along long rows (torch 2.11's CPU softmax over a last dimension of 14
-    measured >10x slower), ``D^T`` feeds the slots product as it is, and the
-    ``phi`` gradient is one batched product ``dlogits^T X`` (the ``X^T
-    dlogits`` layout of the ``[d, S]`` result measured 3x slower on CPU).
-    """
-
-    @staticmethod
-    def forward(ctx, x, phi, logits, mask):
-        """Returns ``(slots, combine)``."""
-        if logits is None:
-            logits = torch.matmul(x.float(), phi.float())
-        logits_t = logits.transpose(1, 2).contiguous()  # [B, S, L]
-        dispatch_logits = logits_t
-        if mask is not None:
-            fill = torch.finfo(logits.dtype).min
-            dispatch_logits = logits_t.masked_fill(~mask.unsqueeze(1), fill)
-        dispatch = torch.softmax(dispatch_logits, dim=-1)  # over tokens
-        combine = torch.softmax(logits_t, dim=1)  # over slots
-        slots = torch.bmm(dispatch.to(x.dtype), x)
-        ctx.save_for_backward(x, phi, dispatch, combine)
-        return slots, combine.transpose(1, 2)
-
-    @staticmethod
-    def backward(ctx, grad_slots, grad_combine):
-        """Gradients of the tokens, of ``phi`` or of the logits."""
-        x, phi, dispatch, combine = ctx.saved_tensors
-        dtype = x.dtype
-        if grad_slots is None:
-            grad_slots = x.new_zeros(x.shape[0], combine.shape[1], x.shape[-1])
-        grad_slots = grad_slots.to(dtype)
-        grad_dispatch = torch.bmm(grad_slots, x.transpose(1, 2)).float()
-        dot = (grad_dispatch * dispatch).sum(-1, keepdim=True)
-        grad_logits = dispatch * (grad_dispatch - dot)  # [B, S, L]
-        if grad_combine is not None:
-            grad_combine = grad_combine.transpose(1, 2).float()
-            dot = (grad_combine * combine).sum(1, keepdim=True)
-            grad_logits += combine * (grad_combine - dot)
-        grad_x = grad_phi = None
-        if phi is None:
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.bmm(dispatch.to(dtype).transpose(1, 2), grad_slots)
-            return grad_x, None, grad_logits.transpose(1, 2), None
-        if ctx.needs_input_grad[0]:
-            # dX = dlogits @ phi^T + D @ dslots, one product over 2S columns.
-            left = torch.cat([grad_logits, dispatch], dim=1).to(dtype)
-            right = phi.t().to(dtype).expand(x.shape[0], -1, -1)
-            right = torch.cat([right, grad_slots], dim=1)
-            grad_x = torch.bmm(left.transpose(1, 2), right)
-        if ctx.needs_input_grad[1]:
-            grad_phi = torch.bmm(grad_logits, x.float()).sum(0).t().to(phi.dtype)
-        return grad_x, grad_phi, None, None
 
 
 class SoftMoA(RoutedModule):
     """Soft-MoE routing with bottleneck adapters as experts.
 
-    With ``Phi`` of shape ``[d, N * p]`` and tokens ``X`` ``[B, L, d]``:
-
-    * ``logits = X Phi`` (``[B, L, N * p]``); with ``normalize=True`` both
-      ``X`` and the columns of ``Phi`` are L2-normalised and the product is
-      multiplied by a learnable scale (inside the logits only);
-    * dispatch ``D = softmax over the L tokens`` (padding masked out) and slots
-      ``X~ = D^T X`` built from the *raw* tokens;
-    * expert ``i`` processes only its ``p`` slots (all experts batched);
-    * combine ``C = softmax over all N * p slots`` per token, ``Y = C Y~``.
+    See the notation at the top of this file: slots are weighted means of
+    the *raw* tokens (dispatch), each expert processes only its own slots,
+    each token's output is a weighted mean of the slots' outputs (combine).
+    Padded tokens take no part in any slot and get a zero output.
 
     Arguments
     ---------
@@ -110,6 +58,9 @@ class SoftMoA(RoutedModule):
         Output size (default ``input_size``).
     activation : type
         Activation class of the experts.
+    implementation : str
+        ``"auto"``, ``"plain"`` or ``"kernel"`` (see
+        :mod:`speechbrain_moe.kernels`; same values either way).
 
     Example
     -------
@@ -129,6 +80,7 @@ class SoftMoA(RoutedModule):
         normalize=False,
         output_size=None,
         activation=nn.GELU,
+        implementation="auto",
     ):
         check_positive(
             "SoftMoA",
@@ -137,6 +89,7 @@ class SoftMoA(RoutedModule):
             slots_per_expert=slots_per_expert,
         )
         super().__init__(num_experts)
+        self.implementation = check_implementation("SoftMoA", implementation)
         self.slots_per_expert = slots_per_expert
         self.normalize = normalize
         num_slots = num_experts * slots_per_expert
@@ -145,7 +98,12 @@ class SoftMoA(RoutedModule):
         )
         self.scale = nn.Parameter(torch.ones(())) if normalize else None
         self.experts = ExpertBank(
-            num_experts, input_size, bottleneck, output_size, activation=activation
+            num_experts,
+            input_size,
+            bottleneck,
+            output_size,
+            activation=activation,
+            implementation=implementation,
         )
 
     def logits(self, x):
@@ -159,7 +117,14 @@ class SoftMoA(RoutedModule):
         Returns
         -------
         torch.Tensor
-            The logits, in float32.
+            The logits, in float32 (``X Phi``, or with ``normalize`` the
+            scaled cosine of each token and slot).
+
+        Example
+        -------
+        >>> moa = SoftMoA(8, num_experts=2, slots_per_expert=3)
+        >>> moa.logits(torch.randn(2, 5, 8)).shape
+        torch.Size([2, 5, 6])
         """
         x = x.float()
         phi = self.slot_embeddings.float()
@@ -170,22 +135,69 @@ class SoftMoA(RoutedModule):
             return (x @ F.normalize(phi, dim=0)) * (self.scale / norms)
         return x @ phi
 
+    def route(self, x, mask):
+        """The plain routing: slots and combine weights from the equations.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]`` tokens.
+        mask : torch.Tensor or None
+            ``[batch, time]``, True for real tokens (None: all real).
+
+        Returns
+        -------
+        slots : torch.Tensor
+            ``[batch, num_slots, input_size]``: ``X~ = D^T X``.
+        combine : torch.Tensor
+            ``[batch, time, num_slots]`` float32: ``C``.
+
+        Example
+        -------
+        >>> moa = SoftMoA(8, num_experts=2)
+        >>> slots, combine = moa.route(torch.randn(1, 4, 8), None)
+        >>> slots.shape, combine.sum(-1).allclose(torch.ones(1, 4))
+        (torch.Size([1, 2, 8]), True)
+        """
+        logits = self.logits(x)  # [B, L, S]
+        dispatch_logits = logits
+        if mask is not None:  # padded tokens take no part in any slot
+            fill = torch.finfo(logits.dtype).min
+            dispatch_logits = logits.masked_fill(~mask.unsqueeze(-1), fill)
+        dispatch = torch.softmax(dispatch_logits, dim=1)  # D: over the tokens
+        combine = torch.softmax(logits, dim=-1)  # C: over the slots
+        slots = torch.einsum("bls,bld->bsd", dispatch.to(x.dtype), x)
+        return slots, combine
+
     def forward(self, x, mask=None):
-        """Routes ``x`` through the experts' slots and back."""
+        """Routes ``x`` through the experts' slots and back.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]`` tokens.
+        mask : torch.Tensor, optional
+            ``[batch, time]``, True for real tokens (None: all real).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]`` (zero on padded tokens).
+        """
         if mask is not None and bool(mask.all()):
             mask = None  # nothing to mask: skip two passes over the tokens
-        # Slots from the raw tokens; dX through logits and slots in one product.
-        if self.normalize:
-            route = (x, None, self.logits(x), mask)
-        else:
-            route = (x, self.slot_embeddings, None, mask)
-        slots, combine = _SoftRoute.apply(*route)
+        if not use_kernel(self.implementation, x):
+            slots, combine = self.route(x, mask)
+        elif self.normalize:  # the kernel returns the logits' gradient
+            slots, combine = SoftRoute.apply(x, None, self.logits(x), mask)
+        else:  # the kernel computes X Phi and returns dX in one product
+            slots, combine = SoftRoute.apply(x, self.slot_embeddings, None, mask)
         slots = slots.unflatten(1, (self.num_experts, self.slots_per_expert))
-        outputs = self.experts.per_expert(slots).flatten(1, 2)  # [B, N*p, d_out]
-        y = torch.bmm(combine.to(outputs.dtype), outputs)
+        outputs = self.experts.per_expert(slots).flatten(1, 2)  # Y~ [B, S, d_out]
+        y = torch.bmm(combine.to(outputs.dtype), outputs)  # Y = C Y~
         if mask is not None:
             y = y * mask.unsqueeze(-1).to(y.dtype)
-        if self.routing_sink is not None or self.tracking_load:
+        if self.wants_routing():
             per_expert = combine.unflatten(-1, (self.num_experts, -1)).sum(-1)
             self.report(per_expert, mask)
         return y
