@@ -159,7 +159,7 @@ class AST(Backbone):
         """:meth:`Backbone.encode`: two special tokens, then the patch grid."""
         feats, frames = self.features(wavs, wav_lens)
         mask = self.token_mask(frames)
-        with token_mask(self.model, mask):
+        with token_mask(mask):
             hidden = self.model(input_values=feats).last_hidden_state
         return hidden, mask
 

@@ -12,7 +12,7 @@ from speechbrain.nnet.adapters import AdaptedModel
 from speechbrain_moe.hparams_files import load_hparams
 from speechbrain_moe.lobes.base import lengths_to_mask, unwrap
 from speechbrain_moe.recoverables import TrainableState
-from speechbrain_moe.routing import collect_aux_loss
+from speechbrain_moe.routing import routing_context
 
 
 def relative_to_mask(lens, max_len):
@@ -253,9 +253,10 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         ``j`` predicts target ``j``), ``targets`` and ``target_mask`` that
         :func:`target_nll` takes, and the bridge's ``aux_loss`` (zero for ``dense``)."""
         target_mask = relative_to_mask(target_lens, target_ids.shape[1])
-        inputs = self._inputs(
-            wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_mask
-        )
+        with routing_context(self.bridge) as routing:  # the bridge's aux losses
+            inputs = self._inputs(
+                wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_mask
+            )
         length = target_ids.shape[1]
         out = self.llm(
             inputs_embeds=inputs["inputs_embeds"],
@@ -264,7 +265,7 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
             use_cache=False,
             logits_to_keep=length + 1,
         )
-        aux = collect_aux_loss(self.bridge)
+        aux = routing.aux_loss
         return {
             "logits": out.logits[:, :length],
             "targets": target_ids,
@@ -279,7 +280,6 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         """The token ids of each answer, without ``<eos>`` and padding, from
         transformers ``generate`` (KV cache; ``num_beams`` 1: greedy)."""
         inputs = self._inputs(wavs, wav_lens, prompt_ids, prompt_lens)
-        collect_aux_loss(self.bridge)
         tokens = unwrap(self.llm).generate(
             inputs_embeds=inputs["inputs_embeds"],
             attention_mask=inputs["attention_mask"].long(),

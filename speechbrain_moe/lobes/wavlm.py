@@ -286,7 +286,7 @@ class SSLEncoder(Backbone):
             kwargs["attention_mask"] = lengths_to_mask(lengths, wavs.shape[1]).long()
             kernel, stride = self.first_conv
             first_frames = (lengths - kernel) // stride + 1
-        with token_mask(self.model, mask), _masked_front_end(self.model, first_frames):
+        with token_mask(mask), _masked_front_end(self.model, first_frames):
             hidden = self.model(input_values=wavs, **kwargs).last_hidden_state
         return hidden, mask
 

@@ -190,7 +190,7 @@ class Whisper(Backbone):
         frames, stride = feats.shape[-1] // self.frame_stride, self.frame_stride
         valid = ((mel_frames + stride - 1) // stride).clamp(min=1, max=frames)
         mask = lengths_to_mask(valid, frames)
-        with token_mask(self.model, mask):
+        with token_mask(mask):
             if self.trim_to_valid:
                 hidden = self._run_encoder(feats, mask)
             else:

@@ -44,7 +44,7 @@ from speechbrain_moe.brain import unwrap
 from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
-from speechbrain_moe.routing import pop_load_stats, track_load
+from speechbrain_moe.routing import LoadCounter, routing_context
 from speechbrain_moe.summary import count_parameters, format_parameters
 from speechbrain_moe.tensorboard import log_expert_loads, open_tensorboard
 
@@ -59,7 +59,7 @@ class BridgeBrain(sb.Brain):
     def __init__(self, *args, tensorboard=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tensorboard = tensorboard
-        self.num_routers = track_load(self.modules)
+        self.loads = LoadCounter(self.modules)  # per-expert loads, per stage
         logger.info("Bridge\n%s", format_parameters(count_parameters(self.modules)))
 
     def compute_forward(self, batch, stage):
@@ -68,9 +68,11 @@ class BridgeBrain(sb.Brain):
         wavs, wav_lens = batch.sig
         prompt, prompt_lens = batch.prompt_tokens
         target, target_lens = batch.target_tokens
-        out = self.modules.speech_llm(
-            wavs, wav_lens, prompt, prompt_lens, target, target_lens
-        )
+        with routing_context(self.modules, track_load=bool(self.loads)) as routing:
+            out = self.modules.speech_llm(
+                wavs, wav_lens, prompt, prompt_lens, target, target_lens
+            )
+        self.loads.add(routing)  # the aux loss comes in out["aux_loss"]
         hyps = None
         if stage == sb.Stage.TEST or (
             stage == sb.Stage.VALID and self.hparams.valid_decode
@@ -122,8 +124,7 @@ class BridgeBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         """Fresh metrics for each evaluation stage; clears the load counters."""
-        if self.num_routers:
-            pop_load_stats(self.modules)
+        self.loads.reset()
         if stage == sb.Stage.TRAIN and hasattr(self, "weighted_sampler"):
             self.weighted_sampler.set_epoch(epoch or 0)
         if stage != sb.Stage.TRAIN:
@@ -136,8 +137,8 @@ class BridgeBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs per-task metrics, anneals, checkpoints, writes test outputs."""
         stats = {"loss": float(stage_loss)}
-        if self.num_routers:  # collectives: every DDP rank calls them
-            loads = pop_load_stats(self.modules)
+        if self.loads:  # collectives: every DDP rank calls them
+            loads = self.loads.pop()
             mean = loads.get("mean", {})
             stats.update({f"load_{k}": float(v) for k, v in mean.items()})
             step = epoch or self.hparams.epoch_counter.current
