@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torchaudio.compliance import kaldi
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, quiet_loading
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -78,9 +78,10 @@ class AST(Backbone):
         config = self._load_config(
             source, save_path, ("audio-spectrogram-transformer",), "AST"
         )
-        self.model = ASTModel.from_pretrained(
-            source, config=config, cache_dir=save_path
-        )
+        with quiet_loading():
+            self.model = ASTModel.from_pretrained(
+                source, config=config, cache_dir=save_path
+            )
         self.num_mel_bins = config.num_mel_bins
         self.max_frames = max_frames
         self.time_stride = config.time_stride

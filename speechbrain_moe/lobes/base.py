@@ -3,6 +3,7 @@
 time, channels]``, masks True on real tokens; padding: ``docs/fidelity.md``.
 """
 
+import contextlib
 import os
 import re
 
@@ -16,6 +17,48 @@ from speechbrain_moe.recoverables import TrainableState
 logger = get_logger(__name__)
 
 POOLINGS = ("mean", "cls")
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silences transformers' progress bars (its "Loading weights" bar, and the
+    Hub's download bars it switches with them) inside the ``with`` block
+    only, and restores both as they were, so a recipe's log shows no bar per
+    model load while a user's own settings stay untouched.
+
+    Example
+    -------
+    >>> from transformers.utils import logging as hf_logging
+    >>> before = hf_logging.is_progress_bar_enabled()
+    >>> with quiet_loading():
+    ...     hf_logging.is_progress_bar_enabled()
+    False
+    >>> hf_logging.is_progress_bar_enabled() == before
+    True
+    """
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+    from transformers.utils import logging as hf_logging
+
+    bars_on, hub_off = (
+        hf_logging.is_progress_bar_enabled(),
+        are_progress_bars_disabled(),
+    )
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
+        if hub_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
+
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 

@@ -7,10 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from speechbrain.lobes.downsampling import ConcatDownsampler
-from speechbrain.nnet.adapters import AdaptedModel
+from speechbrain.nnet.adapters import AdaptedModel, LoRA
 
 from speechbrain_moe.hparams_files import load_hparams
-from speechbrain_moe.lobes.base import lengths_to_mask, unwrap
+from speechbrain_moe.lobes.base import lengths_to_mask, quiet_loading, unwrap
+from speechbrain_moe.petl.wrap import check_target_patterns
 from speechbrain_moe.recoverables import TrainableState
 from speechbrain_moe.routing import routing_context
 
@@ -57,6 +58,78 @@ def load_bridge(bridge, overrides=None):
     builder.bridge_name = bridge
     builder.bridge_settings = settings
     return builder
+
+
+def load_llm(
+    source,
+    cache_dir=None,
+    lora_layers=(),
+    lora_rank=8,
+    lora_alpha=16.0,
+    attn_implementation="sdpa",
+):
+    """Loads a causal LM (transformers' weight-loading bar silenced, during
+    the load only), frozen, with SpeechBrain's ``LoRA`` on its linear layers
+    matching ``lora_layers``, in SpeechBrain's ``AdaptedModel``.
+
+    Every pattern must match at least one linear layer: a pattern matching
+    nothing (``["q_proj"]`` where the names are ``model.layers.0.self_attn.
+    q_proj``) or a string instead of a list raises a ``ValueError`` listing
+    the LLM's linear layers (as the recipe setting ``llm_lora_layers``).
+
+    Arguments
+    ---------
+    source : str
+        Hugging Face hub id or local folder of the LLM.
+    cache_dir : str, optional
+        Where downloads are cached.
+    lora_layers : list of str
+        fnmatch patterns of the LLM's linear-layer names (``[]``: no LoRA).
+    lora_rank : int
+        LoRA rank (>= 1).
+    lora_alpha : float
+        LoRA scale numerator (> 0): updates are scaled by alpha / rank.
+    attn_implementation : str
+        transformers' attention implementation.
+
+    Returns
+    -------
+    speechbrain.nnet.adapters.AdaptedModel
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from synthetic.llm import make_tiny_llm
+    >>> folder = make_tiny_llm(tempfile.mkdtemp())
+    >>> llm = load_llm(folder, lora_layers=["*q_proj"], lora_rank=2)
+    >>> len(llm.replace_layers) == llm.config.num_hidden_layers
+    True
+    >>> load_llm(folder, lora_layers=["q_proj"])
+    Traceback (most recent call last):
+    ...
+    ValueError: llm_lora_layers: the pattern(s) ['q_proj'] match no Linear sub-module ...
+    """
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(lora_layers, str) or not isinstance(lora_layers, (list, tuple)):
+        check_target_patterns(nn.Module(), lora_layers, "llm_lora_layers")
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            source, cache_dir=cache_dir, attn_implementation=attn_implementation
+        )
+    check_target_patterns(
+        model,
+        list(lora_layers),
+        "llm_lora_layers",
+        kinds=(nn.Linear,),
+        where=f"LLM {source}",
+    )
+    return AdaptedModel(
+        model,
+        LoRA,
+        target_layers=list(lora_layers),
+        adapter_kwargs={"rank": lora_rank, "alpha": lora_alpha},
+    )
 
 
 def _layout(embed, prefixes, target_ids=None, target_mask=None):
@@ -164,7 +237,10 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
     bridge : callable
         ``bridge(input_size, output_size)`` builds the bridge.
     downsampling_factor : int
-        Frames stacked by the ConcatDownsampler.
+        Frames stacked by the ConcatDownsampler (>= 1). A clip shorter than
+        that many encoder frames (Whisper: under about 60 ms at 4) is padded
+        to one stacked position (its missing frames zero) rather than
+        stacked into nothing.
     bos_index, eos_index, pad_index : int, optional
         First token of every sequence (None: none), end-of-sequence and
         padding tokens (default: the LLM config's; pad falls back to eos).
@@ -208,6 +284,17 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         pad = config.pad_token_id if pad_index is None else pad_index
         self.pad_index = self.eos_index if pad is None else pad
         self.bos_index = bos_index
+        if (
+            isinstance(downsampling_factor, bool)
+            or not isinstance(downsampling_factor, int)
+            or downsampling_factor < 1
+        ):
+            raise ValueError(
+                "SpeechLLM: downsampling_factor (encoder frames stacked per LLM "
+                f"position) must be an integer >= 1, got {downsampling_factor!r}. "
+                "Set downsampling_factor in the recipe YAML or pass "
+                "--downsampling_factor=4 (the MoE-Adapter paper's value)."
+            )
         self.downsampling_factor = downsampling_factor
         self.downsampler = ConcatDownsampler(downsampling_factor)
         self.bridge = bridge(encoder.output_size * downsampling_factor, self.llm_size)
@@ -231,12 +318,30 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
 
     def encode_audio(self, wavs, wav_lens=None):
         """Audio -> LLM-width embeddings ``[batch, frames / k, llm_size]`` of the
-        stacked frames, and their ``[batch, frames / k]`` valid-frame mask."""
+        stacked frames, and their ``[batch, frames / k]`` valid-frame mask; at
+        least one stacked frame (fewer than ``k`` encoder frames are padded).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths.
+
+        Returns
+        -------
+        embeddings, mask : torch.Tensor
+            ``[batch, positions, llm_size]`` and ``[batch, positions]`` (bool).
+        """
         with torch.no_grad():
             hidden, mask = self.encoder.encode(wavs, wav_lens)
         if mask is None:
             mask = torch.ones_like(hidden[..., 0], dtype=torch.bool)
         hidden = hidden.detach() * mask.unsqueeze(-1).to(hidden.dtype)
+        short = self.downsampling_factor - hidden.shape[1]
+        if short > 0:  # fewer frames than one stack: pad (masked) to one
+            hidden = F.pad(hidden, (0, 0, 0, short))
+            mask = F.pad(mask, (0, short), value=False)
         stacked = self.downsampler(hidden)
         lengths = (mask.sum(1) // self.downsampling_factor).clamp(min=1)
         stacked_mask = lengths_to_mask(lengths, stacked.shape[1])

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, unwrap
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, quiet_loading, unwrap
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -201,9 +201,10 @@ class SSLEncoder(Backbone):
         )
         config.layerdrop = layerdrop
         config.apply_spec_augment = apply_spec_augment
-        self.model = AutoModel.from_pretrained(
-            source, config=config, cache_dir=save_path
-        )
+        with quiet_loading():
+            self.model = AutoModel.from_pretrained(
+                source, config=config, cache_dir=save_path
+            )
         layers = getattr(getattr(self.model, "encoder", None), "layers", None)
         frames_of = getattr(self.model, "_get_feat_extract_output_lengths", None)
         if layers is None or frames_of is None:

@@ -11,7 +11,7 @@ from transformers.masking_utils import (
     create_bidirectional_mask,
 )
 
-from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, unwrap
+from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, quiet_loading, unwrap
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -104,9 +104,10 @@ class Whisper(Backbone):
         from transformers import WhisperModel
 
         whisper_config = self._load_config(source, save_path, ("whisper",), "Whisper")
-        self.model = WhisperModel.from_pretrained(
-            source, config=whisper_config, cache_dir=save_path
-        ).encoder
+        with quiet_loading():
+            self.model = WhisperModel.from_pretrained(
+                source, config=whisper_config, cache_dir=save_path
+            ).encoder
         config = self.model.config
         extractor = _load_extractor(source, save_path, config.num_mel_bins)
         self._check_rate("Whisper", extractor.sampling_rate, sample_rate)

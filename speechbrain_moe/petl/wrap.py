@@ -3,12 +3,106 @@ adapts a backbone: SpeechBrain's ``AdaptedModel`` around its sub-modules."""
 
 import fnmatch
 import inspect
+import re
 
 import torch
 from speechbrain.nnet.adapters import AdaptedModel
 
 from speechbrain_moe.placement import PLACEMENT_MODES
 from speechbrain_moe.targets import petl_root
+
+
+def module_patterns(names, limit=40):
+    """The distinct module names of ``names`` with their layer numbers
+    written ``*`` (each a valid fnmatch pattern), for messages that list what
+    a target pattern could match.
+
+    Arguments
+    ---------
+    names : iterable of str
+        Module names (``model.named_modules()``).
+    limit : int
+        At most this many are listed (then ``...``).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> module_patterns(["layers.0.q_proj", "layers.1.q_proj", "layers.1.v_proj"])
+    'layers.*.q_proj, layers.*.v_proj'
+    """
+    patterns = sorted({re.sub(r"(^|\.)\d+(?=\.|$)", r"\1*", n) for n in names if n})
+    listed = ", ".join(patterns[:limit])
+    return listed + (", ..." if len(patterns) > limit else "") if listed else "none"
+
+
+def _check_pattern_list(patterns, setting, where=""):
+    """Raises ``ValueError`` unless ``patterns`` is a list of strings."""
+    ok = isinstance(patterns, (list, tuple)) and all(
+        isinstance(p, str) and p for p in patterns
+    )
+    if not ok:
+        raise ValueError(
+            f"{setting} must be a list of module-name patterns (e.g. "
+            f"['*q_proj', '*v_proj']), got {patterns!r} ({type(patterns).__name__})"
+            f"{' ' + where if where else ''}. Write it as a YAML list of strings, "
+            f'e.g. --{setting}=\'["*q_proj", "*v_proj"]\'.'
+        )
+
+
+def check_target_patterns(model, patterns, setting, kinds=None, where=""):
+    """Raises ``ValueError`` unless ``patterns`` is a list of strings each
+    matching at least one sub-module of ``model`` (of one of ``kinds``).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The module whose sub-modules the patterns name.
+    patterns : list of str
+        fnmatch patterns of sub-module names (``model.named_modules()``).
+    setting : str
+        The setting holding the patterns (named in the message).
+    kinds : tuple of type, optional
+        Only sub-modules of these types count (e.g. ``(torch.nn.Linear,)``
+        for LoRA).
+    where : str
+        Where the setting is set, e.g. ``"in the recipe YAML"`` (message).
+
+    Returns
+    -------
+    list of str
+        The names of the matched sub-modules.
+
+    Example
+    -------
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    >>> check_target_patterns(model, ["0"], "target_layers")
+    ['0']
+    >>> check_target_patterns(model, ["q_proj"], "target_layers")
+    Traceback (most recent call last):
+    ...
+    ValueError: target_layers: the pattern(s) ['q_proj'] match no sub-module of this Sequential. ...
+    """
+    _check_pattern_list(patterns, setting, where)
+    names = [
+        n
+        for n, m in model.named_modules()
+        if n and (kinds is None or isinstance(m, kinds))
+    ]
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        what = f" {'/'.join(k.__name__ for k in kinds)}" if kinds else ""
+        raise ValueError(
+            f"{setting}: the pattern(s) {unmatched} match no{what} sub-module of "
+            f"this {type(model).__name__}{' (' + where + ')' if where else ''}. "
+            "Patterns are fnmatch patterns of full module names; the available "
+            f"names are (layer numbers as *): {module_patterns(names)}. Use e.g. "
+            f"'*{names[-1].rsplit('.', 1)[-1] if names else 'q_proj'}' to match a "
+            "name at any depth."
+        )
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
 def wrap_modules(
@@ -36,7 +130,13 @@ def wrap_modules(
     unfrozen : sequence of str
         Sub-modules that train too (e.g. the LayerNorms feeding adapters).
     target_layers : list of str, optional
-        fnmatch patterns (relative to the adapted root) replacing ``targets``.
+        fnmatch patterns (relative to the adapted root) replacing ``targets``
+        (then only named in messages); each must match a sub-module.
+
+    Returns
+    -------
+    torch.nn.Module
+        The backbone, adapted in place.
 
     Example
     -------
@@ -48,14 +148,19 @@ def wrap_modules(
     'LoRA'
     """
     name, root, record = petl_root(backbone)
-    wanted = list(target_layers or getattr(record, targets))
+    if target_layers is None:
+        wanted = list(getattr(record, targets))
+    else:
+        _check_pattern_list(target_layers, "target_layers", "(the method's setting)")
+        wanted = list(target_layers)
     present = [n for n, _ in root.named_modules()]
     missing = [m for m in wanted + list(unfrozen) if not fnmatch.filter(present, m)]
     if missing or not wanted:
         raise ValueError(
             f"{type(backbone).__name__} has no {targets} sub-modules "
             f"{missing[:4] or wanted}. Fix the backbone's PetlTargets record or the "
-            "method's target_layers."
+            "method's target_layers; the backbone's sub-modules are (layer numbers "
+            f"as *): {module_patterns(present)}."
         )
     adapted = AdaptedModel(
         root,
@@ -87,6 +192,20 @@ def insert_adapters(
         ``parallel`` (``target(x) + A(x)``) or ``sequential`` (``t + A(t)``).
     train_norms : bool
         Also train the LayerNorms whose output the adapters read.
+
+    Returns
+    -------
+    torch.nn.Module
+        The backbone, adapted in place.
+
+    Example
+    -------
+    >>> from speechbrain_moe.adapters import BottleneckAdapter
+    >>> from speechbrain_moe.targets import PetlTargets
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> model.petl_targets = PetlTargets(hidden_size=4, attention=["0"])
+    >>> type(insert_adapters(model, BottleneckAdapter)[0]).__name__
+    'ParallelAdapter'
     """
     if mode not in PLACEMENT_MODES:
         raise ValueError(

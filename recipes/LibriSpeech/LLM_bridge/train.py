@@ -45,6 +45,7 @@ from speechbrain_moe.dataio import read_clip
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
 from speechbrain_moe.routing import LoadCounter, routing_context
+from speechbrain_moe.settings import check_recipe_settings
 from speechbrain_moe.summary import count_parameters, format_parameters
 from speechbrain_moe.tensorboard import log_expert_loads, open_tensorboard
 
@@ -326,6 +327,7 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    check_recipe_settings(hparams, hparams_file)  # types and ranges, before any file
 
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
