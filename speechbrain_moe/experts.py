@@ -179,8 +179,11 @@ class ExpertBank(nn.Module):
         >>> ExpertBank(2, 8, 4).expert(0, torch.randn(3, 8)).shape
         torch.Size([3, 8])
         """
-        hidden = self.activation(x @ self.down_weight[:, i] + self.down_bias[i])
-        return hidden @ self.up_weight[i] + self.up_bias[i]
+        # Biases in the product's dtype, as nn.Linear adds them under autocast.
+        pre = x @ self.down_weight[:, i]
+        hidden = self.activation(pre + self.down_bias[i].to(pre.dtype))
+        out = hidden @ self.up_weight[i]
+        return out + self.up_bias[i].to(out.dtype)
 
     def dense(self, x, gates=None):
         """Mixes all experts on every token: ``sum_i gates_i * E_i(x)``.
@@ -209,15 +212,16 @@ class ExpertBank(nn.Module):
         if use_kernel(self.implementation, x):
             return dense_mixing.dense(self, x, gates)
         # h_i = act(W_down_i x + b_down_i) for every expert i: [..., N, r]
+        # (Biases in the product's dtype, as nn.Linear adds them under autocast.)
         pre = torch.einsum("...d,dnr->...nr", x, self.down_weight)
-        hidden = self.activation(pre + self.down_bias)
+        hidden = self.activation(pre + self.down_bias.to(pre.dtype))
         if gates is None:  # y = sum_i E_i(x)
             out = torch.einsum("...nr,nro->...o", hidden, self.up_weight)
-            return out + self.up_bias.sum(0)
+            return out + self.up_bias.sum(0).to(out.dtype)
         # y = sum_i g_i (W_up_i h_i + b_up_i)
         gates = gates.to(hidden.dtype)
         out = torch.einsum("...nr,nro->...o", hidden * gates[..., None], self.up_weight)
-        return out + gates @ self.up_bias.to(gates.dtype)
+        return out + (gates @ self.up_bias.to(gates.dtype)).to(out.dtype)
 
     def per_expert(self, x):
         """Applies expert ``i`` to the tokens in ``x[:, i]`` only.
@@ -240,10 +244,10 @@ class ExpertBank(nn.Module):
         >>> torch.allclose(y[:, 1], bank.expert(1, x[:, 1]), atol=1e-6)
         True
         """
-        hidden = torch.einsum("bnpd,dnr->bnpr", x, self.down_weight)
-        hidden = self.activation(hidden + self.down_bias.unsqueeze(1))
+        pre = torch.einsum("bnpd,dnr->bnpr", x, self.down_weight)
+        hidden = self.activation(pre + self.down_bias.unsqueeze(1).to(pre.dtype))
         out = torch.einsum("bnpr,nro->bnpo", hidden, self.up_weight)
-        return out + self.up_bias.unsqueeze(1)
+        return out + self.up_bias.unsqueeze(1).to(out.dtype)
 
     def routed(self, x, experts, weights, counts=None):
         """Top-k routed experts: ``out_t = sum_j weights_tj E_{experts_tj}(x_t)``.
