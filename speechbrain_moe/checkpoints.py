@@ -1,5 +1,5 @@
-"""A checkpointer whose checkpoints are complete or ignored, and DDP-safe
-(``docs/design.md``, "Checkpoints")."""
+"""A checkpointer whose checkpoints are complete or ignored, DDP-safe, and
+kept on every node's own storage (``docs/design.md``, "Checkpoints")."""
 
 import hashlib
 import json
@@ -7,11 +7,20 @@ import logging
 import os
 import pathlib
 import shutil
+import time
+import uuid
 
 import torch
 import yaml
 from speechbrain.utils import checkpoints
-from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    ddp_prevent_block,
+    get_rank,
+    if_main_process,
+    is_local_rank_zero,
+)
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -82,10 +91,78 @@ def _check_finite(recoverables):
                 )
 
 
+def _gather(value):
+    """Every process's ``value``, in rank order: ``[value]`` outside DDP and
+    where SpeechBrain's collectives do nothing (inside a main-process-only or
+    once-per-node call)."""
+    if ddp_prevent_block():
+        return [value]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def _node_copy_ranks(folder):
+    """The ranks that keep their node's own copy of ``folder``: the local
+    main process of every node that does not see the main process's files
+    (separate filesystems; none on one node or on shared storage). The same
+    list on every rank; every process must call it (a probe file of the main
+    process, between two barriers)."""
+    if ddp_prevent_block():
+        return []
+    token = ddp_broadcast(uuid.uuid4().hex if if_main_process() else None)
+    probe = folder / f".storage-probe-{token}"
+    if if_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    ddp_barrier()
+    separate = not if_main_process() and is_local_rank_zero() and not probe.exists()
+    ranks = [rank for rank, flag in enumerate(_gather(separate)) if flag]
+    if if_main_process():
+        probe.unlink()
+    return ranks
+
+
+def _new_name(folder):
+    """A checkpoint name free in ``folder``, in SpeechBrain's format: the
+    folder is ``CKPT+<date>+<time>+<NN>``, as ``save_checkpoint`` names it."""
+    stamp = time.strftime("%Y-%m-%d+%H-%M-%S", time.localtime())
+    suffix = 0
+    while (folder / f"{checkpoints.CKPT_PREFIX}+{stamp}+{suffix:02d}").exists():
+        suffix += 1
+    return f"{stamp}+{suffix:02d}"
+
+
+def _copy_from_main(folder, receive):
+    """Sends the main process's files of checkpoint ``folder`` (one broadcast
+    each, the manifest excepted) to the processes where ``receive`` is True,
+    which write them into their node's ``folder``. Every process calls it."""
+    names = None
+    if if_main_process():
+        names = sorted(
+            p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST
+        )
+    for name in ddp_broadcast(names):
+        data = ddp_broadcast(
+            (folder / name).read_bytes() if if_main_process() else None
+        )
+        if receive:
+            pending = folder / f"{name}.pending"
+            pending.write_bytes(data)
+            os.replace(pending, folder / name)
+
+
 class Checkpointer(checkpoints.Checkpointer):
     """SpeechBrain's checkpointer (same arguments) with complete-or-ignored
     checkpoints: a ``MANIFEST.json`` (sizes and SHA-256), written last, marks
     one complete. Non-finite weights are refused.
+
+    Under DDP across nodes with separate filesystems (the same path is other
+    storage on every node), the local main process of every other node keeps
+    its node's copy of each checkpoint: the main process's files, byte for
+    byte, and what its own ranks save. Rotation deletes every node's copy;
+    deletion and recovery consider only the checkpoints every rank lists,
+    complete, so every rank makes the same collective calls.
 
     Example
     -------
@@ -113,15 +190,83 @@ class Checkpointer(checkpoints.Checkpointer):
     def save_checkpoint(
         self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
-        """SpeechBrain's ``save_checkpoint``; it counts once its manifest is written."""
+        """SpeechBrain's ``save_checkpoint``; it counts once its manifest is
+        written. With node copies (see the class), the name is chosen first
+        (SpeechBrain's format) so that every node creates the folder before
+        any rank saves into it; the main process's files are then sent to the
+        other nodes, and every node writes the manifest of its own copy."""
         self._share_folder()
         _check_finite(self.recoverables)
+        copies = _node_copy_ranks(self.checkpoints_dir)
+        keeps_copy = get_rank() in copies
+        if copies and name is None:
+            name = _new_name(self.checkpoints_dir) if if_main_process() else None
+            name = ddp_broadcast(name)
+        if keeps_copy:
+            folder = self.checkpoints_dir / f"{checkpoints.CKPT_PREFIX}+{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+        ddp_barrier()  # every node has the folder
         saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         ddp_barrier()  # every rank has written its files
-        if saved is not None:
-            _write_manifest(saved.path)
+        folder = ddp_broadcast(None if saved is None else saved.path.name)
+        folder = self.checkpoints_dir / folder
+        if copies:
+            _copy_from_main(folder, keeps_copy)
+        if saved is not None or keeps_copy:
+            _write_manifest(folder)
         ddp_barrier()  # every rank sees the complete checkpoint from here on
         return saved
+
+    def delete_checkpoints(
+        self,
+        *,
+        num_to_keep=1,
+        min_keys=None,
+        max_keys=None,
+        importance_keys=None,
+        ckpt_predicate=None,
+        verbosity=logging.INFO,
+    ):
+        """SpeechBrain's ``delete_checkpoints`` (same arguments; importance
+        by recency when ``importance_keys`` is None) over the checkpoints that
+        every rank lists, complete; then every node deletes its copies of the
+        checkpoints the main process deleted."""
+        agreed = self._agreed()
+
+        def deletable(ckpt):
+            """Listed by every rank, and by the caller's predicate."""
+            if ckpt.path.name not in agreed:
+                return False
+            return ckpt_predicate is None or ckpt_predicate(ckpt)
+
+        if importance_keys is None:
+            importance_keys = [checkpoints.ckpt_recency]
+        super().delete_checkpoints(
+            num_to_keep=num_to_keep,
+            min_keys=min_keys,
+            max_keys=max_keys,
+            importance_keys=importance_keys,
+            ckpt_predicate=deletable,
+            verbosity=verbosity,
+        )
+        # SpeechBrain's ends with a barrier: the main process has deleted.
+        kept = {f.name for f in self._folders()} if if_main_process() else None
+        kept = ddp_broadcast(kept)
+        if not if_main_process() and is_local_rank_zero():
+            for name in sorted(agreed - kept):
+                folder = self.checkpoints_dir / name
+                if folder.is_dir():  # a node copy (shared storage: gone already)
+                    shutil.rmtree(folder)
+                    logger.log(verbosity, "Deleted node copy of checkpoint %s", folder)
+        ddp_barrier()
+
+    def _agreed(self):
+        """Names of the complete checkpoints that every rank lists, with the
+        same time stamp (the same set on every rank)."""
+        listed = {
+            (c.path.name, c.meta.get("unixtime")) for c in self.list_checkpoints()
+        }
+        return {name for name, _ in set.intersection(*_gather(listed))}
 
     def _folders(self):
         """The ``CKPT+...`` folders, sorted by name."""
@@ -152,41 +297,61 @@ class Checkpointer(checkpoints.Checkpointer):
     def recover_if_possible(
         self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
     ):
-        """Sets unusable checkpoints aside, then recovers as SpeechBrain does.
+        """Sets unusable checkpoints aside, then recovers as SpeechBrain does,
+        from a checkpoint that every rank lists.
 
         A damaged checkpoint falls back to the newest intact one; with none
-        left, a ``RuntimeError`` names the damaged files.
+        left, a ``RuntimeError`` names the damaged files. With node copies
+        (see the class) every node checks its own copy, and a checkpoint
+        unusable on one node is set aside on every node.
         """
         self._share_folder()
-        problems = {}
-        if if_main_process():
+        copies = _node_copy_ranks(self.checkpoints_dir)
+        found = {}
+        if if_main_process() or get_rank() in copies:
             for folder in self._folders():
-                problems[str(folder)] = _problem(folder, verify_checksums=True)
-        problems = ddp_broadcast({k: v for k, v in problems.items() if v})
+                why = _problem(folder, verify_checksums=True)
+                if why and not if_main_process():
+                    why = f"{why}, on the node of rank {get_rank()}"
+                if why:
+                    found[folder.name] = why
+        problems = {}
+        for by_rank in _gather(found):
+            for name, why in by_rank.items():
+                problems.setdefault(name, why)
         damaged = {k: v for k, v in problems.items() if not v.startswith("interrupted")}
+        usable = self._agreed() - set(problems)
         keys = dict(importance_key=importance_key, max_key=max_key, min_key=min_key)
-        intact = [
-            c
-            for c in self.find_checkpoints(ckpt_predicate=ckpt_predicate, **keys)
-            if str(c.path) not in damaged
-        ]
+
+        def recoverable(ckpt):
+            """Listed complete and intact by every rank, and by the caller's
+            predicate."""
+            if ckpt.path.name not in usable:
+                return False
+            return ckpt_predicate is None or ckpt_predicate(ckpt)
+
+        intact = self.find_checkpoints(ckpt_predicate=recoverable, **keys)
         if damaged and not intact:
-            lines = "\n".join(f"  {path}: {why}" for path, why in damaged.items())
+            lines = "\n".join(
+                f"  {self.checkpoints_dir / name}: {why}"
+                for name, why in damaged.items()
+            )
             raise RuntimeError(
                 f"No intact checkpoint to load; damaged:\n{lines}\nRestore the "
                 "named file, or move the checkpoint folder away to start over."
             )
-        if if_main_process():
-            for path, why in problems.items():
-                self.set_aside(pathlib.Path(path), why)
+        if if_main_process() or get_rank() in copies:
+            for name, why in problems.items():
+                if (self.checkpoints_dir / name).is_dir():
+                    self.set_aside(self.checkpoints_dir / name, why)
         ddp_barrier()
         return super().recover_if_possible(
-            importance_key, max_key, min_key, ckpt_predicate
+            importance_key, max_key, min_key, recoverable
         )
 
     def set_aside(self, folder, why):
         """Moves an unusable checkpoint ``folder`` into ``set_aside/``, logging
-        ``why`` (main process only)."""
+        ``why`` (the main process, and every node's own copy's keeper)."""
         target = self.checkpoints_dir / SET_ASIDE / folder.name
         suffix = 0
         while target.exists():

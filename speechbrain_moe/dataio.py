@@ -107,7 +107,7 @@ def classification_datasets(
         Split -> manifest; the ``train`` split defines the classes.
     label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
         An empty encoder, filled from ``label_encoder_file`` (written first
-        from the training set, on the main process, when missing).
+        from the training set, once per node, when missing).
     label_encoder_file : str
         Where the classes are saved.
     sample_rate, max_seconds
@@ -142,13 +142,13 @@ def classification_datasets(
         )
 
     def write_classes():
-        """Saves the training set's classes (main process, first run)."""
+        """Saves the training set's classes (once per node, first run)."""
         if not os.path.isfile(label_encoder_file):
             encoder = sb.dataio.encoder.CategoricalEncoder()
             encoder.update_from_didataset(datasets["train"], output_key="label")
             encoder.save(label_encoder_file)
 
-    sb.utils.distributed.run_on_main(write_classes)
+    sb.utils.distributed.run_once_per_node(write_classes)
     label_encoder.load(label_encoder_file)
     label_encoder.expect_len(len(label_encoder))
     return datasets

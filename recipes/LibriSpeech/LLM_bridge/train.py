@@ -36,7 +36,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from librispeech_prepare import prepare_librispeech
 from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process, run_once_per_node
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_moe.adapters import update_selection_biases
@@ -343,7 +343,7 @@ if __name__ == "__main__":
             hparams["train_splits"] + hparams["dev_splits"] + hparams["test_splits"]
         )
     )
-    run_on_main(
+    run_once_per_node(
         prepare_librispeech,
         kwargs={
             "data_folder": hparams["data_folder"],
@@ -359,21 +359,22 @@ if __name__ == "__main__":
 
     # <output_folder>/inference.yaml: loads the trained model for inference
     # (speechbrain_moe.inference.SpeechLLMTranscriber, see README.md)
-    export_inference_hparams(
-        hparams_file,
-        overrides,
-        hparams["output_folder"],
-        keys=[
-            "sample_rate",
-            "max_audio_seconds",
-            "asr_prompt",
-            "max_new_tokens",
-            "num_beams",
-            "tokenizer",
-            "speech_llm",
-        ],
-        loadables=["speech_llm"],
-        card={"task": "automatic-speech-recognition", "dataset": "LibriSpeech"},
+    run_once_per_node(
+        export_inference_hparams,
+        args=[hparams_file, overrides, hparams["output_folder"]],
+        kwargs=dict(
+            keys=[
+                "sample_rate",
+                "max_audio_seconds",
+                "asr_prompt",
+                "max_new_tokens",
+                "num_beams",
+                "tokenizer",
+                "speech_llm",
+            ],
+            loadables=["speech_llm"],
+            card={"task": "automatic-speech-recognition", "dataset": "LibriSpeech"},
+        ),
     )
 
     tensorboard = None

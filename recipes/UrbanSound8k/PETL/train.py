@@ -35,7 +35,7 @@ import sys
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import run_once_per_node
 from urbansound8k_prepare import prepare_urbansound8k
 
 from speechbrain_moe.brain import PETLClassifierBrain
@@ -91,7 +91,7 @@ if __name__ == "__main__":
     # Python warnings go through SpeechBrain's logging too: into log.txt, and
     # to the console by a handler that never writes onto a progress bar.
     logging.captureWarnings(True)
-    run_on_main(
+    run_once_per_node(
         prepare_urbansound8k,
         kwargs={
             "data_folder": hparams["data_folder"],
@@ -102,13 +102,14 @@ if __name__ == "__main__":
         },
     )
     datasets = dataio_prep(hparams)
-    export_inference_hparams(
-        hparams_file,
-        overrides,
-        hparams["output_folder"],
-        keys=["sample_rate", "backbone", "classifier", "label_encoder"],
-        loadables=["backbone", "classifier", "label_encoder"],
-        card={"task": "audio-classification", "dataset": "UrbanSound8K"},
+    run_once_per_node(
+        export_inference_hparams,
+        args=[hparams_file, overrides, hparams["output_folder"]],
+        kwargs=dict(
+            keys=["sample_rate", "backbone", "classifier", "label_encoder"],
+            loadables=["backbone", "classifier", "label_encoder"],
+            card={"task": "audio-classification", "dataset": "UrbanSound8K"},
+        ),
     )
     tensorboard = None
     if hparams["use_tensorboard"]:

@@ -31,7 +31,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from prepare import prepare_FSC
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import run_once_per_node
 
 from speechbrain_moe.brain import PETLClassifierBrain
 from speechbrain_moe.dataio import classification_datasets
@@ -86,7 +86,7 @@ if __name__ == "__main__":
     # Python warnings go through SpeechBrain's logging too: into log.txt, and
     # to the console by a handler that never writes onto a progress bar.
     logging.captureWarnings(True)
-    run_on_main(
+    run_once_per_node(
         prepare_FSC,
         kwargs={
             "data_folder": hparams["data_folder"],
@@ -95,13 +95,14 @@ if __name__ == "__main__":
         },
     )
     datasets = dataio_prep(hparams)
-    export_inference_hparams(
-        hparams_file,
-        overrides,
-        hparams["output_folder"],
-        keys=["sample_rate", "backbone", "classifier", "label_encoder"],
-        loadables=["backbone", "classifier", "label_encoder"],
-        card={"task": "audio-classification", "dataset": "Fluent Speech Commands"},
+    run_once_per_node(
+        export_inference_hparams,
+        args=[hparams_file, overrides, hparams["output_folder"]],
+        kwargs=dict(
+            keys=["sample_rate", "backbone", "classifier", "label_encoder"],
+            loadables=["backbone", "classifier", "label_encoder"],
+            card={"task": "audio-classification", "dataset": "Fluent Speech Commands"},
+        ),
     )
     tensorboard = None
     if hparams["use_tensorboard"]:
