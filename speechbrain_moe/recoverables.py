@@ -1,6 +1,7 @@
 """What our models and runs put into checkpoints: the trained tensors only, and
 the random generators."""
 
+import json
 import os
 import random
 
@@ -25,11 +26,65 @@ def _load_file(path):
         ) from err
 
 
+# Description entries naming a file (a user's method or bridge YAML): the
+# path may differ between training and inference (a packaged copy), the
+# settings it resolved to are compared instead.
+PATH_ENTRIES = ("petl_method", "bridge")
+
+
+def _comparable(description):
+    """A description as plain JSON values, path-valued names left out."""
+    plain = json.loads(json.dumps(description or {}, default=str))
+    for key in PATH_ENTRIES:
+        value = plain.get(key)
+        if isinstance(value, str) and (
+            value.endswith((".yaml", ".yml")) or os.sep in value
+        ):
+            del plain[key]
+    return plain
+
+
+def description_differences(saved, current):
+    """The entries of two :meth:`TrainableState.describe` results that
+    differ (only those both have), as ``key: saved -> current`` strings.
+
+    Arguments
+    ---------
+    saved : dict or None
+        The description a checkpoint holds (None: an old file without one).
+    current : dict
+        The description of the model loading it.
+
+    Returns
+    -------
+    list of str
+        Empty when they agree.
+
+    Example
+    -------
+    >>> description_differences(
+    ...     {"petl_method": "adapter", "petl_settings": {"mode": "parallel"}},
+    ...     {"petl_method": "adapter", "petl_settings": {"mode": "sequential"}})
+    ["petl_settings: {'mode': 'parallel'} -> {'mode': 'sequential'}"]
+    >>> description_differences(None, {"petl_method": "bitfit"})
+    []
+    """
+    saved, current = _comparable(saved), _comparable(current)
+    return [
+        f"{key}: {saved[key]!r} -> {current[key]!r}"
+        for key in saved
+        if key in current and saved[key] != current[key]
+    ]
+
+
 @checkpoints.register_checkpoint_hooks
 class TrainableState:
     """Mixin of ``torch.nn.Module`` classes, first among the bases: checkpoints
     of the trainable tensors (and the buffers of modules that train) with
-    :meth:`describe`; loading checks names and shapes and says what differs.
+    :meth:`describe`; loading refuses a checkpoint whose description differs
+    from this model's (another PETL method or settings, another bridge: see
+    :func:`description_differences`), then checks names and shapes and says
+    what differs.
 
     Example
     -------
@@ -83,6 +138,13 @@ class TrainableState:
         del end_of_epoch
         saved = dict(_load_file(path))
         description = saved.pop(DESCRIPTION_KEY, None)
+        differing = description_differences(description, self.describe())
+        if differing:
+            trained, this = map(self.format_description, (description, self.describe()))
+            raise RuntimeError(
+                f"{path} was trained on {trained}, but this model is {this}: "
+                f"{'; '.join(differing)} differ. {self.load_hint}"
+            )
         current = self.state_dict()
         missing = sorted(set(self.trainable_state_dict()) - set(saved))
         unknown = sorted(set(saved) - set(current))

@@ -41,7 +41,6 @@ def classification(tmp_path, method, data, backbone, *args):
         method,
         f"--data_folder={data}",
         f"--backbone_source={backbone}",
-        "--n_classes=6",
         "--max_frames=100",
         "--batch_size=2",
         "--test_batch_size=4",

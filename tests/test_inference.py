@@ -276,7 +276,6 @@ def test_every_backbone_trains_then_classifies(
                 f"--backbone_source={source}",
                 f"--output_folder={out}",
                 "--petl_overrides={num_experts: 2}",
-                "--n_classes=6",
                 "--number_of_epochs=1",
                 "--batch_size=4",
                 "--device=cpu",

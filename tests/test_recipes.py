@@ -65,7 +65,6 @@ def test_recipe_debug_all_methods(recipe, tmp_path, tiny_ast_dir, synthetic_data
     args = [
         f"--data_folder={data}",
         f"--backbone_source={tiny_ast_dir}",
-        "--n_classes=6",
     ]
     output = run_recipe(recipe, tmp_path, METHODS, args + TINY + DEBUG)
     for method in METHODS:
@@ -117,7 +116,6 @@ def test_other_backbones_debug(backbone, tmp_path, synthetic_dataset):
     args = [
         f"--data_folder={synthetic_dataset('gsc')}",
         f"--backbone_source={source}",
-        "--n_classes=6",
         "--batch_size=2",
         "--test_batch_size=4",
         "--device=cpu",
@@ -142,7 +140,8 @@ def test_cross_validation_reports_mean_std(tmp_path, tiny_ast_dir):
     proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=1,2")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert re.search(
-        r"2-fold cross-validation: test accuracy [0-9.]+ ± [0-9.]+", proc.stdout
+        r"2-fold cross-validation \(folds 1,2\): test accuracy [0-9.]+ ± [0-9.]+",
+        proc.stdout,
     )
     assert (tmp_path / "cv" / "cross_validation.json").is_file()
     # the audio was checked once for both folds
@@ -207,3 +206,13 @@ def test_failing_fold_keeps_the_finished_ones(tmp_path, tiny_ast_dir):
     summary = json.loads((tmp_path / "cv" / "cross_validation.json").read_text())
     assert list(summary["folds"]) == ["1"] and summary["failed_fold"] == 2
     assert summary["std_kind"] == "sample (n - 1)"
+
+    # the fix, then the remaining fold as the message says: fold 1 is kept
+    import shutil
+
+    shutil.rmtree(fold2)
+    proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=2")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((tmp_path / "cv" / "cross_validation.json").read_text())
+    assert list(summary["folds"]) == ["1", "2"] and "failed_fold" not in summary
+    assert "2-fold cross-validation (folds 1,2)" in proc.stdout

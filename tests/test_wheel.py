@@ -75,7 +75,6 @@ def test_copied_recipe_trains_and_loads_from_the_wheel(
                 f"--output_folder={out}",
                 f"--petl_method={method}",
                 "--petl_overrides={num_experts: 4}",
-                "--n_classes=6",
                 "--max_frames=100",
                 "--number_of_epochs=1",
                 "--batch_size=4",

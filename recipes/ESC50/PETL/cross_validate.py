@@ -4,13 +4,18 @@
 ::
 
     python cross_validate.py hparams/ast.yaml --data_folder=/path/to/ESC-50 \\
-        --output_folder=results/ESC50/cv [--folds=1,2] [--nproc=2] \\
+        --output_folder=results/ESC50/cv [--folds=1,2] [--rerun_finished] [--nproc=2] \\
         [--petl_method=soft_moa ...]
 
 The audio is checked once for all folds; fold ``k`` trains in
 ``<output_folder>/fold<k>``; ``<output_folder>/cross_validation.json`` holds
-the finished folds, their mean and sample standard deviation. Other arguments
-go to ``train.py``.
+the finished folds, their mean and sample standard deviation, and keeps them
+across invocations: ``--folds=3,4,5`` later adds those folds, and the mean is
+over every recorded fold. A fold with a recorded result is skipped unless
+``--rerun_finished`` is given (with ``--overwrite_experiment=True`` it is
+trained afresh); folds of another configuration in the same output folder
+are refused. ``--fold`` is refused (use ``--folds``). Other arguments go to
+``train.py``.
 
 Authors
  * speechbrain-moe contributors 2026

@@ -42,6 +42,7 @@ from speechbrain.utils.logger import get_logger
 from speechbrain_moe.adapters import update_selection_biases
 from speechbrain_moe.brain import unwrap
 from speechbrain_moe.dataio import read_clip
+from speechbrain_moe.experiment import Experiment
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
 from speechbrain_moe.routing import LoadCounter, routing_context
@@ -325,6 +326,12 @@ def mixture_sampler(dataset, weights, seed):
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
+    # The output folder holds one experiment: another configuration is
+    # refused here, before any model is loaded or file written
+    # (speechbrain_moe/experiment.py).
+    experiment = Experiment(hparams_file, overrides, run_opts)
+    hparams = experiment.settings  # plain values; the models are built next
+    experiment.check_folder(overwrite=hparams["overwrite_experiment"])
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     check_recipe_settings(hparams, hparams_file)  # types and ranges, before any file
@@ -377,6 +384,11 @@ if __name__ == "__main__":
         ),
     )
 
+    # <output_folder>/experiment.json, and the identity in every checkpoint
+    experiment.record()
+    hparams["checkpointer"].add_recoverable(
+        "experiment", experiment, optional_load=True
+    )
     tensorboard = None
     if hparams["use_tensorboard"]:
         tensorboard = open_tensorboard(hparams["tensorboard_logs_folder"])

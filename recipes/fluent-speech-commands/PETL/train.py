@@ -35,7 +35,9 @@ from speechbrain.utils.distributed import run_once_per_node
 
 from speechbrain_moe.brain import PETLClassifierBrain
 from speechbrain_moe.dataio import classification_datasets
+from speechbrain_moe.experiment import Experiment, merge_overrides
 from speechbrain_moe.inference import export_inference_hparams
+from speechbrain_moe.labels import training_classes
 from speechbrain_moe.tensorboard import open_tensorboard
 
 
@@ -63,20 +65,17 @@ def dataio_prep(hparams):
         sample_rate=hparams["sample_rate"],
         max_seconds=hparams["backbone"].max_duration,
     )
-    classes = len(hparams["label_encoder"])
-    if classes > hparams["n_classes"]:
-        raise ValueError(
-            f"The training data has {classes} classes but the head has "
-            f"n_classes={hparams['n_classes']}; pass --n_classes={classes}."
-        )
     return datasets
 
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    # The output folder holds one experiment: another configuration is
+    # refused here, before any file is written (speechbrain_moe/experiment.py).
+    experiment = Experiment(hparams_file, overrides, run_opts)
+    hparams = experiment.settings  # plain values; the model is built below
+    experiment.check_folder(overwrite=hparams["overwrite_experiment"])
 
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -94,6 +93,14 @@ if __name__ == "__main__":
             "skip_prep": hparams["skip_prep"],
         },
     )
+    # The head has one output per class of the training data (n_classes
+    # only checks it), so the YAML is loaded once the data is prepared.
+    label_encoder = training_classes(
+        hparams["train_csv"], hparams["label_encoder_file"], hparams["n_classes"]
+    )
+    overrides = merge_overrides(overrides, {"n_classes": len(label_encoder)})
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
     datasets = dataio_prep(hparams)
     run_once_per_node(
         export_inference_hparams,
@@ -103,6 +110,13 @@ if __name__ == "__main__":
             loadables=["backbone", "classifier", "label_encoder"],
             card={"task": "audio-classification", "dataset": "Fluent Speech Commands"},
         ),
+    )
+    # <output_folder>/experiment.json, and the identity in every checkpoint
+    experiment.record(
+        labels=[label_encoder.ind2lab[i] for i in range(len(label_encoder))]
+    )
+    hparams["checkpointer"].add_recoverable(
+        "experiment", experiment, optional_load=True
     )
     tensorboard = None
     if hparams["use_tensorboard"]:
