@@ -81,6 +81,11 @@ def _voices_by_split(counts, seed):
     }
 
 
+def _variants(voices):
+    """The espeak-ng variants of every split (disjoint across splits)."""
+    return {split: sorted({v.variant for v in vs}) for split, vs in voices.items()}
+
+
 def _speaker_hash(name):
     """An 8-hex-digit speaker id, as in Speech Commands' file names."""
     return hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -216,6 +221,7 @@ def build_speech_commands(out, params, asterisk_root=None):
     summary = {
         "clips": {split: len(rels) for split, rels in lists.items()},
         "voices": {s: [v.name for v in vs] for s, vs in voices.items()},
+        "variants": _variants(voices),
         "speaker_ids": {s: [_speaker_hash(v.name) for v in vs] for s, vs in voices.items()},
         "real_speaker": {"split": real_split, "id": "asterisk",
                          "words": sorted(w for w in params["words"] if w in real)},
@@ -265,7 +271,7 @@ def build_fluent_speech_commands(out, params):
             os.makedirs(folder, exist_ok=True)
             for n, ((action, obj, location), phrasings) in enumerate(intents):
                 text = phrasings[int(rng.integers(len(phrasings)))]
-                rel = f"wavs/speakers/{speaker}/{speaker}_{n:02d}.wav"
+                rel = f"wavs/speakers/{speaker}/utt{n:02d}.wav"
                 rows.append([len(rows), rel, speaker, text, action, obj, location])
 
                 jobs.append(_speech_job(text, voice, os.path.join(out, rel)))
@@ -291,6 +297,7 @@ def build_fluent_speech_commands(out, params):
         "utterances": counts,
         "intents": len(intents),
         "voices": {s: [v.name for v in vs] for s, vs in voices.items()},
+        "variants": _variants(voices),
     }
     with open(os.path.join(out, "voices.json"), "w") as fout:
         json.dump(summary, fout, indent=1)
@@ -359,7 +366,11 @@ def build_librispeech(out, params):
     with open(os.path.join(out, "SPEAKERS.TXT"), "w") as fout:
         fout.write("; ID  | SEX | SUBSET          | MINUTES | NAME (espeak-ng voice)\n")
         fout.write("\n".join(lines) + "\n")
-    summary = {"utterances": counts, "speakers": speakers}
+    summary = {
+        "utterances": counts,
+        "speakers": speakers,
+        "variants": _variants(voices),
+    }
     with open(os.path.join(out, "voices.json"), "w") as fout:
         json.dump(summary, fout, indent=1)
     return summary

@@ -34,11 +34,11 @@ class MissingPackageError(RuntimeError):
     """
 
 
-def _run(command, what, fix):
+def _run(command, what, fix, cwd=None):
     """Runs a command; a failure raises ``MissingPackageError(what + fix)``."""
     print("  $", " ".join(command), flush=True)
     try:
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
     except FileNotFoundError as err:
         raise MissingPackageError(
             f"{what}: {err.filename} is not installed. {fix}"
@@ -173,12 +173,7 @@ def apt_fetch(package, cache, destination):
     if not debs and shutil.which("apt-get"):
         try:
             print(f"  (in {cache})", flush=True)
-            cwd = os.getcwd()
-            os.chdir(cache)
-            try:
-                _run(["apt-get", "download", package], f"Fetching {package}", fix)
-            finally:
-                os.chdir(cwd)
+            _run(["apt-get", "download", package], f"Fetching {package}", fix, cache)
         except MissingPackageError as err:
             print(f"  apt-get download failed ({str(err).splitlines()[0]})")
         debs = glob.glob(os.path.join(cache, f"{package}_*.deb"))
