@@ -1,5 +1,20 @@
 """What every ``<dataset>_prepare.py`` of the recipes shares: unusable audio is
 reported by name and skipped; manifests are written atomically, once.
+
+Honest preparation:
+
+- A preparation records its options and a signature (size and modification
+  time) of its input files (the metadata CSV, the split lists, ...) in
+  ``prepare_options.json``; a rerun is skipped only when both are the same,
+  so fixing a CSV or changing an option rebuilds the manifests (the log says
+  what changed).
+- Every skipped audio file and metadata line is counted and named in the log:
+  unreadable, empty, NaN/inf, digitally silent, or shorter than
+  :data:`MIN_SECONDS` (0.1 s: a shorter clip is a broken export, not a sound
+  event or a word).
+- Metadata CSVs are read with or without a UTF-8 byte-order mark; a missing
+  column names the file, the expected and the found columns; duplicate ids
+  name the ids and the file.
 """
 
 import csv
@@ -15,9 +30,13 @@ logger = get_logger(__name__)
 
 MANIFEST_FIELDS = ["ID", "wav", "duration", "class_name"]
 OPTIONS_FILE = "prepare_options.json"
+#: Shortest usable clip, in seconds: shorter audio files are skipped (named in
+#: the log). 0.1 s holds 4 AST frames, 4 Whisper encoder frames, 5 WavLM
+#: frames; no sound event or spoken word of the recipes' data sets is shorter.
+MIN_SECONDS = 0.1
 
 
-def _check_audio(path):
+def _check_audio(path, min_seconds=MIN_SECONDS):
     """``(duration, None)`` for a usable audio file, ``(None, why)`` otherwise."""
     if not os.path.isfile(path):
         return None, "missing"
@@ -27,6 +46,11 @@ def _check_audio(path):
         info = sf.info(path)
         if info.frames <= 0 or info.samplerate <= 0:
             return None, "empty (no audio samples)"
+        duration = info.frames / info.samplerate
+        if duration < min_seconds:
+            return None, (
+                f"too short ({duration * 1000:.1f} ms; the minimum is {min_seconds} s)"
+            )
         audio, _ = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several error types
         return None, f"unreadable ({type(err).__name__}: {err})"
@@ -39,13 +63,193 @@ def _check_audio(path):
     return info.frames / info.samplerate, None
 
 
-def _already_prepared(save_folder, files, options):
-    """Whether a preparation already wrote ``files`` with the same ``options``."""
+def input_signature(paths):
+    """A cheap signature of a preparation's input files: each one's size and
+    modification time (ns), so that an edited metadata file is noticed
+    without hashing the audio.
+
+    Arguments
+    ---------
+    paths : list of str
+        Input files or folders (a folder's time changes when entries are
+        added or removed).
+
+    Returns
+    -------
+    dict
+        Absolute path -> ``[size, mtime_ns]`` (``None`` for a missing path).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "meta.csv")
+    >>> _ = open(path, "w").write("a,b\\n")
+    >>> list(input_signature([path]).values())[0][0]
+    4
+    """
+    signature = {}
+    for path in paths:
+        path = os.path.abspath(path)
+        if os.path.exists(path):
+            stat = os.stat(path)
+            signature[path] = [stat.st_size, stat.st_mtime_ns]
+        else:
+            signature[path] = None
+    return signature
+
+
+def already_prepared(save_folder, files, options):
+    """Whether a preparation already wrote ``files`` with the same
+    ``options`` (input signatures included), as recorded in
+    ``<save_folder>/prepare_options.json``.
+
+    Arguments
+    ---------
+    save_folder : str
+        Where the manifests and the options file are.
+    files : list of str
+        The manifests.
+    options : dict
+        The options of this preparation (JSON-serialisable).
+
+    Returns
+    -------
+    done : bool
+        True: nothing to do.
+    why : str
+        What differs (empty when ``done``).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> already_prepared(tempfile.mkdtemp(), [], {"fold": 1})
+    (False, 'prepare_options.json missing')
+    """
     opt_file = os.path.join(save_folder, OPTIONS_FILE)
-    if not os.path.isfile(opt_file) or not all(os.path.isfile(f) for f in files):
-        return False
+    if not all(os.path.isfile(f) for f in files):
+        return False, "manifests missing"
+    if not os.path.isfile(opt_file):
+        return False, f"{OPTIONS_FILE} missing"
     with open(opt_file) as fin:
-        return json.load(fin) == json.loads(json.dumps(options))
+        try:
+            recorded = json.load(fin)
+        except json.JSONDecodeError:
+            return False, f"{OPTIONS_FILE} unreadable"
+    wanted = json.loads(json.dumps(options))
+    if recorded == wanted:
+        return True, ""
+    changed = sorted(
+        key
+        for key in set(recorded) | set(wanted)
+        if recorded.get(key) != wanted.get(key)
+    )
+    if changed == ["inputs"] and isinstance(recorded.get("inputs"), dict):
+        old, new = recorded["inputs"], wanted["inputs"]
+        changed = [p for p in sorted(set(old) | set(new)) if old.get(p) != new.get(p)]
+        return False, f"input file(s) changed: {', '.join(changed)}"
+    return False, f"option(s) changed: {', '.join(changed)}"
+
+
+def read_metadata(path, columns, dataset, converters=None):
+    """The rows of a data set's metadata CSV (with or without a UTF-8
+    byte-order mark); lines with an empty or malformed required value are
+    skipped, counted and named in the log.
+
+    Arguments
+    ---------
+    path : str
+        The CSV.
+    columns : list of str
+        Columns the preparation needs.
+    dataset : str
+        Data set name, for messages.
+    converters : dict, optional
+        Column -> function applied to its value (e.g. ``{"fold": int}``); a
+        value it refuses skips the line.
+
+    Returns
+    -------
+    list of dict
+        One per kept line (converted values).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "meta.csv")
+    >>> _ = open(path, "w", encoding="utf-8-sig").write("filename,fold\\na.wav,1\\nb.wav,\\n")
+    >>> read_metadata(path, ["filename", "fold"], "Demo", {"fold": int})
+    [{'filename': 'a.wav', 'fold': 1}]
+    >>> read_metadata(path, ["file", "fold"], "Demo")
+    Traceback (most recent call last):
+    ...
+    ValueError: Demo metadata file ... lacks the column(s) ['file']: ...
+    """
+    converters = converters or {}
+    with open(path, newline="", encoding="utf-8-sig") as fin:
+        reader = csv.DictReader(fin)
+        found = [name.strip() for name in reader.fieldnames or []]
+        missing = [c for c in columns if c not in found]
+        if missing:
+            raise ValueError(
+                f"{dataset} metadata file {path} lacks the column(s) {missing}: "
+                f"expected {columns}, found {found}. Restore the data set's "
+                "official file (or rename the columns of yours to these names)."
+            )
+        reader.fieldnames = found
+        rows, skipped = [], []
+        for line, row in enumerate(reader, start=2):
+            empty = [c for c in columns if not (row.get(c) or "").strip()]
+            if empty:
+                skipped.append(f"  {path}:{line}: empty {', '.join(empty)}")
+                continue
+            try:
+                for column, convert in converters.items():
+                    row[column] = convert(row[column].strip())
+            except ValueError as err:
+                skipped.append(f"  {path}:{line}: {column} {err}")
+                continue
+            rows.append(row)
+    if skipped:
+        logger.warning(
+            "%s preparation skipped %d line(s) of %s:\n%s",
+            dataset,
+            len(skipped),
+            path,
+            "\n".join(skipped),
+        )
+    return rows
+
+
+def check_unique_ids(clips, source, dataset):
+    """Raises ``ValueError`` when two clips share an ``ID``.
+
+    Arguments
+    ---------
+    clips : list of dict
+        Clips with an ``ID``.
+    source : str
+        The file they come from (named in the message).
+    dataset : str
+        Data set name.
+
+    Example
+    -------
+    >>> check_unique_ids([{"ID": "a"}, {"ID": "a"}], "meta.csv", "Demo")
+    Traceback (most recent call last):
+    ...
+    ValueError: Demo: 1 id(s) appear more than once in meta.csv: ['a']. ...
+    """
+    seen, duplicates = set(), []
+    for clip in clips:
+        if clip["ID"] in seen and clip["ID"] not in duplicates:
+            duplicates.append(clip["ID"])
+        seen.add(clip["ID"])
+    if duplicates:
+        raise ValueError(
+            f"{dataset}: {len(duplicates)} id(s) appear more than once in {source}: "
+            f"{duplicates[:10]}. Each clip must be listed once: remove the "
+            "duplicated lines (or rename the files) and re-run the preparation."
+        )
 
 
 def check_data_folder(data_folder, required, dataset, where):
@@ -116,9 +320,10 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
     }
 
 
-def scan_clips(clips, dataset):
+def scan_clips(clips, dataset, min_seconds=MIN_SECONDS):
     """Keeps the usable clips, with their duration; logs the others by name
-    (unreadable, empty, NaN/inf, or digitally silent: a broken export).
+    (unreadable, empty, NaN/inf, digitally silent or too short: a broken
+    export).
 
     Arguments
     ---------
@@ -126,6 +331,9 @@ def scan_clips(clips, dataset):
         One per clip, with ``wav`` (path) and any manifest columns.
     dataset : str
         Data set name, for messages.
+
+    min_seconds : float
+        Shorter clips are skipped (:data:`MIN_SECONDS`).
 
     Returns
     -------
@@ -135,15 +343,16 @@ def scan_clips(clips, dataset):
     -------
     >>> import tempfile
     >>> folder, clips = tempfile.mkdtemp(), []
-    >>> for name, value in [("ok", 0.1), ("silent", 0.0), ("nan", np.nan)]:
+    >>> for name, value, n in [("ok", 0.1, 1600), ("silent", 0.0, 1600),
+    ...                        ("nan", np.nan, 1600), ("short", 0.1, 16)]:
     ...     clips.append({"ID": name, "wav": os.path.join(folder, name + ".wav")})
-    ...     sf.write(clips[-1]["wav"], np.full(1600, value), 16000, subtype="FLOAT")
+    ...     sf.write(clips[-1]["wav"], np.full(n, value), 16000, subtype="FLOAT")
     >>> [(clip["ID"], clip["duration"]) for clip in scan_clips(clips, "Demo")]
     [('ok', 0.1)]
     """
     kept, skipped = [], []
     for clip in tqdm(clips, desc=f"{dataset}: checking audio", unit="file"):
-        duration, problem = _check_audio(clip["wav"])
+        duration, problem = _check_audio(clip["wav"], min_seconds)
         if problem:
             skipped.append(f"  {clip['wav']}: {problem}")
         else:
@@ -201,8 +410,10 @@ def prepare_manifests(save_folder, options, list_clips, dataset, split_of, **kwa
     split_of : callable
         ``clip -> split name``, e.g. from :func:`fold_split`.
     **kwargs
-        ``skip_prep`` (do nothing) and ``clips`` (already scanned clips,
-        e.g. shared by the folds of a cross-validation).
+        ``skip_prep`` (do nothing), ``clips`` (already scanned clips, e.g.
+        shared by the folds of a cross-validation) and ``inputs`` (the input
+        files whose :func:`input_signature` is recorded with the options;
+        the first one is named when ids are duplicated).
 
     Returns
     -------
@@ -212,10 +423,23 @@ def prepare_manifests(save_folder, options, list_clips, dataset, split_of, **kwa
     files = _split_files(save_folder)
     if kwargs.get("skip_prep"):
         return files
-    if _already_prepared(save_folder, list(files.values()), options):
+    inputs = list(kwargs.get("inputs") or [])
+    if inputs:
+        options = {**options, "inputs": input_signature(inputs)}
+    done, why = already_prepared(save_folder, list(files.values()), options)
+    if done:
         logger.info("%s manifests already in %s, skipping.", dataset, save_folder)
         return files
-    clips = kwargs.get("clips") or scan_clips(list_clips(), dataset)
+    if os.path.isfile(os.path.join(save_folder, OPTIONS_FILE)):
+        logger.info("%s manifests in %s rebuilt: %s.", dataset, save_folder, why)
+    source = ", ".join(inputs[:3]) if inputs else f"the {dataset} data"
+    clips = kwargs.get("clips")
+    if clips is None:
+        listed = list_clips()
+        check_unique_ids(listed, source, dataset)  # before the audio is read
+        clips = scan_clips(listed, dataset)
+    else:
+        check_unique_ids(clips, source, dataset)
     rows = {split: [] for split in files}
     for clip in clips:
         rows[split_of(clip)].append(clip)

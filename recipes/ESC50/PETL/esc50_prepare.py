@@ -7,14 +7,17 @@ fold) the validation set, the other three folds the training set.
 
 Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
 class_name, fold) are written once into ``save_folder``; the preparation is
-skipped when they exist for the same options. Audio that cannot be used
-(unreadable, empty, NaN/inf, silent) is reported by name and skipped.
+skipped when they exist for the same options and the same ``esc50.csv``
+(size and modification time). Audio that cannot be used (unreadable, empty,
+NaN/inf, silent, shorter than ``speechbrain_moe.manifests.MIN_SECONDS``) and
+metadata lines with empty or malformed values are reported by name and
+skipped; the CSV may start with a UTF-8 byte-order mark; a missing column or
+a duplicated id is an error naming the file.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
-import csv
 import os
 
 from speechbrain.utils.logger import get_logger
@@ -24,6 +27,7 @@ from speechbrain_moe.manifests import (
     fold_options,
     fold_split,
     prepare_manifests,
+    read_metadata,
     scan_clips,
 )
 
@@ -51,16 +55,37 @@ def esc50_clips(data_folder):
         "ESC-50",
         f"Download and unzip {URL} (the folder holding meta/ and audio/).",
     )
-    with open(os.path.join(data_folder, "meta", "esc50.csv"), newline="") as fin:
-        return [
-            {
-                "ID": os.path.splitext(item["filename"])[0],
-                "wav": os.path.join(data_folder, "audio", item["filename"]),
-                "class_name": item["category"],
-                "fold": int(item["fold"]),
-            }
-            for item in csv.DictReader(fin)
-        ]
+    rows = read_metadata(
+        metadata_file(data_folder),
+        ["filename", "fold", "category"],
+        "ESC-50",
+        converters={"fold": int},
+    )
+    return [
+        {
+            "ID": os.path.splitext(item["filename"])[0],
+            "wav": os.path.join(data_folder, "audio", item["filename"]),
+            "class_name": item["category"],
+            "fold": item["fold"],
+        }
+        for item in rows
+    ]
+
+
+def metadata_file(data_folder):
+    """The metadata CSV of ESC-50 (its signature is recorded with the
+    preparation's options, so an edited CSV rebuilds the manifests).
+
+    Arguments
+    ---------
+    data_folder : str
+        ESC-50 root.
+
+    Returns
+    -------
+    str
+    """
+    return os.path.join(data_folder, "meta", "esc50.csv")
 
 
 def prepare_esc50(
@@ -97,6 +122,7 @@ def prepare_esc50(
         fold_split(options),
         skip_prep=skip_prep,
         clips=clips,
+        inputs=[metadata_file(data_folder)],
     )
 
 

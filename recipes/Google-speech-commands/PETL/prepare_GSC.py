@@ -7,8 +7,10 @@ neither list form the training set.
 
 Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
 class_name, speaker) are written once into ``save_folder`` and the
-preparation is skipped when they exist for the same options. Audio that
-cannot be read or is empty is reported by name and skipped.
+preparation is skipped when they exist for the same options and the same
+split lists and word folders (size and modification time). Audio that cannot
+be used (unreadable, empty, NaN/inf, silent, shorter than
+``speechbrain_moe.manifests.MIN_SECONDS``) is reported by name and skipped.
 
 Authors
  * speechbrain-moe contributors 2026
@@ -29,8 +31,31 @@ URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 
 def _read_list(path):
     """Relative paths listed in a split file, with forward slashes."""
-    with open(path) as fin:
+    with open(path, encoding="utf-8-sig") as fin:
         return {line.strip().replace("\\", "/") for line in fin if line.strip()}
+
+
+def input_files(data_folder):
+    """The split lists and the word folders (a folder's modification time
+    changes when files are added or removed), whose signatures are recorded
+    with the preparation's options.
+
+    Arguments
+    ---------
+    data_folder : str
+        Speech Commands v2 root.
+
+    Returns
+    -------
+    list of str
+    """
+    words = sorted(
+        os.path.join(data_folder, d)
+        for d in os.listdir(data_folder)
+        if os.path.isdir(os.path.join(data_folder, d)) and not d.startswith("_")
+    )
+    lists = ["validation_list.txt", "testing_list.txt"]
+    return [os.path.join(data_folder, name) for name in lists] + words
 
 
 def gsc_clips(data_folder):
@@ -105,4 +130,5 @@ def prepare_GSC(data_folder, save_folder, skip_prep=False):
         "Speech Commands",
         lambda clip: clip.pop("split"),
         skip_prep=skip_prep,
+        inputs=input_files(data_folder) if os.path.isdir(data_folder) else [],
     )

@@ -3,20 +3,38 @@
 Layout: ``<data_folder>/<split>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac``
 with one ``<spk>-<chap>.trans.txt`` per chapter. One CSV per split is written
 to ``save_folder`` with the columns ``ID, duration, wav, spk_id, wrd``.
-Preparation is skipped when all CSVs exist; unreadable or empty audio files are
-reported by name and skipped. Each split shows a progress bar while its audio
-is checked and says how many utterances it kept and skipped.
+
+Preparation is skipped only when all CSVs exist for the same options
+(``data_folder``, ``splits``, ``select_n_sentences``) and the same
+transcripts (size and modification time of every ``*.trans.txt``), as
+recorded in ``<save_folder>/prepare_options.json``: a smoke run
+(``select_n_sentences: 100``) followed by a full run rebuilds the CSVs, and
+the log says what changed.
+
+Every utterance left out is counted and named in the log: a transcript line
+without words (or without an id), an audio file that is missing, unreadable,
+empty or shorter than ``speechbrain_moe.manifests.MIN_SECONDS`` (0.1 s), an
+audio file without a transcript line. Each split shows a progress bar while
+its audio is checked.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
 import csv
+import json
 import logging
 import os
 
 import soundfile as sf
 from tqdm import tqdm
+
+from speechbrain_moe.manifests import (
+    MIN_SECONDS,
+    OPTIONS_FILE,
+    already_prepared,
+    input_signature,
+)
 
 logger = logging.getLogger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -58,25 +76,56 @@ def prepare_librispeech(
     csvs = {split: os.path.join(save_folder, f"{split}.csv") for split in splits}
     if skip_prep:
         return csvs
-    if all(os.path.isfile(path) for path in csvs.values()):
-        logger.info(
-            "LibriSpeech manifests exist in %s: skipping preparation.", save_folder
+    if select_n_sentences is not None and (
+        isinstance(select_n_sentences, bool)
+        or not isinstance(select_n_sentences, int)
+        or select_n_sentences < 1
+    ):
+        raise ValueError(
+            "select_n_sentences must be null (every utterance) or an integer >= 1, "
+            f"got {select_n_sentences!r}. Pass --select_n_sentences=100 (a smoke "
+            "run) or leave it null."
         )
-        return csvs
     if not os.path.isdir(data_folder):
         raise FileNotFoundError(
             f"LibriSpeech data_folder {data_folder!r} does not exist. Set "
             "--data_folder to the folder holding train-clean-100/, dev-clean/, ... "
             "(download from https://www.openslr.org/12)."
         )
-    os.makedirs(save_folder, exist_ok=True)
-    for split, path in csvs.items():
+    for split in splits:
         split_folder = os.path.join(data_folder, split)
         if not os.path.isdir(split_folder):
             raise FileNotFoundError(
                 f"Split folder {split_folder!r} is missing. Download and extract "
                 f"{split} into {data_folder!r}, or remove it from the split lists."
             )
+    options = {
+        "data_folder": os.path.abspath(data_folder),
+        "splits": list(splits),
+        "select_n_sentences": select_n_sentences,
+        "inputs": input_signature(
+            sorted(
+                os.path.join(root, name)
+                for split in splits
+                for root, _, files in os.walk(os.path.join(data_folder, split))
+                for name in files
+                if name.endswith(".trans.txt")
+            )
+        ),
+    }
+    done, why = already_prepared(save_folder, list(csvs.values()), options)
+    if done:
+        logger.info(
+            "LibriSpeech manifests exist in %s for the same options and "
+            "transcripts: skipping preparation.",
+            save_folder,
+        )
+        return csvs
+    if os.path.isfile(os.path.join(save_folder, OPTIONS_FILE)):
+        logger.info("LibriSpeech manifests in %s rebuilt: %s.", save_folder, why)
+    os.makedirs(save_folder, exist_ok=True)
+    for split, path in csvs.items():
+        split_folder = os.path.join(data_folder, split)
         rows = _split_rows(split_folder, f"LibriSpeech {split}")
         if select_n_sentences:
             rows = rows[:select_n_sentences]
@@ -87,34 +136,69 @@ def prepare_librispeech(
             writer.writerows(rows)
         os.replace(tmp, path)
         logger.info("Wrote %s (%d utterances).", path, len(rows))
+    with open(os.path.join(save_folder, OPTIONS_FILE), "w") as fout:
+        json.dump(options, fout, indent=1, sort_keys=True)
     return csvs
 
 
-def _split_rows(split_folder, label):
-    """Reads every transcript of a split and checks its audio."""
-    texts = {}
-    for root, _, files in os.walk(split_folder):
-        for name in files:
-            if name.endswith(".trans.txt"):
-                with open(os.path.join(root, name)) as f:
-                    for line in f:
-                        parts = line.strip().split(" ", 1)
-                        if len(parts) == 2:
-                            texts[parts[0]] = (root, parts[1])
+def _split_rows(split_folder, label, min_seconds=MIN_SECONDS):
+    """Reads every transcript of a split and checks its audio; every line or
+    file left out is counted and named in one warning."""
+    texts, skipped, audio, mentioned = {}, [], set(), set()
+    for root, _, files in sorted(os.walk(split_folder)):
+        audio.update(
+            os.path.join(root, n[: -len(".flac")]) for n in files if n.endswith(".flac")
+        )
+        for name in sorted(files):
+            if not name.endswith(".trans.txt"):
+                continue
+            trans = os.path.join(root, name)
+            with open(trans, encoding="utf-8-sig") as f:
+                for number, line in enumerate(f, start=1):
+                    parts = line.strip().split(" ", 1)
+                    if not line.strip():
+                        continue  # a blank line holds no utterance
+                    mentioned.add(os.path.join(root, parts[0]))
+                    if len(parts) < 2 or not parts[1].strip():
+                        skipped.append(f"  {trans}:{number}: no words for {parts[0]}")
+                        continue
+                    if parts[0] in texts:
+                        skipped.append(f"  {trans}:{number}: {parts[0]} listed twice")
+                        continue
+                    texts[parts[0]] = (root, parts[1].strip())
+    unlisted = sorted(audio - mentioned)
+    skipped += [f"  {stem}.flac: no transcript line" for stem in unlisted]
     rows = []
     for utt_id in tqdm(sorted(texts), desc=f"{label}: checking audio", unit="file"):
         root, words = texts[utt_id]
         wav = os.path.join(root, utt_id + ".flac")
+        problem = None
         try:
             info = sf.info(wav)
             duration = info.frames / info.samplerate
+            if info.frames == 0:
+                problem = "empty (no audio samples)"
+            elif duration < min_seconds:
+                problem = (
+                    f"too short ({duration * 1000:.1f} ms; the minimum is "
+                    f"{min_seconds} s)"
+                )
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped
-            logger.warning("Skipping unreadable audio file %s (%s).", wav, err)
-            continue
-        if info.frames == 0:
-            logger.warning("Skipping empty audio file %s.", wav)
+            problem = (
+                "missing"
+                if not os.path.isfile(wav)
+                else f"unreadable ({type(err).__name__}: {err})"
+            )
+        if problem:
+            skipped.append(f"  {wav}: {problem}")
             continue
         rows.append([utt_id, f"{duration:.3f}", wav, utt_id.split("-")[0], words])
-    skipped = len(texts) - len(rows)
-    logger.info("%s: kept %d utterances, skipped %d.", label, len(rows), skipped)
+    logger.info("%s: kept %d utterances, skipped %d.", label, len(rows), len(skipped))
+    if skipped:
+        logger.warning(
+            "%s preparation skipped %d utterance(s) or line(s):\n%s",
+            label,
+            len(skipped),
+            "\n".join(skipped),
+        )
     return rows

@@ -7,14 +7,18 @@ other eight folds the training set.
 
 Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
 class_name, fold) are written once into ``save_folder``; the preparation is
-skipped when they exist for the same options. Audio that cannot be used
-(unreadable, empty, NaN/inf, silent) is reported by name and skipped.
+skipped when they exist for the same options and the same
+``UrbanSound8K.csv`` (size and modification time). Audio that cannot be used
+(unreadable, empty, NaN/inf, silent, shorter than
+``speechbrain_moe.manifests.MIN_SECONDS``) and metadata lines with empty or
+malformed values are reported by name and skipped; the CSV may start with a
+UTF-8 byte-order mark; a missing column or a duplicated id is an error naming
+the file.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
-import csv
 import os
 
 from speechbrain.utils.logger import get_logger
@@ -24,6 +28,7 @@ from speechbrain_moe.manifests import (
     fold_options,
     fold_split,
     prepare_manifests,
+    read_metadata,
     scan_clips,
 )
 
@@ -52,19 +57,39 @@ def urbansound8k_clips(data_folder):
         "(or from Zenodo, record 1203745) and extract it (the folder holding "
         "metadata/ and audio/).",
     )
-    meta = os.path.join(data_folder, "metadata", "UrbanSound8K.csv")
-    with open(meta, newline="") as fin:
-        return [
-            {
-                "ID": os.path.splitext(item["slice_file_name"])[0],
-                "wav": os.path.join(
-                    data_folder, "audio", f"fold{item['fold']}", item["slice_file_name"]
-                ),
-                "class_name": item["class"],
-                "fold": int(item["fold"]),
-            }
-            for item in csv.DictReader(fin)
-        ]
+    rows = read_metadata(
+        metadata_file(data_folder),
+        ["slice_file_name", "fold", "class"],
+        "UrbanSound8K",
+        converters={"fold": int},
+    )
+    return [
+        {
+            "ID": os.path.splitext(item["slice_file_name"])[0],
+            "wav": os.path.join(
+                data_folder, "audio", f"fold{item['fold']}", item["slice_file_name"]
+            ),
+            "class_name": item["class"],
+            "fold": item["fold"],
+        }
+        for item in rows
+    ]
+
+
+def metadata_file(data_folder):
+    """The metadata CSV of UrbanSound8K (its signature is recorded with the
+    preparation's options, so an edited CSV rebuilds the manifests).
+
+    Arguments
+    ---------
+    data_folder : str
+        UrbanSound8K root.
+
+    Returns
+    -------
+    str
+    """
+    return os.path.join(data_folder, "metadata", "UrbanSound8K.csv")
 
 
 def prepare_urbansound8k(
@@ -101,6 +126,7 @@ def prepare_urbansound8k(
         fold_split(options),
         skip_prep=skip_prep,
         clips=clips,
+        inputs=[metadata_file(data_folder)],
     )
 
 

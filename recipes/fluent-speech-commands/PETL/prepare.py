@@ -8,14 +8,17 @@ and ``wavs/speakers/<speaker>/*.wav``. The intent label is the
 
 Manifests (``train.csv``, ``valid.csv``, ``test.csv``: ID, wav, duration,
 class_name, speaker, transcript) are written once into ``save_folder`` and
-the preparation is skipped when they exist for the same options. Audio that
-cannot be read or is empty is reported by name and skipped.
+the preparation is skipped when they exist for the same options and the
+same split CSVs (size and modification time). Audio that cannot be used
+(unreadable, empty, NaN/inf, silent, shorter than
+``speechbrain_moe.manifests.MIN_SECONDS``) and CSV lines with empty values are
+reported by name and skipped; the CSVs may start with a UTF-8 byte-order
+mark; a missing column or a duplicated id is an error naming the file.
 
 Authors
  * speechbrain-moe contributors 2026
 """
 
-import csv
 import os
 
 from speechbrain.utils.logger import get_logger
@@ -23,9 +26,11 @@ from speechbrain.utils.logger import get_logger
 from speechbrain_moe.manifests import (
     check_data_folder,
     prepare_manifests,
+    read_metadata,
 )
 
 logger = get_logger(__name__)
+COLUMNS = ["path", "speakerId", "transcription", "action", "object", "location"]
 
 
 def intent_label(action, obj, location):
@@ -70,26 +75,43 @@ def fsc_clips(data_folder):
         "it (the folder holding data/ and wavs/).",
     )
     clips = []
-    for split in ("train", "valid", "test"):
-        with open(
-            os.path.join(data_folder, "data", f"{split}_data.csv"), newline=""
-        ) as fin:
-            for item in csv.DictReader(fin):
-                path = os.path.join(data_folder, item["path"])
-                name = os.path.splitext(os.path.basename(path))[0]
-                clips.append(
-                    {
-                        "ID": f"{item['speakerId']}_{name}",
-                        "wav": path,
-                        "class_name": intent_label(
-                            item["action"], item["object"], item["location"]
-                        ),
-                        "speaker": item["speakerId"],
-                        "transcript": item["transcription"],
-                        "split": split,
-                    }
-                )
+    for split, meta in metadata_files(data_folder).items():
+        for item in read_metadata(meta, COLUMNS, "Fluent Speech Commands"):
+            path = os.path.join(data_folder, item["path"])
+            name = os.path.splitext(os.path.basename(path))[0]
+            clips.append(
+                {
+                    "ID": f"{item['speakerId']}_{name}",
+                    "wav": path,
+                    "class_name": intent_label(
+                        item["action"], item["object"], item["location"]
+                    ),
+                    "speaker": item["speakerId"],
+                    "transcript": item["transcription"],
+                    "split": split,
+                }
+            )
     return clips
+
+
+def metadata_files(data_folder):
+    """The official split CSVs, by split (their signatures are recorded
+    with the preparation's options, so an edited CSV rebuilds the manifests).
+
+    Arguments
+    ---------
+    data_folder : str
+        Fluent Speech Commands root.
+
+    Returns
+    -------
+    dict
+        Split -> CSV path.
+    """
+    return {
+        split: os.path.join(data_folder, "data", f"{split}_data.csv")
+        for split in ("train", "valid", "test")
+    }
 
 
 def prepare_FSC(data_folder, save_folder, skip_prep=False):
@@ -116,4 +138,5 @@ def prepare_FSC(data_folder, save_folder, skip_prep=False):
         "Fluent Speech Commands",
         lambda clip: clip.pop("split"),
         skip_prep=skip_prep,
+        inputs=list(metadata_files(data_folder).values()),
     )
