@@ -407,11 +407,13 @@ def transcriber(bridge_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("samples", [1, 320, 640, 641])
+@pytest.mark.parametrize("samples", [1, 320, 640, 960, 961])
 def test_short_clip_is_transcribed(transcriber, tmp_path, samples):
-    """Clips too short for one bridge frame (<= 640 samples crashed with
+    """Clips too short for one bridge frame (<= 960 samples with Whisper and a
+    downsampling factor of 4, which crashed with
     "cannot reshape tensor of 0 elements") are padded, in transcribe_file
     and in transcribe_batch."""
+    assert transcriber.min_samples == 961  # 4 frames of 320 samples, rounded
     path = tmp_path / "short.wav"
     wav = 0.1 * torch.sin(torch.arange(samples) / 5.0)
     sf.write(str(path), wav.numpy(), 16000)
