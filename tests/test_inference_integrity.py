@@ -245,7 +245,9 @@ def test_damaged_checkpoint_is_refused(user_run, tmp_path, damage):
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", ["run", "package"])
 @pytest.mark.parametrize("wrong", ["transcriber_on_classifier", "classifier_on_bridge"])
-def test_wrong_inference_class_is_refused(user_run, bridge_run, tmp_path, wrong, folder):
+def test_wrong_inference_class_is_refused(
+    user_run, bridge_run, tmp_path, wrong, folder
+):
     """The folder records which class loads it; the other one refuses,
     naming the right one, before building anything."""
     if wrong == "transcriber_on_classifier":
@@ -271,7 +273,10 @@ def test_from_hparams_wrong_arguments_name_the_right_call(user_run, tmp_path, ca
     exp = user_run["out"]
     if call == "training_yaml":
         kwargs = {"source": str(exp), "hparams_file": "hyperparams.yaml"}
-        error, expected = ValueError, f"PETLAudioClassifier.from_hparams(source='{exp}')"
+        error, expected = (
+            ValueError,
+            f"PETLAudioClassifier.from_hparams(source='{exp}')",
+        )
     elif call == "save_folder":
         kwargs = {"source": str(exp / "save")}
         error, expected = FileNotFoundError, f"from_hparams(source='{exp}')"
