@@ -50,6 +50,7 @@ def shortest_input(speech_llm, sample_rate, device="cpu", max_seconds=30.0):
     limit = int(max_seconds * sample_rate)
 
     def enough(samples):
+        """Whether a clip of ``samples`` gives the bridge a frame."""
         wav = torch.zeros(1, samples, device=device)
         with torch.no_grad():
             hidden, _ = encoder.encode(wav, torch.ones(1, device=device))
