@@ -250,6 +250,9 @@ SETTINGS = {
     # placement of adapters in the backbone
     "placement": choice("pfeiffer_attention", "pfeiffer_ffn", "houlsby"),
     "mode": choice("parallel", "sequential"),
+    "implementation": choice(
+        "auto", "plain", "kernel", meaning="which code computes the mixture"
+    ),
     "train_norms": BOOL,
     # Convpass
     "kernel_size": Setting("int", minimum=1, odd=True),
