@@ -325,3 +325,32 @@ def test_torch_compile_with_inductor_runs_the_plain_soft_moa():
     x = tokens(2, 5, 8)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), module(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["soft_moa", "dense_moa", "moe_adapter"])
+def test_method_yaml_sets_the_implementation(tiny_ast_folder, method):
+    """``implementation`` is a setting of the packaged method files, so that
+    ``--petl_overrides={implementation: plain}`` reaches every mixture."""
+    from speechbrain_moe.lobes.ast import AST
+    from speechbrain_moe.petl import apply_method
+
+    backbone = apply_method(
+        AST(tiny_ast_folder, max_frames=100), method, {"implementation": "plain"}
+    )
+    chosen = [
+        m.implementation for m in backbone.modules() if hasattr(m, "implementation")
+    ]
+    assert chosen and set(chosen) == {"plain"}
+
+
+@pytest.mark.parametrize("name", ["soft_moa", "moe_adapter"])
+def test_bridge_yaml_sets_the_implementation(name):
+    from speechbrain_moe.lobes.speech_llm import load_bridge
+
+    build = load_bridge(name, {"implementation": "kernel"})
+    sizes = {} if name == "soft_moa" else {"fused_size": 8, "expert_hidden": 4}
+    bridge = build(40, 16, **sizes)
+    chosen = [
+        m.implementation for m in bridge.modules() if hasattr(m, "implementation")
+    ]
+    assert chosen and set(chosen) == {"kernel"}
