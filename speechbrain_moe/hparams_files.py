@@ -91,6 +91,19 @@ def _parse(kind, text, path):
         ) from err
 
 
+def _with_file(err, where):
+    """``err`` (same type, if it takes a message) prefixed with the file."""
+    message = (
+        f"The {where} does not load: {err}. Fix that line of the file: a "
+        "'!ref <name>' names one of its keys, a '!name:'/'!new:' tag an "
+        "importable callable, with that callable's own argument names."
+    )
+    try:
+        return type(err)(message)
+    except TypeError:  # an exception type with another signature
+        return ValueError(message)
+
+
 def _settings_of(tree):
     """The top-level plain keys of a parsed YAML file, as written (``!ref``
     unresolved)."""
@@ -164,7 +177,10 @@ def load_hparams(kind, name, overrides=None):
             f"describes. Add one, e.g. '{build}: !name:...' as in the packaged "
             f"{_packaged_path(kind, EXAMPLES[kind])} (see docs/design.md)."
         )
-    hparams = load_hyperpyyaml(io.StringIO(text), dict(overrides))
+    try:
+        hparams = load_hyperpyyaml(io.StringIO(text), dict(overrides))
+    except (ValueError, ImportError, TypeError, AttributeError) as err:
+        raise _with_file(err, where) from err
     if not callable(hparams[build]):
         raise ValueError(
             f"The {build!r} key of the {where} must build a callable (a "

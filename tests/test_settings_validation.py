@@ -155,6 +155,16 @@ def test_users_own_method_file_with_settings_of_its_own_loads(tiny_ast, tmp_path
             "- bottleneck\n",
             ["YAML mapping", "adapter.yaml"],
         ),
+        (  # a reference to a key the file does not have
+            "petl: !name:speechbrain_moe.petl.insert_adapters\n"
+            "    adapter: !name:speechbrain_moe.adapters.BottleneckAdapter\n"
+            "        bottleneck: !ref <bottlenek>\n",
+            ["does not load", "bottlenek", "!ref <name>"],
+        ),
+        (  # an implementation that does not exist
+            "implementation: kernels\npetl: !name:torch.nn.Module.requires_grad_\n",
+            ["implementation", "auto, plain, kernel", "'kernels'"],
+        ),
     ],
 )
 def test_broken_user_method_file_names_the_file_and_the_fix(
