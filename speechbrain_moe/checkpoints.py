@@ -152,6 +152,34 @@ def _copy_from_main(folder, receive):
             os.replace(pending, folder / name)
 
 
+def _agreed(checkpointer):
+    """Names of the complete checkpoints of ``checkpointer`` that every rank
+    lists, with the same time stamp (the same set on every rank)."""
+    listed = {
+        (c.path.name, c.meta.get("unixtime")) for c in checkpointer.list_checkpoints()
+    }
+    return {name for name, _ in set.intersection(*_gather(listed))}
+
+
+def _gather_problems(folders, copies):
+    """Checkpoint folder name -> why it is unusable, found (checksums
+    included) by the main process in its ``folders`` and by every rank in
+    ``copies`` in its node's; the same dict on every rank."""
+    found = {}
+    if if_main_process() or get_rank() in copies:
+        for folder in folders:
+            why = _problem(folder, verify_checksums=True)
+            if why and not if_main_process():
+                why = f"{why}, on the node of rank {get_rank()}"
+            if why:
+                found[folder.name] = why
+    problems = {}
+    for by_rank in _gather(found):
+        for name, why in by_rank.items():
+            problems.setdefault(name, why)
+    return problems
+
+
 class Checkpointer(checkpoints.Checkpointer):
     """SpeechBrain's checkpointer (same arguments) with complete-or-ignored
     checkpoints: a ``MANIFEST.json`` (sizes and SHA-256), written last, marks
@@ -231,7 +259,7 @@ class Checkpointer(checkpoints.Checkpointer):
         by recency when ``importance_keys`` is None) over the checkpoints that
         every rank lists, complete; then every node deletes its copies of the
         checkpoints the main process deleted."""
-        agreed = self._agreed()
+        agreed = _agreed(self)
 
         def deletable(ckpt):
             """Listed by every rank, and by the caller's predicate."""
@@ -259,14 +287,6 @@ class Checkpointer(checkpoints.Checkpointer):
                     shutil.rmtree(folder)
                     logger.log(verbosity, "Deleted node copy of checkpoint %s", folder)
         ddp_barrier()
-
-    def _agreed(self):
-        """Names of the complete checkpoints that every rank lists, with the
-        same time stamp (the same set on every rank)."""
-        listed = {
-            (c.path.name, c.meta.get("unixtime")) for c in self.list_checkpoints()
-        }
-        return {name for name, _ in set.intersection(*_gather(listed))}
 
     def _folders(self):
         """The ``CKPT+...`` folders, sorted by name."""
@@ -307,20 +327,9 @@ class Checkpointer(checkpoints.Checkpointer):
         """
         self._share_folder()
         copies = _node_copy_ranks(self.checkpoints_dir)
-        found = {}
-        if if_main_process() or get_rank() in copies:
-            for folder in self._folders():
-                why = _problem(folder, verify_checksums=True)
-                if why and not if_main_process():
-                    why = f"{why}, on the node of rank {get_rank()}"
-                if why:
-                    found[folder.name] = why
-        problems = {}
-        for by_rank in _gather(found):
-            for name, why in by_rank.items():
-                problems.setdefault(name, why)
+        problems = _gather_problems(self._folders(), copies)
         damaged = {k: v for k, v in problems.items() if not v.startswith("interrupted")}
-        usable = self._agreed() - set(problems)
+        usable = _agreed(self) - set(problems)
         keys = dict(importance_key=importance_key, max_key=max_key, min_key=min_key)
 
         def recoverable(ckpt):

@@ -211,6 +211,7 @@ def trained_weights(roots):
     return found["weights_rank0.pt"], found["weights_rank1.pt"]
 
 
+@pytest.mark.slow
 def test_checkpointer_two_nodes(tmp_path):
     """Our Checkpointer alone (``tests/multinode_checkpoints.py``): three
     saves rotate alike on both nodes, a checkpoint only one node holds is

@@ -149,7 +149,9 @@ def test_every_recipe_writes_its_inference_yaml_and_shows_its_use():
         assert "from_hparams(" in readme and "inference.yaml" in readme, folder
         assert "classify_file(" in readme or "transcribe_file(" in readme, folder
         with open(os.path.join(folder, "train.py")) as fin:
-            assert "export_inference_hparams(" in fin.read(), folder
+            # called once per node: run_once_per_node(export_inference_hparams, ...)
+            called = r"run_once_per_node\(\s*export_inference_hparams,"
+            assert re.search(called, fin.read()), folder
 
 
 # ---------------------------------------------------------------- docstrings
