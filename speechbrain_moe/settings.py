@@ -226,6 +226,9 @@ def choice(*choices, meaning=""):
 
 
 BOOL = Setting("bool")
+#: The dtypes a pretrained model can be loaded in
+#: (:mod:`speechbrain_moe.lobes.dtypes`).
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "checkpoint")
 
 #: The settings of the packaged PETL method files (``hparams/petl/``) and
 #: bridge files (``hparams/bridges/``), by name; a user's own file is checked
@@ -247,12 +250,12 @@ SETTINGS = {
     "z_loss_weight": number(0, meaning="weight of the router z-loss"),
     "bias_balancing": BOOL,
     "bias_update_rate": number(0, exclusive=True, meaning="bias balancing step"),
-    # placement of adapters in the backbone
-    "placement": choice("pfeiffer_attention", "pfeiffer_ffn", "houlsby"),
-    "mode": choice("parallel", "sequential"),
     "implementation": choice(
         "auto", "plain", "kernel", meaning="which code computes the mixture"
     ),
+    # placement of adapters in the backbone
+    "placement": choice("pfeiffer_attention", "pfeiffer_ffn", "houlsby"),
+    "mode": choice("parallel", "sequential"),
     "train_norms": BOOL,
     # Convpass
     "kernel_size": Setting("int", minimum=1, odd=True),
@@ -280,11 +283,23 @@ RECIPE_SETTINGS = {
     "llm_lora_layers": Setting("patterns"),
     "lora_rank": integer(1, "LoRA rank"),
     "lora_alpha": number(0, exclusive=True, meaning="LoRA scale numerator"),
+    "encoder_dtype": choice(*DTYPE_NAMES, meaning="dtype of the frozen encoder"),
+    "llm_dtype": choice(*DTYPE_NAMES, meaning="dtype of the frozen LLM"),
     "select_n_sentences": integer(1, "utterances kept per split"),
     "max_audio_seconds": number(0, exclusive=True, meaning="longest clip, seconds"),
     "sample_rate": integer(1, "audio sample rate"),
     "valid_decode": BOOL,
     "skip_prep": BOOL,
+    "use_tensorboard": BOOL,
+    "number_of_epochs": integer(1, "training epochs"),
+    "batch_size": integer(1, "training clips per batch"),
+    "test_batch_size": integer(1, "evaluation clips per batch"),
+    "num_workers": integer(0, "data-loading processes (0: the main one)"),
+    "lr": number(0, exclusive=True, meaning="learning rate"),
+    "weight_decay": number(0, meaning="AdamW weight decay"),
+    "max_grad_norm": number(0, exclusive=True, meaning="gradient clipping norm"),
+    "skip_nonfinite_grads": BOOL,
+    "nonfinite_patience": integer(0, "non-finite losses tolerated per epoch"),
 }
 
 

@@ -11,6 +11,7 @@ from speechbrain.nnet.adapters import AdaptedModel, LoRA
 
 from speechbrain_moe.hparams_files import load_hparams
 from speechbrain_moe.lobes.base import lengths_to_mask, quiet_loading, unwrap
+from speechbrain_moe.lobes.dtypes import load_dtype, log_loaded
 from speechbrain_moe.petl.wrap import check_target_patterns
 from speechbrain_moe.recoverables import TrainableState
 from speechbrain_moe.routing import routing_context
@@ -67,6 +68,7 @@ def load_llm(
     lora_rank=8,
     lora_alpha=16.0,
     attn_implementation="sdpa",
+    dtype="float32",
 ):
     """Loads a causal LM (transformers' weight-loading bar silenced, during
     the load only), frozen, with SpeechBrain's ``LoRA`` on its linear layers
@@ -91,6 +93,12 @@ def load_llm(
         LoRA scale numerator (> 0): updates are scaled by alpha / rank.
     attn_implementation : str
         transformers' attention implementation.
+    dtype : str
+        The weights' dtype (the recipe setting ``llm_dtype``): ``float32``
+        (default: CPUs, and GPUs with ``--precision=bf16``), ``bfloat16``,
+        ``float16`` or ``checkpoint`` (the checkpoint's own); see
+        :mod:`speechbrain_moe.lobes.dtypes`. What was loaded (source, dtype,
+        parameters) is logged.
 
     Returns
     -------
@@ -109,14 +117,20 @@ def load_llm(
     ...
     ValueError: llm_lora_layers: the pattern(s) ['q_proj'] match no Linear sub-module ...
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if isinstance(lora_layers, str) or not isinstance(lora_layers, (list, tuple)):
         check_target_patterns(nn.Module(), lora_layers, "llm_lora_layers")
+    torch_dtype = load_dtype(dtype, "llm_dtype")
     with quiet_loading():
+        stored = AutoConfig.from_pretrained(source, cache_dir=cache_dir).dtype
         model = AutoModelForCausalLM.from_pretrained(
-            source, cache_dir=cache_dir, attn_implementation=attn_implementation
+            source,
+            cache_dir=cache_dir,
+            attn_implementation=attn_implementation,
+            dtype=torch_dtype,
         )
+    log_loaded("LLM", source, model, stored)
     check_target_patterns(
         model,
         list(lora_layers),

@@ -12,6 +12,7 @@ from transformers.masking_utils import (
 )
 
 from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, quiet_loading, unwrap
+from speechbrain_moe.lobes.dtypes import load_dtype, log_loaded
 from speechbrain_moe.routing import token_mask
 from speechbrain_moe.targets import PetlTargets
 
@@ -68,6 +69,9 @@ class Whisper(Backbone):
         Only ``mean`` (over valid encoder frames): Whisper has no CLS token.
     sample_rate : int
         Of the input (must be 16000, as Whisper's).
+    dtype : str
+        The weights' dtype: ``float32`` (default), ``bfloat16``, ``float16``
+        or ``checkpoint`` (see :mod:`speechbrain_moe.lobes.dtypes`).
 
     Example
     -------
@@ -94,6 +98,7 @@ class Whisper(Backbone):
         trim_to_valid=True,
         pooling="mean",
         sample_rate=16000,
+        dtype="float32",
     ):
         if pooling != "mean":
             raise ValueError(
@@ -104,10 +109,15 @@ class Whisper(Backbone):
         from transformers import WhisperModel
 
         whisper_config = self._load_config(source, save_path, ("whisper",), "Whisper")
+        stored_dtype = whisper_config.dtype
         with quiet_loading():
             self.model = WhisperModel.from_pretrained(
-                source, config=whisper_config, cache_dir=save_path
+                source,
+                config=whisper_config,
+                cache_dir=save_path,
+                dtype=load_dtype(dtype, "encoder_dtype"),
             ).encoder
+        log_loaded("Whisper encoder", source, self.model, stored_dtype)
         config = self.model.config
         extractor = _load_extractor(source, save_path, config.num_mel_bins)
         self._check_rate("Whisper", extractor.sampling_rate, sample_rate)
