@@ -40,7 +40,11 @@ def parse_args(argv=None):
         prog="python -m benchmarks",
         description="Step-time and memory benchmarks of the PETL methods.",
     )
-    parser.add_argument("--suite", choices=SUITES, help="Which suite to run.")
+    parser.add_argument(
+        "--suite",
+        choices=[*SUITES, "accuracy"],
+        help="Which suite to run (accuracy: benchmarks/accuracy.py, its own options).",
+    )
     parser.add_argument("--json", help="Write the report to this JSON file.")
     parser.add_argument(
         "--quick", action="store_true", help="Tiny shapes: a smoke test."
@@ -90,6 +94,14 @@ def main(argv=None):
     int
         Exit status.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "accuracy" in argv and argv[argv.index("accuracy") - 1] == "--suite":
+        # Real-weights accuracy (its own options: --seeds, --methods, --tasks, ...).
+        from benchmarks.accuracy import main as accuracy_main
+
+        at = argv.index("accuracy")
+        accuracy_main(argv[: at - 1] + argv[at + 1 :])
+        return 0
     args = parse_args(argv)
     if args.threads:
         import torch

@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -107,14 +108,14 @@ def task_specs(quick=False):
     letters = dict(
         LETTERS_DEFAULTS,
         letters=E_SET,
-        voices={"train": 12, "valid": 1, "test": 8},
+        voices={"train": 8, "valid": 1, "test": 6},
         snr_db=[5.0, 20.0],
         seed=10,
     )
     voices = dict(
         VOICE_ID_DEFAULTS,
         speakers=8,
-        words={"train": 16, "valid": 2, "test": 10},
+        words={"train": 10, "valid": 1, "test": 8},
         snr_db=[10.0, 30.0],
         seed=11,
     )
@@ -155,8 +156,6 @@ def build_task(spec, folder):
     dict
         The builder's summary, with ``params``.
     """
-    import shutil
-
     stamp = os.path.join(folder, "voices.json")
     wanted = json.loads(json.dumps(spec["params"]))
     if os.path.isfile(stamp):
@@ -184,7 +183,7 @@ def task_datasets(data_folder, work_folder):
     data_folder : str
         The task's data.
     work_folder : str
-        Where the manifests and the label encoder go.
+        Where the manifests and the label encoder go (emptied first).
 
     Returns
     -------
@@ -198,7 +197,9 @@ def task_datasets(data_folder, work_folder):
     sys.path.insert(0, os.path.join(REPO, "recipes", "Google-speech-commands", "PETL"))
     from prepare_GSC import prepare_GSC
 
-    os.makedirs(work_folder, exist_ok=True)
+    # Fresh manifests and label encoder: the data may have been rebuilt.
+    shutil.rmtree(work_folder, ignore_errors=True)
+    os.makedirs(work_folder)
     prepare_GSC(data_folder, work_folder)
     encoder = CategoricalEncoder()
     datasets = classification_datasets(

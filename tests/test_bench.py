@@ -229,6 +229,8 @@ def test_committed_tables_are_rendered_from_committed_results(markdown):
         if name.endswith(".json"):
             with open(os.path.join(results, name)) as handle:
                 report = json.load(handle)
+            if report["suite"] == "accuracy":  # tests/test_accuracy_report.py
+                continue
             if report["suite"] == "layers":  # benchmarks.layers: cited, not tabled
                 assert {r["part"] for r in report["results"]} == {"soft_moa", "bridge"}
             elif report["suite"] == "dispatch_check":  # cited, not tabled
