@@ -227,9 +227,10 @@ class RoutingContext:
         self.on_routing = on_routing
         #: ``(router name, loss)`` of every auxiliary loss reported.
         self.aux_losses = []
-        #: Router name -> ``[experts]`` float64 routing weight summed over
-        #: real tokens (with ``track_load``).
-        self.loads = {}
+        # Router -> [experts] float64 routing weight summed over real tokens
+        # (with track_load). Keyed by the module itself, not its name: the
+        # Brain wraps its modules in DDP after building its LoadCounter.
+        self._loads = {}
 
     @property
     def wants_routing(self):
@@ -240,6 +241,32 @@ class RoutingContext:
         bool
         """
         return self.track_load or self.on_routing is not None
+
+    @property
+    def loads(self):
+        """Router name -> ``[experts]`` float64 routing weight summed over
+        real tokens (with ``track_load``; empty otherwise).
+
+        Returns
+        -------
+        dict
+        """
+        return {self.name_of(module): load for module, load in self._loads.items()}
+
+    def load_of(self, module):
+        """The summed routing weight of one router (None: it reported none).
+
+        Arguments
+        ---------
+        module : RoutedModule
+            A router.
+
+        Returns
+        -------
+        torch.Tensor or None
+            ``[experts]`` float64.
+        """
+        return self._loads.get(module)
 
     @property
     def aux_loss(self):
@@ -296,12 +323,13 @@ class RoutingContext:
         extra : dict
             The method's own detached per-token statistics.
         """
-        name = self.name_of(module)
         if self.track_load:
             load = (weights * mask.unsqueeze(-1)).sum(dim=(0, 1)).double()
-            self.loads[name] = self.loads[name] + load if name in self.loads else load
+            total = self._loads.get(module)
+            self._loads[module] = load if total is None else total + load
         if self.on_routing is not None:
-            self.on_routing(name, {"weights": weights, "mask": mask, **extra})
+            stats = {"weights": weights, "mask": mask, **extra}
+            self.on_routing(self.name_of(module), stats)
 
 
 @contextmanager
@@ -485,10 +513,13 @@ class LoadCounter:
         ---------
         routing : RoutingContext
             A context opened with ``track_load=True`` (loads of routers that
-            are not in the counter's model are ignored).
+            are not in the counter's model are ignored). Routers are matched
+            as modules, not by name, so a model wrapped in DDP after the
+            counter was built is still counted, under its unwrapped names.
         """
-        for name, load in routing.loads.items():
-            if name in self.routers:
+        for name, module in self.routers.items():
+            load = routing.load_of(module)
+            if load is not None:
                 total = self.sums.get(name)
                 self.sums[name] = load if total is None else total + load
 

@@ -202,3 +202,26 @@ def test_brain_adds_the_aux_loss_of_its_own_forward():
     assert stats["aux_loss"] == pytest.approx(float(routing.aux_loss.detach()))
     assert 0 < stats["load_entropy"] <= 1
     assert [name for name, _ in routed_modules(brain.modules)] == ["backbone.moe"]
+
+
+def test_load_counter_still_counts_after_the_model_is_wrapped():
+    """SpeechBrain wraps the Brain's modules in DDP in ``on_fit_start``, after
+    the Brain built its counter: the routers' names change (``module.``),
+    the routers themselves do not."""
+
+    class Wrapper(torch.nn.Module):  # stands in for DDP (`.module`)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    modules = torch.nn.ModuleDict({"backbone": make_moe()})
+    counter = LoadCounter(modules)
+    modules["backbone"] = Wrapper(modules["backbone"])
+    with routing_context(modules, track_load=True) as routing:
+        modules["backbone"](torch.randn(1, 3, 6))
+    assert list(routing.loads) == ["backbone.module"]
+    counter.add(routing)
+    assert set(counter.pop()["layers"]) == {"backbone"}
