@@ -249,6 +249,10 @@ def test_downsampling_factor_refused(tiny_llm, factor):
         ({"select_n_sentences": 0}, "select_n_sentences"),
         ({"max_audio_seconds": 0}, "max_audio_seconds"),
         ({"valid_decode": "True"}, "valid_decode"),
+        ({"number_of_epochs": 0}, "number_of_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": -0.001}, "lr"),
+        ({"num_workers": -1}, "num_workers"),
     ],
 )
 def test_bridge_recipe_settings_refused(settings, name):
