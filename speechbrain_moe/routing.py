@@ -239,6 +239,11 @@ class RoutingContext:
         Returns
         -------
         bool
+
+        Example
+        -------
+        >>> RoutingContext().wants_routing, RoutingContext(on_routing=print).wants_routing
+        (False, True)
         """
         return self.track_load or self.on_routing is not None
 
@@ -250,6 +255,14 @@ class RoutingContext:
         Returns
         -------
         dict
+
+        Example
+        -------
+        >>> model = nn.Sequential(RoutedModule(2))
+        >>> with routing_context(model, track_load=True) as routing:
+        ...     model[0].report(torch.tensor([[[0.5, 0.5]]]), None)
+        >>> routing.loads
+        {'0': tensor([0.5000, 0.5000], dtype=torch.float64)}
         """
         return {self.name_of(module): load for module, load in self._loads.items()}
 
@@ -265,6 +278,14 @@ class RoutingContext:
         -------
         torch.Tensor or None
             ``[experts]`` float64.
+
+        Example
+        -------
+        >>> module = RoutedModule(2)
+        >>> with routing_context(track_load=True) as routing:
+        ...     module.report(torch.tensor([[[1.0, 0.0]]]), None)
+        >>> routing.load_of(module).tolist(), routing.load_of(RoutedModule(2))
+        ([1.0, 0.0], None)
         """
         return self._loads.get(module)
 
@@ -275,6 +296,13 @@ class RoutingContext:
         Returns
         -------
         torch.Tensor
+
+        Example
+        -------
+        >>> context = RoutingContext()
+        >>> context.add_aux_loss(RoutedModule(2), torch.tensor(0.25))
+        >>> float(context.aux_loss)
+        0.25
         """
         if not self.aux_losses:
             return torch.zeros((), device=self.device)
@@ -292,6 +320,12 @@ class RoutingContext:
         Returns
         -------
         str
+
+        Example
+        -------
+        >>> model = nn.Sequential(nn.Linear(2, 2), RoutedModule(2))
+        >>> RoutingContext(model).name_of(model[1]), RoutingContext().name_of(model[1])
+        ('1', '<RoutedModule #0>')
         """
         if module not in self.names:
             self.names[module] = f"<{type(module).__name__} #{len(self.names)}>"
@@ -306,6 +340,13 @@ class RoutingContext:
             The reporting router.
         loss : torch.Tensor
             A scalar.
+
+        Example
+        -------
+        >>> context = RoutingContext()
+        >>> context.add_aux_loss(RoutedModule(2), torch.tensor(1.0))
+        >>> context.aux_losses
+        [('<RoutedModule #0>', tensor(1.))]
         """
         self.aux_losses.append((self.name_of(module), loss))
 
@@ -322,6 +363,14 @@ class RoutingContext:
             ``[batch, time]`` boolean, True for real tokens.
         extra : dict
             The method's own detached per-token statistics.
+
+        Example
+        -------
+        >>> context, module = RoutingContext(track_load=True), RoutedModule(2)
+        >>> mask = torch.tensor([[True, False]])
+        >>> context.add_routing(module, torch.ones(1, 2, 2) / 2, mask, {})
+        >>> context.load_of(module).tolist()
+        [0.5, 0.5]
         """
         if self.track_load:
             load = (weights * mask.unsqueeze(-1)).sum(dim=(0, 1)).double()
@@ -516,6 +565,16 @@ class LoadCounter:
             are not in the counter's model are ignored). Routers are matched
             as modules, not by name, so a model wrapped in DDP after the
             counter was built is still counted, under its unwrapped names.
+
+        Example
+        -------
+        >>> model = nn.Sequential(RoutedModule(2))
+        >>> counter = LoadCounter(model)
+        >>> with routing_context(model, track_load=True) as routing:
+        ...     model[0].report(torch.tensor([[[1.0, 0.0]]]), None)
+        >>> counter.add(routing)
+        >>> counter.sums["0"].tolist()
+        [1.0, 0.0]
         """
         for name, module in self.routers.items():
             load = routing.load_of(module)
@@ -524,7 +583,16 @@ class LoadCounter:
                 self.sums[name] = load if total is None else total + load
 
     def reset(self):
-        """Forgets the loads added so far (local: no collective)."""
+        """Forgets the loads added so far (local: no collective).
+
+        Example
+        -------
+        >>> counter = LoadCounter(nn.Sequential(RoutedModule(2)))
+        >>> counter.sums["0"] = torch.ones(2, dtype=torch.float64)
+        >>> counter.reset()
+        >>> counter.pop()
+        {}
+        """
         self.sums = {}
 
     def pop(self):
@@ -541,6 +609,14 @@ class LoadCounter:
             ``{"layers": {name: stats}, "mean": stats, "shares": {name:
             share}}`` (empty: nothing counted), ``share`` the ``[experts]``
             fraction of the routing weight each expert received.
+
+        Example
+        -------
+        >>> counter = LoadCounter(nn.Sequential(RoutedModule(2)))
+        >>> counter.sums["0"] = torch.tensor([3.0, 1.0], dtype=torch.float64)
+        >>> stats = counter.pop()
+        >>> stats["layers"]["0"]["max_share"], stats["shares"]["0"].tolist()
+        (0.75, [0.75, 0.25])
         """
         distributed = torch.distributed.is_available() and (
             torch.distributed.is_initialized()

@@ -130,7 +130,20 @@ class DenseProjector(nn.Module):
         )
 
     def forward(self, x, mask=None):
-        """Projects every frame."""
+        """Projects every frame (the mask is not needed: token-wise).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, frames, input_size]`` stacked encoder frames.
+        mask : torch.Tensor, optional
+            ``[batch, frames]``, True for real frames (None: all real).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, frames, output_size]``.
+        """
         del mask
         return self.net(x)
 
@@ -210,7 +223,21 @@ class MoEAdapterBridge(nn.Module):
         self.norm = nn.LayerNorm(output_size)
 
     def forward(self, x, mask=None):
-        """Routes the stacked frames and projects them to the LLM width."""
+        """Routes the stacked frames and projects them to the LLM width
+        (padded frames are not routed and take no part in the losses).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, frames, input_size]`` stacked encoder frames.
+        mask : torch.Tensor, optional
+            ``[batch, frames]``, True for real frames (None: all real).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, frames, output_size]``.
+        """
         return self.norm(self.aggregate(self.moe(self.fuse(x), mask)))
 
 
@@ -268,6 +295,20 @@ class SoftMoABridge(nn.Module):
         self.norm = nn.LayerNorm(output_size)
 
     def forward(self, x, mask=None):
-        """Mixes the stacked frames through the soft slots."""
+        """Mixes the stacked frames through the soft slots (padded frames
+        take no part in any slot).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, frames, input_size]`` stacked encoder frames.
+        mask : torch.Tensor, optional
+            ``[batch, frames]``, True for real frames (None: all real).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, frames, output_size]``.
+        """
         fused = self.fuse(x)
         return self.norm(self.out_proj(fused + self.moa(fused, mask)))
