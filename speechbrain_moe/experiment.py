@@ -14,8 +14,9 @@ for, from the recipe YAML and its overrides, without building anything:
   size, the model definitions (``!new:`` nodes), ...; existing relative paths
   are made absolute;
 * ``<key>_sha256`` and ``<key>_settings`` of ``petl_method`` and ``bridge``:
-  the SHA-256 of the method's (or bridge's) YAML file, packaged or a user's
-  own, and its settings as resolved with the overrides;
+  the SHA-256 of the content of the method's (or bridge's) YAML file,
+  packaged or a user's own (its parsed tree: comments and layout do not
+  count), and its settings as resolved with the overrides;
 * ``<key>_config_sha256`` of every ``*_source`` key: the SHA-256 of the
   ``config.json`` of a local model folder (None for a hub id, whose name is
   already part of the identity);
@@ -241,9 +242,16 @@ def _unresolved_tree(hparams_file, overrides):
     return _plain(tree)
 
 
-def _sha256_text(text):
-    """Hex SHA-256 of a text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _content_sha256(text):
+    """Hex SHA-256 of a YAML text's content: its parsed tree (tags kept), so
+    that comments and layout do not count.
+
+    >>> _content_sha256("a: 1  # one\\n") == _content_sha256("a:   1\\n")
+    True
+    """
+    tree = _plain(ruamel.yaml.YAML().load(text) or {})
+    canonical = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _method_text(kind, name):
@@ -332,7 +340,7 @@ def experiment_identity(hparams_file, overrides, run_opts=None):
         if key not in settings:
             continue
         text = _method_text(kind, settings[key])
-        identity[f"{key}_sha256"] = None if text is None else _sha256_text(text)
+        identity[f"{key}_sha256"] = None if text is None else _content_sha256(text)
         _, method_settings = load_hparams(
             kind, settings[key], settings.get(overrides_key) or {}
         )
