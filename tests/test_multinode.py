@@ -2,13 +2,17 @@
 --node_rank=R --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:PORT`` launches
 (loopback only, a free port), one process each.
 
-Separate filesystems are simulated with one working directory per node,
-``node0/`` and ``node1/``: each holds its own copy of the data
-(``data/esc50``) and of the backbone (``models/tiny_ast``), and both launches
-get the *same* command line with *relative* paths (``--data_folder=data/esc50
---backbone_source=models/tiny_ast``, output folder ``results/<method>``). So
-the recipe sees what it sees on a real cluster: one path that means other
-storage on every node; nothing one node writes is visible to the other.
+Separate filesystems with the same paths, as on a cluster where every node
+has its own disk: each launch runs in its own mount namespace (``unshare
+-Urm``, no privileges needed) where one folder, ``<tmp>/node``, shows that
+node's own folder (``node0/`` or ``node1/``, bind-mounted). Each node folder
+holds its own copy of the data (``data/esc50``) and of the backbone
+(``models/tiny_ast``); both launches get the *same* command line, run in
+``<tmp>/node`` (``--data_folder=data/esc50 --backbone_source=models/tiny_ast``,
+output folder ``results/<method>``). So the recipe sees what it sees on a real
+cluster: the same absolute paths on every node, other storage behind them;
+nothing one node writes is visible to the other. Without mount namespaces
+(``unshare`` missing or not permitted) the tests are skipped, saying so.
 
 Checked: data preparation and the inference-folder export run once per node;
 every node holds the same complete checkpoints (listed, rotated and deleted
@@ -61,6 +65,37 @@ def torchrun(node_rank, port):
     ]
 
 
+# Inside a private mount namespace: show node folder $1 at $2, run the rest there.
+IN_NODE = 'mount --bind "$1" "$2" && cd "$2" && shift 2 && exec "$@"'
+
+
+def in_node(root, mountpoint):
+    """The command prefix that runs a command with ``mountpoint`` showing
+    ``root`` (its own mount namespace), in ``mountpoint``."""
+    return ["unshare", "-Urm", "sh", "-c", IN_NODE, "sh", str(root), str(mountpoint)]
+
+
+def require_mount_namespaces(tmp_path):
+    """Skips the test where ``unshare -Urm`` cannot bind-mount a folder."""
+    source, target = tmp_path / "probe_source", tmp_path / "probe_target"
+    source.mkdir()
+    target.mkdir()
+    (source / "seen").touch()
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to give each node its own storage")
+    probe = subprocess.run(
+        in_node(source, target) + ["test", "-f", "seen"],
+        capture_output=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        pytest.skip(
+            "mount namespaces are not permitted here (unshare -Urm failed: "
+            f"{probe.stderr.decode(errors='replace').strip()}); each node needs "
+            "its own storage behind the same path"
+        )
+
+
 def stop(proc):
     """Kills a launch's whole process group (torchrun and its worker)."""
     if proc.poll() is None:
@@ -72,18 +107,20 @@ def stop(proc):
 
 
 def launch(roots, script_args, timeout=TIMEOUT):
-    """Starts one launch per node root (its working directory) with the same
-    command line; returns each node's console output. Fails (after killing
-    every process group) if a node fails or the deadline passes."""
+    """Starts one launch per node root with the same command line, each in
+    ``<tmp>/node`` showing its root; returns each node's console output.
+    Fails (after killing every process group) if a node fails or the
+    deadline passes."""
     port = free_port()
+    mountpoint = roots[0].parent / "node"
+    mountpoint.mkdir(exist_ok=True)
     procs, logs = [], []
     for node_rank, root in enumerate(roots):
         log = open(root / f"launch{len(list(root.glob('launch*.txt')))}.txt", "w+")
         logs.append(log)
         procs.append(
             subprocess.Popen(
-                torchrun(node_rank, port) + script_args,
-                cwd=str(root),
+                in_node(root, mountpoint) + torchrun(node_rank, port) + script_args,
                 env=ENV,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -141,7 +178,6 @@ def recipe_args(*args):
         "soft_moa",
         "--data_folder=data/esc50",
         "--backbone_source=models/tiny_ast",
-        "--n_classes=6",
         "--max_frames=100",
         "--batch_size=2",
         "--test_batch_size=4",
@@ -217,6 +253,7 @@ def test_checkpointer_two_nodes(tmp_path):
     saves rotate alike on both nodes, a checkpoint only one node holds is
     neither deleted nor loaded (no hang), and a copy damaged on one node is
     set aside on both, which then load the same intact checkpoint."""
+    require_mount_namespaces(tmp_path)
     roots = node_roots(tmp_path, {})
     worker = os.path.join(REPO, "tests", "multinode_checkpoints.py")
     launch(roots, [worker], timeout=300)
@@ -240,6 +277,7 @@ def test_checkpointer_two_nodes(tmp_path):
 
 @pytest.mark.slow
 def test_two_nodes_separate_storage(tmp_path, tiny_ast_dir, synthetic_dataset):
+    require_mount_namespaces(tmp_path)
     roots = node_roots(
         tmp_path,
         {"data/esc50": synthetic_dataset("esc50"), "models/tiny_ast": tiny_ast_dir},
