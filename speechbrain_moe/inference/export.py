@@ -153,10 +153,22 @@ class _Copies:
         for name, source in self.files.items():
             target = os.path.join(self.output_folder, name)
             if isinstance(source, tuple):
-                with open(target, "w", encoding="utf-8") as fout:
-                    fout.write(source[1])
+                _write_atomically(target, source[1])
             else:
-                shutil.copyfile(source, target)
+                _write_atomically(target, copy_of=source)
+
+
+def _write_atomically(path, text=None, copy_of=None):
+    """Writes ``text`` (or a copy of the file ``copy_of``) to ``path`` through
+    a temporary file of this process: nodes sharing a folder (each writes once
+    per node) never see a partial file."""
+    pending = f"{path}.{os.getpid()}.pending"
+    if copy_of is not None:
+        shutil.copyfile(copy_of, pending)
+    else:
+        with open(pending, "w", encoding="utf-8") as fout:
+            fout.write(text)
+    os.replace(pending, path)
 
 
 def _copy_references(node, copies, outside):
@@ -301,8 +313,7 @@ def export_inference_hparams(
     record_run(output_folder, **(card or {}))
     buffer = io.StringIO()
     dump_hyperpyyaml(kept, buffer)
-    with open(path, "w", encoding="utf-8") as fout:
-        fout.write(buffer.getvalue())
+    _write_atomically(path, buffer.getvalue())
     return path
 
 
