@@ -453,3 +453,37 @@ def test_loading_draws_no_progress_bar(user_run, bridge_run, tmp_path, capfd, wh
     captured = capfd.readouterr()
     assert "Loading weights" not in captured.err + captured.out
     assert hf_logging.is_progress_bar_enabled()
+
+
+@pytest.mark.slow
+def test_changed_packaged_method_file_is_refused(bridge_run, tmp_path, monkeypatch):
+    """A packaged bridge (moe_adapter) keeps its name in inference.yaml and
+    its text in a copy: an installed speechbrain_moe whose file differs
+    (other defaults) is refused, naming the copy and the fix."""
+    import speechbrain_moe.inference.export as export
+
+    SpeechLLMTranscriber.from_hparams(source=str(bridge_run), savedir=str(tmp_path))
+    package = bridge_run / "inference_model"
+    copy = package / "moe_adapter.yaml"
+    assert copy.is_file()
+    installed = tmp_path / "installed"
+    (installed / "hparams" / "bridges").mkdir(parents=True)
+    changed = copy.read_text().replace("top_k: 4", "top_k: 3")
+    assert changed != copy.read_text()
+    (installed / "hparams" / "bridges" / "moe_adapter.yaml").write_text(changed)
+
+    class Resources:
+        """``importlib.resources`` of a package whose moe_adapter.yaml differs."""
+
+        @staticmethod
+        def files(package):
+            return installed
+
+    monkeypatch.setattr(export, "resources", Resources)
+    with pytest.raises(RuntimeError) as err:
+        SpeechLLMTranscriber.from_hparams(
+            source=str(package), savedir=str(tmp_path / "s")
+        )
+    message = str(err.value)
+    assert "bridges/moe_adapter.yaml differs" in message and str(copy) in message
+    assert "!ref <inference_folder>/moe_adapter.yaml" in message
