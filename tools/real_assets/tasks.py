@@ -86,7 +86,7 @@ def speaker_id(name):
     Example
     -------
     >>> speaker_id("en-us+f3-s160-p50")
-    'a1a4bd4d'
+    '2e74c7c1'
     """
     return hashlib.sha1(name.encode()).hexdigest()[:8]
 
@@ -128,7 +128,7 @@ def _write_lists(out, lists):
 
 
 def check_unseen_speakers(lists):
-    """Raises when a validation or test speaker also speaks in training.
+    """Raises ``ValueError`` when a validation or test speaker also speaks in training.
 
     Arguments
     ---------
@@ -143,7 +143,7 @@ def check_unseen_speakers(lists):
     ...                        "valid": [], "test": ["b/s1_nohash_0.wav"]})
     Traceback (most recent call last):
     ...
-    AssertionError: speakers ['s1'] of the test split also speak in training
+    ValueError: speakers ['s1'] of the test split also speak in training: the split leaks voices; give every split its own voices (split_variants).
     """
     speakers = {
         split: {os.path.basename(rel).split("_nohash_")[0] for rel in rels}
@@ -151,9 +151,12 @@ def check_unseen_speakers(lists):
     }
     for split in ("valid", "test"):
         shared = sorted(speakers[split] & speakers["train"])
-        assert not shared, (
-            f"speakers {shared} of the {split} split also speak in training"
-        )
+        if shared:
+            raise ValueError(
+                f"speakers {shared} of the {split} split also speak in training: "
+                "the split leaks voices; give every split its own voices "
+                "(split_variants)."
+            )
 
 
 def asterisk_letters(sounds_root):
