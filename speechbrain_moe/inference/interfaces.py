@@ -24,7 +24,7 @@ from speechbrain_moe.inference.export import (
     read_header,
     verify_package,
 )
-from speechbrain_moe.inference.quiet import quiet_loading
+from speechbrain_moe.lobes.base import quiet_loading
 
 logger = get_logger(__name__)
 
