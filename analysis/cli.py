@@ -18,6 +18,15 @@ tasks), averages the gradient of the loss w.r.t. the trainable parameters over
 ``gradient_cosine.json``. It works for any method, so a dense adapter and a
 mixture can be compared on the same data.
 
+For the output folder of an LLM-bridge run (``recipes/LibriSpeech/LLM_bridge``)
+``GRADIENTS`` compares its tasks (ASR and the classification task) instead,
+w.r.t. the bridge parameters, at each of ``--checkpoints`` (``init`` and/or
+checkpoint folders), and writes ``bridge_gradients.json`` (see
+:mod:`analysis.bridge_gradients`)::
+
+    python -m analysis GRADIENTS --experiment EXP --out figures/ --split train \\
+        --checkpoints init EXP/save/CKPT+...
+
 Authors
  * speechbrain-moe contributors 2026
 """
@@ -32,6 +41,11 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
 
+from analysis.bridge_gradients import (
+    bridge_gradient_analysis,
+    format_bridge_gradients,
+    is_bridge_run,
+)
 from analysis.gradients import cosine_matrix, mean_group_gradients
 from analysis.plots import (
     plot_balance,
@@ -77,6 +91,13 @@ def parse_args(argv):
     )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=["init"],
+        help="GRADIENTS of an LLM-bridge run: the points of training, 'init' "
+        "and/or checkpoint folders (its save/CKPT+...), in training order",
+    )
     return parser.parse_args(argv)
 
 
@@ -286,6 +307,19 @@ def main(argv=None):
         Arguments (default ``sys.argv[1:]``).
     """
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.mode == "GRADIENTS" and is_bridge_run(args.experiment):
+        result = bridge_gradient_analysis(
+            args.experiment,
+            args.out,
+            args.checkpoints,
+            args.split,
+            args.batches,
+            args.batch_size,
+            args.device,
+        )
+        print(format_bridge_gradients(result))
+        print(f"Wrote {Path(args.out).resolve()}")
+        return
     model, dataset = load_experiment(args.experiment, args.split, args.device)
     method = getattr(model.mods.backbone, "petl_method", "")
     out = Path(args.out)
