@@ -159,6 +159,8 @@ def test_speech_commands_layout_with_unseen_test_voices(tmp_path):
         "repeats": 1,
         "snr_db": 20.0,
         "real_speaker_split": "test",
+        "rate": [100, 110],
+        "pitch": [30, 30],
         "seed": 0,
     }
     out = str(tmp_path / "gsc")
@@ -169,6 +171,9 @@ def test_speech_commands_layout_with_unseen_test_voices(tmp_path):
     assert {s: len(r) for s, r in rows.items()} == {"train": 4, "valid": 2, "test": 2}
     speakers = {s: {row["speaker"] for row in r} for s, r in rows.items()}
     assert not speakers["test"] & (speakers["train"] | speakers["valid"])
+    for name in (v for vs in summary["voices"].values() for v in vs):
+        rate, pitch = name.rsplit("-s", 1)[1].split("-p")
+        assert 100 <= int(rate) <= 110 and pitch == "30", name
     variants = {s: set(v) for s, v in summary["variants"].items()}
     assert not variants["test"] & variants["train"]
     assert all(float(row["duration"]) >= 1.0 for r in rows.values() for row in r)

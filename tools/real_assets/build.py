@@ -74,6 +74,12 @@ PROGRAMS = {"espeak-ng": "espeak-ng", "sox": "sox libsox-fmt-all"}
 MODULES = {"gguf": "gguf", "accelerate": "accelerate"}
 # Bumped when a step's output changes for the same parameters (a stamp of an
 # older version is rebuilt): 2 = sox without dither (reproducible samples).
+# Parameters added after a step's first release, with the value older builds
+# used implicitly: a stamp without them still matches these values.
+ADDED_PARAMS = {
+    step: {"rate": [130, 190], "pitch": [25, 75]}
+    for step in ("speech_commands", "fluent_speech_commands", "librispeech")
+}
 STEP_VERSIONS = {
     "whisper": 1,
     "smollm2": 1,
@@ -240,7 +246,8 @@ def run_step(assets, step, params, force=False):
         with open(stamp_path) as fin:
             stamp = json.load(fin)
         same_version = stamp.get("version", 1) == STEP_VERSIONS[step]
-        if stamp.get("params") == params and same_version:
+        built = dict(ADDED_PARAMS.get(step, {}), **stamp.get("params", {}))
+        if built == params and same_version:
             print(f"[{step}] up to date ({out})", flush=True)
             return dict(stamp, skipped=True)
         print(f"[{step}] parameters or tool version changed: rebuilding", flush=True)

@@ -45,10 +45,14 @@ DEFAULTS = {
         "repeats": 1,
         "snr_db": None,
         "real_speaker_split": "test",
+        "rate": [130, 190],
+        "pitch": [25, 75],
         "seed": 0,
     },
     "fluent_speech_commands": {
         "voices": {"train": 16, "valid": 4, "test": 6},
+        "rate": [130, 190],
+        "pitch": [25, 75],
         "seed": 1,
     },
     "librispeech": {
@@ -59,6 +63,8 @@ DEFAULTS = {
             "test-clean": 10,
         },
         "snr_db": None,
+        "rate": [130, 190],
+        "pitch": [25, 75],
         "seed": 2,
     },
     "animal_sounds": {
@@ -69,14 +75,19 @@ DEFAULTS = {
         "seed": 3,
     },
 }
+# Speaking rate (words per minute) and pitch (0-99) ranges of the voices.
+RANGES = {"rate": (130, 190), "pitch": (25, 75)}
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def _voices_by_split(counts, seed):
-    """Disjoint-variant voices for every split (``{split: [Voice, ...]}``)."""
+def _voices_by_split(params):
+    """Disjoint-variant voices for every split (``{split: [Voice, ...]}``),
+    with rates and pitches drawn from ``params["rate"]`` / ``["pitch"]``."""
+    counts, seed = params["voices"], params["seed"]
+    ranges = {key: tuple(params.get(key, default)) for key, default in RANGES.items()}
     parts = split_variants(dict(counts), seed=seed)
     return {
-        split: make_voices(parts[split], count, seed=seed + i)
+        split: make_voices(parts[split], count, seed=seed + i, **ranges)
         for i, (split, count) in enumerate(counts.items())
     }
 
@@ -164,7 +175,8 @@ def build_speech_commands(out, params, asterisk_root=None):
     out : str
         Output folder.
     params : dict
-        ``words``, ``voices`` (split -> count), ``repeats`` (clips per voice
+        ``words``, ``voices`` (split -> count), ``rate`` and ``pitch``
+        ([low, high] of the voices), ``repeats`` (clips per voice
         and word, with fresh noise and offsets), ``snr_db`` (white noise;
         ``None`` for clean), ``real_speaker_split``, ``seed``.
     asterisk_root : str, optional
@@ -183,7 +195,7 @@ def build_speech_commands(out, params, asterisk_root=None):
     >>> build_speech_commands(tempfile.mkdtemp(), p)["clips"]  # doctest: +SKIP
     {'train': 4, 'valid': 2, 'test': 2}
     """
-    voices = _voices_by_split(params["voices"], params["seed"])
+    voices = _voices_by_split(params)
     rng = np.random.default_rng(params["seed"])
     jobs, lists = [], {"train": [], "valid": [], "test": []}
     snr, pad = params["snr_db"], SAMPLE_RATE
@@ -244,7 +256,8 @@ def build_fluent_speech_commands(out, params):
     out : str
         Output folder.
     params : dict
-        ``voices`` (split -> count), ``seed``.
+        ``voices`` (split -> count), ``rate`` and ``pitch`` ([low, high]),
+        ``seed``.
 
     Returns
     -------
@@ -258,7 +271,7 @@ def build_fluent_speech_commands(out, params):
     >>> build_fluent_speech_commands(tempfile.mkdtemp(), p)["utterances"]  # doctest: +SKIP
     {'train': 31, 'valid': 31, 'test': 31}
     """
-    voices = _voices_by_split(params["voices"], params["seed"])
+    voices = _voices_by_split(params)
     rng = np.random.default_rng(params["seed"])
     intents = fsc_intents()
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
@@ -318,7 +331,8 @@ def build_librispeech(out, params):
     out : str
         Output folder (the ``LibriSpeech`` folder).
     params : dict
-        ``voices`` and ``utterances_per_voice`` (split -> count), ``snr_db``
+        ``voices`` and ``utterances_per_voice`` (split -> count), ``rate``
+        and ``pitch`` ([low, high] of the voices), ``snr_db``
         (white noise, ``None`` for clean), ``seed``.
 
     Returns
@@ -334,7 +348,7 @@ def build_librispeech(out, params):
     >>> build_librispeech(tempfile.mkdtemp(), p)["utterances"]  # doctest: +SKIP
     {'dev-clean': 2}
     """
-    voices = _voices_by_split(params["voices"], params["seed"])
+    voices = _voices_by_split(params)
     per_voice = params["utterances_per_voice"]
     total = sum(len(vs) * per_voice[s] for s, vs in voices.items())
     pool = iter(phrase_pool(total, seed=params["seed"]))
