@@ -141,11 +141,11 @@ def load_hparams(kind, name, overrides=None):
     -------
     >>> hparams, settings = load_hparams("petl", "dense_moa", {"num_experts": 4})
     >>> sorted(settings), settings["num_experts"], callable(hparams["petl"])
-    (['bottleneck', 'mode', 'num_experts', 'placement', 'train_norms'], 4, True)
+    (['bottleneck', 'implementation', 'mode', 'num_experts', 'placement', 'train_norms'], 4, True)
     >>> load_hparams("bridges", "moe_adapter", {"top_k": 0})
     Traceback (most recent call last):
     ...
-    ValueError: bridge file ...moe_adapter.yaml: top_k (experts each token is routed to) must be an integer >= 1, got 0 (int). Set top_k in that file, or pass --bridge_overrides="{top_k: 1}".
+    ValueError: bridge file ...moe_adapter.yaml: top_k (experts each token is routed to) must be an integer >= 1, got 0 (int). Set top_k in that file, or pass --bridge_overrides="{top_k: 4}".
     """
     text, path = _read_text(kind, name)
     where = f"{KINDS[kind]} file {path}"
@@ -193,5 +193,6 @@ def load_hparams(kind, name, overrides=None):
         where,
         lambda setting, example: f'{flag}="{{{setting}: {example}}}"',
         nullable={key for key, value in valid.items() if value is None},
+        examples=valid,  # the file's own values, where they are valid
     )
     return hparams, settings

@@ -303,7 +303,9 @@ RECIPE_SETTINGS = {
 }
 
 
-def check_settings(values, where, fix, schema=None, nullable=(), rules=None):
+def check_settings(
+    values, where, fix, schema=None, nullable=(), rules=None, examples=None
+):
     """Raises ``ValueError`` for the first value that ``schema`` refuses.
 
     Arguments
@@ -322,6 +324,9 @@ def check_settings(values, where, fix, schema=None, nullable=(), rules=None):
         Settings for which ``None`` is accepted (their default is ``None``).
     rules : list, optional
         Relations between settings (default :data:`RULES`).
+    examples : dict, optional
+        Setting -> a value to suggest in the fix (e.g. the file's own
+        default), used when ``schema`` accepts it.
 
     Example
     -------
@@ -348,7 +353,7 @@ def check_settings(values, where, fix, schema=None, nullable=(), rules=None):
             raise ValueError(
                 f"{where}: {name}{meaning} {problem}, got {value!r} "
                 f"({type(value).__name__}). Set {name} in that file, or pass "
-                f"{fix(name, _example(spec))}."
+                f"{fix(name, _example(spec, (examples or {}).get(name), value))}."
             )
     for name, other, relation in rules:
         if name not in values or other not in values:
@@ -363,8 +368,17 @@ def check_settings(values, where, fix, schema=None, nullable=(), rules=None):
             )
 
 
-def _example(spec):
-    """A value ``spec`` accepts, for the fix in a message."""
+def _example(spec, suggested=None, refused=None):
+    """A value ``spec`` accepts, for the fix in a message: the boolean a
+    ``refused`` string meant, else ``suggested`` if accepted, else one of
+    its own."""
+    if spec.kind == "bool" and isinstance(refused, str):
+        meant = {"true": True, "yes": True, "on": True, "1": True}
+        meant.update({"false": False, "no": False, "off": False, "0": False})
+        if refused.strip().lower() in meant:
+            return meant[refused.strip().lower()]
+    if suggested is not None and spec.problem(suggested) is None:
+        return suggested
     if spec.kind == "bool":
         return "False"
     if spec.kind == "choice":

@@ -304,3 +304,26 @@ def test_bridge_recipe_refuses_before_writing_anything(tmp_path, flag, words):
     # refused before the experiment writes anything (the model loaders may
     # have made their empty cache folder)
     assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    "method, settings, fix",
+    [
+        (
+            "soft_moa",
+            {"train_norms": "False"},
+            '--petl_overrides="{train_norms: False}"',
+        ),
+        ("soft_moa", {"normalize": "yes"}, '--petl_overrides="{normalize: True}"'),
+        (
+            "moe_adapter",
+            {"balance_loss_weight": -1},
+            '--petl_overrides="{balance_loss_weight: 0.01}"',  # the file's own
+        ),
+        ("lora", {"rank": 0}, '--petl_overrides="{rank: 8}"'),
+    ],
+)
+def test_the_fix_suggests_the_meant_or_the_files_own_value(method, settings, fix):
+    with pytest.raises(ValueError) as info:
+        load_hparams("petl", method, settings)
+    assert fix in str(info.value)
