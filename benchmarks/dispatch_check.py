@@ -29,6 +29,7 @@ from benchmarks.bridge import bridge_shape, scaled_bridge_shape
 from benchmarks.core import AUTOCAST_DTYPES, forward_context, machine_info
 from benchmarks.runner import provenance
 from speechbrain_moe.adapters import SparseMoE
+from speechbrain_moe.routing import routing_context
 
 #: Largest relative difference accepted: float32, and under autocast.
 TOLERANCE = {None: 1e-4, "bf16": 3e-2, "fp16": 5e-3}
@@ -37,8 +38,8 @@ TOLERANCE = {None: 1e-4, "bf16": 3e-2, "fp16": 5e-3}
 def _run(layer, x, grad, device, autocast):
     """Output, input gradient and parameter gradients of one forward + backward."""
     x = x.detach().clone().requires_grad_()
-    with forward_context({"autocast": autocast}, device):
-        out = layer(x)
+    with forward_context({"autocast": autocast}, device), routing_context(layer):
+        out = layer(x)  # (the aux loss is reported, not compared)
     out.float().backward(grad)
     grads = {name: p.grad for name, p in layer.named_parameters()}
     return out.detach().float(), x.grad, grads

@@ -77,6 +77,8 @@ def test_three_epochs_every_mixture(tmp_path, tiny_ast_dir, synthetic_dataset):
         folder = tmp_path / method
         log = (folder / "train_log.txt").read_text()
         assert log.count("epoch: ") == 3 and "test accuracy" in log, method
+        # per-expert loads counted under DDP (routers found after the wrapping)
+        assert "load_entropy" in log, method
         # the checkpoints rotated: older ones were deleted, one is left
         assert output.count(f"Deleted checkpoint in {folder}/save") >= 1
         assert 1 <= len(list((folder / "save").glob("CKPT+*"))) <= 2  # best, latest
