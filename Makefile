@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo lint loc clean bench-gpu real-assets
+.PHONY: install test test-fast demo demo-tiny lint loc clean bench-gpu real-assets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,8 +49,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Whisper tiny.en (real weights, built by tools.real_assets) on spoken
+# letters: linear probe, adapter, Soft-MoA, Dense-MoA, MoE-Adapter side by side.
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# The synthetic demo: a tiny random AST on tones (seconds, no assets).
+demo-tiny: $(STAMP)
+	$(PY) tools/demo_tiny.py
 
 clean:
 	rm -rf $(VENV) demo_output

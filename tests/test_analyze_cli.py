@@ -20,7 +20,7 @@ def trained_demo(tmp_path_factory):
     subprocess.run(
         [
             sys.executable,
-            os.path.join(REPO, "tools", "demo.py"),
+            os.path.join(REPO, "tools", "demo_tiny.py"),
             "--output_folder",
             str(out),
             "--epochs",

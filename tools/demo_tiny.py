@@ -1,13 +1,13 @@
-"""``make demo``: Soft-MoA on a mini ESC-50, end to end, offline, on CPU.
+"""``make demo-tiny``: Soft-MoA on a mini ESC-50, end to end, offline, on CPU.
 
 Generates a mini ESC-50 (official layout, 44.1 kHz clips of class-dependent
 tones) and a tiny random AST into ``demo_output/``, trains the ESC-50 recipe
 (``recipes/ESC50/PETL/train.py``) with ``--petl_method=soft_moa`` for a few
 epochs, and prints the test accuracy and where the training log is.
 
-Run (from the repository root; ``make demo`` does)::
+Run (from the repository root; ``make demo-tiny`` does)::
 
-    python tools/demo.py [--output_folder demo_output] [--epochs 8]
+    python tools/demo_tiny.py [--output_folder demo_output] [--epochs 8]
 
 Authors
  * speechbrain-moe contributors 2026
