@@ -11,6 +11,10 @@ into ``<source>/inference_model`` first, see
 :func:`~speechbrain_moe.inference.export.package_experiment`) or such a
 packaged folder. Only trained tensors are stored; the pretrained models come
 from their sources again. Every file is loaded with ``weights_only=True``.
+The folder holds copies of the method and bridge files it was trained with,
+records the class that loads it and is verified against ``MANIFEST.json``
+checksums before it is loaded (see :mod:`~speechbrain_moe.inference.export`
+and :mod:`~speechbrain_moe.inference.verify`).
 
 Authors
  * speechbrain-moe contributors 2026
