@@ -186,22 +186,16 @@ def test_failing_fold_keeps_the_finished_ones(tmp_path, tiny_ast_dir):
     from synthetic import generate
 
     data = generate("esc50", str(tmp_path / "data"), num_classes=2, seconds=0.5)
-    # Fold 2's manifests are already there (so the preparation keeps them)
-    # and name an audio file that does not exist: fold 2 stops before
-    # training. (A damaged checkpoint would not do: with --debug, SpeechBrain
-    # keeps checkpoints in a temporary folder.)
+    # Fold 2's folder holds a checkpoint of unknown configuration (no
+    # experiment.json): its train.py refuses it after fold 1 finished. (A
+    # damaged checkpoint would not do: with --debug, SpeechBrain keeps
+    # checkpoints in a temporary folder.)
     fold2 = tmp_path / "cv" / "fold2"
-    fold2.mkdir(parents=True)
-    options = {"data_folder": os.path.abspath(data), "test_fold": 2, "valid_fold": 3}
-    (fold2 / "prepare_options.json").write_text(json.dumps(options))
-    for split in ("train", "valid", "test"):
-        (fold2 / f"{split}.csv").write_text(
-            f"ID,wav,duration,class_name\nx,{tmp_path}/missing.wav,1.0,dog\n"
-        )
+    (fold2 / "save" / "CKPT+unknown").mkdir(parents=True)
     proc = cross_validate(tmp_path, data, tiny_ast_dir, "--folds=1,2")
     assert proc.returncode != 0
     assert "Fold 2 failed" in proc.stderr
-    assert "missing.wav" in proc.stdout + proc.stderr  # it failed for that reason
+    assert "holds checkpoints but" in proc.stdout + proc.stderr  # for that reason
     assert re.search(r"fold 1: test accuracy [0-9.]+", proc.stdout)
     summary = json.loads((tmp_path / "cv" / "cross_validation.json").read_text())
     assert list(summary["folds"]) == ["1"] and summary["failed_fold"] == 2
