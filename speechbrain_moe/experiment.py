@@ -54,7 +54,7 @@ and the two ways on: another ``--output_folder``, or
 ``--overwrite_experiment=True``, which moves the old run (the whole output
 folder, and the save folder if it lies elsewhere) to
 ``<output_folder>.old-<time>``: nothing of it can be resumed, nothing is
-deleted. A folder holding checkpoints but no ``experiment.json`` (its record
+deleted (with a disk per node, every node moves its own copy). A folder holding checkpoints but no ``experiment.json`` (its record
 deleted, or a run of an older version) is refused the same way: its
 configuration cannot be checked. The labels are compared by
 :meth:`Experiment.record`, once the data is prepared (a change there means
@@ -86,7 +86,11 @@ import ruamel.yaml
 from hyperpyyaml import resolve_references
 from hyperpyyaml.core import recursive_update
 from speechbrain.utils import checkpoints
-from speechbrain.utils.distributed import ddp_broadcast, if_main_process
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    if_main_process,
+)
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.run_opts import RunOptions
 
@@ -559,7 +563,16 @@ class Experiment:
             raise ValueError(
                 f"overwrite_experiment must be True or False, got {overwrite!r}."
             )
-        return self._on_main(lambda: self._decide(overwrite))
+        status = self._on_main(lambda: self._decide(overwrite))
+        if status == "restart":
+            # Per-node storage: every other node's local main process moves
+            # its own copy too (on shared storage the main process has moved
+            # it already, so there is nothing left to move).
+            local_main = int(os.environ.get("LOCAL_RANK", 0)) == 0
+            if local_main and not if_main_process() and os.path.isdir(self.folder):
+                logger.warning("Previous run moved to %s.", _set_aside(self.folder))
+            ddp_barrier()  # before the main process writes the new run
+        return status
 
     def record(self, labels=None):
         """Adds the training data's labels to the identity, checks them

@@ -229,6 +229,30 @@ def test_head_is_sized_from_the_data_and_classifies(esc50_run, tmp_path):
     assert not glob.glob(str(tmp_path / "n50" / "save" / "CKPT+*"))
 
 
+@pytest.mark.slow
+def test_ddp_refusal_ends_every_rank(esc50_run, tmp_path):
+    """Under torchrun the main process decides and broadcasts: both ranks
+    stop with the refusal, none waits in a collective (the timeout would)."""
+    out = esc50_run["out"]
+    before = tree_hashes(out)
+    args = replace_args(
+        esc50_run["base"], ["--seed=7", "--distributed_backend=gloo"], esc50_run
+    )
+    proc = subprocess.run(
+        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [os.path.join(ESC50, "train.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.count("holds another experiment") >= 2  # both ranks
+    assert "seed: 1986 -> 7" in proc.stderr
+    assert tree_hashes(out) == before
+
+
 # ---------------------------------------------------------------- LLM bridge
 
 
