@@ -141,7 +141,7 @@ def test_train_script_conventions(recipe):
     for needed in (
         "sb.parse_arguments",
         "ddp_init_group",
-        "run_on_main(",
+        "run_once_per_node(",  # preparation: once on every node (own disks)
         "create_experiment_directory",
         "def dataio_prep(hparams)",
     ):
