@@ -588,6 +588,7 @@ class Experiment:
             self.identity["labels"] = [str(label) for label in labels]
 
         def write():
+            """Main process: compares the labels, then writes the record."""
             if os.path.isfile(self.record_path):
                 recorded = _read_record(self.record_path)
                 if "labels" in recorded and "labels" in self.identity:
