@@ -58,6 +58,11 @@ def format_parameters(counts):
     counts : dict
         From :func:`count_parameters`.
 
+    Returns
+    -------
+    str
+        The lines, joined by newlines (no trailing newline).
+
     Example
     -------
     >>> print(format_parameters(count_parameters(nn.ModuleDict({"head": nn.Linear(2, 2)}))))

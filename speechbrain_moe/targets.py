@@ -51,7 +51,20 @@ class PetlTargets:
         """``(modules, norms)``: the modules to wrap for a ``placement`` and the
         LayerNorms feeding them. ``pfeiffer_attention``: beside each attention
         block (the Soft-MoA paper's default); ``pfeiffer_ffn``: beside each
-        feed-forward block; ``houlsby``: both."""
+        feed-forward block; ``houlsby``: both.
+
+        Arguments
+        ---------
+        placement : str
+            ``pfeiffer_attention``, ``pfeiffer_ffn`` or ``houlsby``.
+
+        Returns
+        -------
+        modules : list of str
+            Dotted names (under the PETL root) of the modules to wrap.
+        norms : list of str
+            Dotted names of the LayerNorms feeding them, in the same order.
+        """
         attention = (list(self.attention), list(self.attention_norm))
         ffn = (list(self.ffn), list(self.ffn_norm))
         if placement in ("pfeiffer_ffn", "houlsby") and not self.ffn:
@@ -80,6 +93,15 @@ def petl_root(backbone):
     backbone : torch.nn.Module
         A lobe with ``petl_targets`` and ``petl_root_name``, the attribute
         holding the module to adapt (absent or None: the lobe itself).
+
+    Returns
+    -------
+    root_name : str or None
+        The lobe's ``petl_root_name``.
+    root : torch.nn.Module
+        The module whose sub-modules the PETL methods wrap.
+    targets : PetlTargets
+        The lobe's ``petl_targets``.
 
     Example
     -------

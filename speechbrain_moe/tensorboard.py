@@ -37,6 +37,18 @@ def open_tensorboard(folder):
     Returns
     -------
     speechbrain.utils.train_logger.TensorboardLogger
+        The logger; its writer is closed when the process exits.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> try:
+    ...     tensorboard = open_tensorboard(folder)
+    ... except ImportError:  # tensorboard is an optional extra
+    ...     tensorboard = None
+    >>> tensorboard is None or hasattr(tensorboard, "log_stats")
+    True
     """
     try:
         tensorboard = sb_train_logger.TensorboardLogger(folder)
@@ -64,6 +76,17 @@ def log_expert_loads(tensorboard, shares, stage, step):
         ``train``, ``valid`` or ``test`` (part of the tag).
     step : int
         Global step of the histograms (the epoch).
+
+    Example
+    -------
+    >>> log_expert_loads(None, {"layer0": torch.tensor([0.5, 0.5])}, "train", 1)
+    >>> class Writer:
+    ...     def add_histogram_raw(self, tag, **histogram):
+    ...         print(tag, histogram["bucket_limits"])
+    >>> class Logger:
+    ...     writer = Writer()
+    >>> log_expert_loads(Logger(), {"layer0": torch.tensor([0.75, 0.25])}, "valid", 3)
+    expert_load_valid/layer0 [0.5, 1.5]
     """
     writer = getattr(tensorboard, "writer", None)
     if writer is None:

@@ -50,5 +50,20 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x, mask=None):
-        """Adapts ``x``."""
+        """Adapts ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]`` hidden states.
+        mask : torch.Tensor, optional
+            ``[batch, time]`` valid-token mask; unused (each token is adapted
+            on its own), accepted so every adapter has the same signature.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]`` adapter output (the residual is added
+            by the placement wrapper).
+        """
         return self.up(self.activation(self.down(x)))

@@ -83,7 +83,22 @@ class Convpass(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x, mask=None):
-        """Adapts ``x``."""
+        """Adapts ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time, input_size]`` hidden states: ``num_prefix_tokens``
+            special tokens, then the patch grid row by row.
+        mask : torch.Tensor, optional
+            ``[batch, time]`` valid-token mask; padded tokens are zeroed before
+            the convolution so they do not leak into their neighbours.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, output_size]`` adapter output.
+        """
         batch, length, _ = x.shape
         prefix, height = self.num_prefix_tokens, self.grid_height
         grid_tokens = length - prefix

@@ -9,6 +9,16 @@ from speechbrain_moe.targets import petl_root
 def bitfit(backbone):
     """``bitfit``: trains only the biases of the adapted root (Ben Zaken et al., 2022).
 
+    Arguments
+    ---------
+    backbone : torch.nn.Module
+        A backbone lobe (with ``petl_targets``); changed in place.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``backbone``, with only the biases of its adapted root trainable.
+
     Example
     -------
     >>> import torch

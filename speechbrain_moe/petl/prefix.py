@@ -47,6 +47,12 @@ class PrefixAttention(nn.Module):
         A Hugging Face attention block using the attention interface.
     num_prefix, num_heads, head_dim : int
         Prefix length, attention heads of the block and their size.
+
+    Example
+    -------
+    >>> block = PrefixAttention(nn.Identity(), num_prefix=3, num_heads=2, head_dim=4)
+    >>> block.prefix_keys.shape, block(torch.ones(1)).tolist()
+    (torch.Size([2, 3, 4]), [1.0])
     """
 
     def __init__(self, target_module, num_prefix, num_heads, head_dim):
@@ -58,7 +64,24 @@ class PrefixAttention(nn.Module):
         self.prefix_values = nn.Parameter(torch.randn(shape) * 0.02)
 
     def forward(self, *args, **kwargs):
-        """Runs the block with this layer's prefixes visible to it."""
+        """Runs the block with this layer's prefixes visible to it.
+
+        The prefixes are visible only while the block runs (set on the
+        block's ``__dict__`` for the attention function registered as
+        ``ATTENTION_NAME``, removed when it returns or raises).
+
+        Arguments
+        ---------
+        *args
+            Positional arguments of the wrapped attention block.
+        **kwargs
+            Keyword arguments of the wrapped attention block.
+
+        Returns
+        -------
+        object
+            What the wrapped attention block returns.
+        """
         inner = self.pretrained_module
         inner.__dict__["_petl_prefix"] = (self.prefix_keys, self.prefix_values)
         try:
@@ -76,6 +99,26 @@ def prefix_tuning(backbone, num_prefix=10):
         A backbone lobe, adapted in place and returned.
     num_prefix : int
         Prefix length per layer.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``backbone``, each attention block wrapped in a
+        :class:`PrefixAttention` and its root set to the prefix attention.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from transformers import ASTConfig, ASTModel
+    >>> from speechbrain_moe.lobes.ast import AST
+    >>> folder = tempfile.mkdtemp()
+    >>> ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...     intermediate_size=64, max_length=100)).save_pretrained(folder)
+    >>> ast = prefix_tuning(AST(folder, max_frames=60), num_prefix=4)
+    >>> sum(isinstance(m, PrefixAttention) for m in ast.modules())
+    2
+    >>> ast(torch.randn(2, 16000)).shape
+    torch.Size([2, 32])
     """
     check_positive("prefix", num_prefix=num_prefix)
     _, root, targets = petl_root(backbone)

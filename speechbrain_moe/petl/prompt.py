@@ -63,7 +63,24 @@ class DeepPromptLayer(nn.Module):
         self.prompts = nn.Parameter(torch.randn(num_prompts, hidden_size) * 0.02)
 
     def forward(self, hidden_states, *args, **kwargs):
-        """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts."""
+        """Runs the layer on ``[prompts; hidden_states]`` and drops the prompts.
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            ``[batch, time, hidden_size]`` input of the layer.
+        *args
+            Passed on to the layer; a tensor first among them is taken for the
+            attention mask and extended to the prompt positions.
+        **kwargs
+            Passed on to the layer; ``attention_mask`` is extended likewise.
+
+        Returns
+        -------
+        torch.Tensor or tuple
+            The layer's output without the prompt positions, ``[batch, time,
+            hidden_size]`` (or a tuple of the same type with that first).
+        """
         prompts = self.prompts.to(hidden_states.dtype).expand(
             len(hidden_states), -1, -1
         )
@@ -89,6 +106,21 @@ def deep_prompt(backbone, num_prompts=10):
         A backbone lobe, adapted in place and returned.
     num_prompts : int
         Prompt tokens per layer.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``backbone``, each of its ``petl_targets.layers`` wrapped in a
+        :class:`DeepPromptLayer`.
+
+    Example
+    -------
+    >>> from speechbrain_moe.targets import PetlTargets
+    >>> backbone = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    >>> backbone.petl_targets = PetlTargets(hidden_size=8, layers=["0", "1"])
+    >>> backbone = deep_prompt(backbone, num_prompts=4)
+    >>> type(backbone[1]).__name__, backbone(torch.randn(2, 5, 8)).shape
+    ('DeepPromptLayer', torch.Size([2, 5, 8]))
     """
     check_positive("prompt", num_prompts=num_prompts)
     _, _, targets = petl_root(backbone)
