@@ -180,6 +180,21 @@ def test_broken_user_method_file_names_the_file_and_the_fix(
     assert untouched(tiny_ast)
 
 
+@pytest.mark.parametrize(
+    "patterns, words",
+    [
+        (["*attention"], ["match no Linear/Conv1d", "layers.*.attention.q_proj"]),
+        (["*attention*"], ["not linear or convolution", "LoRA adapts linear"]),
+    ],
+)
+def test_lora_patterns_naming_other_modules_are_refused(tiny_ast, patterns, words):
+    with pytest.raises(ValueError) as info:
+        apply_method(tiny_ast, "lora", {"target_layers": patterns})
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert untouched(tiny_ast)
+
+
 def test_lora_pattern_matching_nothing_names_the_available_layers(tiny_ast):
     with pytest.raises(ValueError) as info:
         apply_method(tiny_ast, "lora", {"target_layers": ["*q_proj", "query"]})

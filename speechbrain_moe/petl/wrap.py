@@ -6,7 +6,7 @@ import inspect
 import re
 
 import torch
-from speechbrain.nnet.adapters import AdaptedModel
+from speechbrain.nnet.adapters import AdaptedModel, LoRA
 
 from speechbrain_moe.placement import PLACEMENT_MODES
 from speechbrain_moe.targets import petl_root
@@ -105,6 +105,40 @@ def check_target_patterns(model, patterns, setting, kinds=None, where=""):
     return [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
+#: The layers SpeechBrain's ``LoRA`` adapts (its docstring: "Works with
+#: nn.Linear and nn.Conv1d/2d/3d").
+LORA_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _adapts_linear_only(adapter_class):
+    """Whether ``adapter_class`` (or the callable a partial wraps) is
+    SpeechBrain's ``LoRA``, which adapts :data:`LORA_LAYERS` only."""
+    target = getattr(adapter_class, "func", adapter_class)
+    return isinstance(target, type) and issubclass(target, LoRA)
+
+
+def _check_linear_targets(root, patterns):
+    """Raises ``ValueError`` unless every pattern matches a linear or
+    convolution layer of ``root`` and no pattern matches another kind of
+    module (LoRA wraps those layers only)."""
+    check_target_patterns(root, patterns, "target_layers", kinds=LORA_LAYERS)
+    other = [
+        n
+        for n, m in root.named_modules()
+        if n
+        and not isinstance(m, LORA_LAYERS)
+        and any(fnmatch.fnmatch(n, p) for p in patterns)
+    ]
+    if other:
+        layers = [n for n, m in root.named_modules() if isinstance(m, LORA_LAYERS)]
+        raise ValueError(
+            f"target_layers {patterns} also match {len(other)} module(s) that are "
+            f"not linear or convolution layers, e.g. {other[:4]}; LoRA adapts "
+            "linear and convolution layers only. Narrow the patterns to those "
+            f"(layer numbers as *): {module_patterns(layers)}."
+        )
+
+
 def wrap_modules(
     backbone,
     adapter_class,
@@ -153,6 +187,8 @@ def wrap_modules(
     else:
         _check_pattern_list(target_layers, "target_layers", "(the method's setting)")
         wanted = list(target_layers)
+        if _adapts_linear_only(adapter_class):
+            _check_linear_targets(root, wanted)
     present = [n for n, _ in root.named_modules()]
     missing = [m for m in wanted + list(unfrozen) if not fnmatch.filter(present, m)]
     if missing or not wanted:
