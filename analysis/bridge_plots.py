@@ -48,7 +48,7 @@ def plot_cosine_over_training(report, path, title=""):
     >>> os.path.getsize(path) > 0
     True
     """
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, ax = plt.subplots(figsize=(10.0, 4.4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, entry) in enumerate(report["bridges"].items()):
         colour = colours[i % len(colours)]
@@ -80,7 +80,7 @@ def plot_cosine_over_training(report, path, title=""):
     ax.set_xlabel("training step")
     ax.set_ylabel("cosine of the mean gradients")
     ax.set_title(title or "Task-gradient cosine w.r.t. the bridge parameters")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

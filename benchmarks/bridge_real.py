@@ -99,8 +99,10 @@ def train_command(bridge, out, assets, settings):
 
 
 def snapshot_checkpoints(save_folder, snapshots):
-    """Copies every checkpoint folder of ``save_folder`` not yet copied
-    (those that hold their ``CKPT.yaml`` already).
+    """Copies every checkpoint folder of ``save_folder`` not yet copied,
+    once it is complete: ``MANIFEST.json`` is written last, atomically
+    (:mod:`speechbrain_moe.checkpoints`); SpeechBrain writes ``CKPT.yaml``
+    first, so a folder holding only that may still be being written.
 
     Arguments
     ---------
@@ -120,6 +122,9 @@ def snapshot_checkpoints(save_folder, snapshots):
     >>> root = tempfile.mkdtemp()
     >>> os.makedirs(os.path.join(root, "save", "CKPT+1"))
     >>> open(os.path.join(root, "save", "CKPT+1", "CKPT.yaml"), "w").close()
+    >>> snapshot_checkpoints(os.path.join(root, "save"), os.path.join(root, "snap"))
+    []
+    >>> open(os.path.join(root, "save", "CKPT+1", "MANIFEST.json"), "w").close()
     >>> [os.path.basename(p) for p in snapshot_checkpoints(
     ...     os.path.join(root, "save"), os.path.join(root, "snap"))]
     ['CKPT+1']
@@ -130,7 +135,7 @@ def snapshot_checkpoints(save_folder, snapshots):
     for folder in sorted(glob.glob(os.path.join(save_folder, "CKPT+*"))):
         target = os.path.join(snapshots, os.path.basename(folder))
         if os.path.isdir(target) or not os.path.isfile(
-            os.path.join(folder, "CKPT.yaml")
+            os.path.join(folder, "MANIFEST.json")
         ):
             continue
         try:
@@ -179,8 +184,21 @@ def run(out, assets, settings, bridges=BRIDGES, poll_seconds=5.0):
             log,
             folder,
         )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    launch = {
+        "settings": settings,
+        "commands": commands,
+        "commit": _commit(),
+        "working_tree_modified": bool(dirty),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with open(os.path.join(out, "commands.json"), "w") as fout:
-        json.dump({"settings": settings, "commands": commands}, fout, indent=1)
+        json.dump(launch, fout, indent=1)
     status = {}
     while len(status) < len(procs):
         for bridge, (proc, log, folder) in procs.items():
@@ -350,6 +368,49 @@ def last_test_stats(train_log):
     return stats
 
 
+def exact_test_metrics(wer_folder):
+    """Unrounded test metrics from the recipe's test outputs: ``WER`` from
+    ``wer_test-clean.txt`` (its ``%WER`` line), ``accuracy`` from
+    ``answers_<task>.csv`` (the train log rounds to three digits).
+
+    Arguments
+    ---------
+    wer_folder : str
+        The run's ``output_wer_folder``.
+
+    Returns
+    -------
+    dict
+        ``WER`` and/or ``accuracy`` (those whose file exists).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "wer_test-clean.txt"), "w").write(
+    ...     "%WER 103.45 [ 240 / 232, 10 ins, 224 del, 6 sub ]\\n")
+    >>> _ = open(os.path.join(folder, f"answers_{CLS_TASK}.csv"), "w").write(
+    ...     "ID,task,reference,hypothesis,correct\\na,sound,dog,dog,1\\nb,sound,cat,,0\\n")
+    >>> exact_test_metrics(folder)
+    {'WER': 103.45, 'accuracy': 0.5}
+    """
+    import csv
+
+    metrics = {}
+    path = os.path.join(wer_folder, "wer_test-clean.txt")
+    if os.path.isfile(path):
+        with open(path) as fin:
+            first = fin.readline().split()
+        if first[:1] == ["%WER"]:
+            metrics["WER"] = float(first[1])
+    path = os.path.join(wer_folder, f"answers_{CLS_TASK}.csv")
+    if os.path.isfile(path):
+        with open(path, newline="") as fin:
+            hits = [int(row["correct"]) for row in csv.DictReader(fin)]
+        metrics["accuracy"] = sum(hits) / max(len(hits), 1)
+    return metrics
+
+
 def bridge_sizes(bridges=BRIDGES, encoder_size=384, factor=4, llm_size=576):
     """Total and active (per token) parameters of each bridge file.
 
@@ -431,6 +492,10 @@ def collect(out, results=RESULTS, bridges=BRIDGES):
         stats = last_test_stats(log)
         asr = stats.get("test-clean", {})
         sound = stats.get(CLS_TASK, {})
+        exact = exact_test_metrics(os.path.join(out, bridge, "wer"))
+        asr.update({k: v for k, v in exact.items() if k != "accuracy"})
+        if "accuracy" in exact:
+            sound[f"accuracy_{CLS_TASK}"] = exact["accuracy"]
         snapshots = os.path.join(out, bridge, "snapshots")
         steps = [step for step, _ in new_points(snapshots, set())]
         rows[bridge] = {
@@ -445,8 +510,10 @@ def collect(out, results=RESULTS, bridges=BRIDGES):
         }
     report = {
         "machine": _machine(),
-        "commit": _commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": launched.get("commit") or _commit(),
+        "working_tree_modified": launched.get("working_tree_modified"),
+        "date": launched.get("started")
+        or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": launched["settings"],
         "steps": max((r["train_steps"] or 0 for r in rows.values()), default=None),
         "bridges": rows,

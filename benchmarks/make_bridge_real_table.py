@@ -54,7 +54,7 @@ def render_bridges(report):
     |---|---|---|---|---|---|---|
     | dense | 90.50 | 60.25 | 0.300 | 9.16M | 9.16M | 1.00 |
     <BLANKLINE>
-    Commit abc, 2026-12-03T16:00:00Z; one seed (1), 36 steps of batch 8 (1 epoch), lr 0.002.
+    Commit abc, started 2026-12-03T16:00:00Z; one seed (1), 36 steps of batch 8 (1 epoch), lr 0.002.
     """
     lines = [
         "| bridge | test WER (%) | test CER (%) | sound accuracy | total parameters "
@@ -72,7 +72,9 @@ def render_bridges(report):
     settings = report["settings"]
     lines.append("")
     lines.append(
-        f"Commit {report['commit']}, {report['date']}; one seed ({settings['seed']}), "
+        f"Commit {report['commit']}"
+        f"{' (plus uncommitted changes)' if report.get('working_tree_modified') else ''}"
+        f", started {report['date']}; one seed ({settings['seed']}), "
         f"{report.get('steps', '?')} steps of batch {settings['batch_size']} "
         f"({settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}), "
         f"lr {settings['lr']}."
