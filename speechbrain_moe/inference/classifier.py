@@ -163,5 +163,18 @@ class PETLAudioClassifier(ExperimentInterface):
         return self.classify_batch(self.read_file(path, max_seconds))
 
     def forward(self, wavs, wav_lens=None):
-        """Same as :meth:`classify_batch`."""
+        """Same as :meth:`classify_batch`.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor or numpy.ndarray
+            The waveforms, as :meth:`classify_batch` takes them.
+        wav_lens : torch.Tensor, optional
+            Relative lengths in (0, 1], one per clip (default: all 1).
+
+        Returns
+        -------
+        tuple
+            ``(log_probs, score, index, label)``, as :meth:`classify_batch`.
+        """
         return self.classify_batch(wavs, wav_lens)

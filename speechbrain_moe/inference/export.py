@@ -432,6 +432,18 @@ def package_experiment(
         ``<experiment_folder>/inference_model``, a flat folder holding
         ``inference.yaml``, the files, ``MANIFEST.json`` and ``README.md``
         (what a model hub would hold).
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> from speechbrain_moe.checkpoints import Checkpointer
+    >>> exp = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(exp, "inference.yaml"), "w").write("modules: {}\\n")
+    >>> saver = Checkpointer(os.path.join(exp, "save"), {"backbone": torch.nn.Linear(2, 2)})
+    >>> _ = saver.save_checkpoint(meta={"accuracy": 0.5})
+    >>> target = package_experiment(exp, ["backbone"], max_key="accuracy")
+    >>> sorted(os.listdir(target))
+    ['MANIFEST.json', 'backbone.ckpt', 'inference.yaml']
     """
     hparams_file = os.path.join(experiment_folder, "inference.yaml")
     if not os.path.isfile(hparams_file):

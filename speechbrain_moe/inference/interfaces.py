@@ -70,6 +70,16 @@ class ExperimentInterface(Pretrained):
     Subclasses set ``LOADABLES`` (the checkpoint files to package),
     ``MAX_KEY`` or ``MIN_KEY`` (which checkpoint is the best) and ``USAGE``
     (a line of the model card's usage snippet).
+
+    Example
+    -------
+    >>> class Echo(ExperimentInterface):
+    ...     HPARAMS_NEEDED = ["sample_rate"]
+    >>> model = Echo(modules={}, hparams={"sample_rate": 16000})
+    >>> pcm = torch.tensor([[0, 16384, -32768]], dtype=torch.int16)
+    >>> wavs, wav_lens = model.check_batch(pcm)  # int16 PCM scaled to [-1, 1]
+    >>> wavs.tolist(), wav_lens.tolist()
+    ([[0.0, 0.5, -1.0]], [1.0])
     """
 
     LOADABLES = ()

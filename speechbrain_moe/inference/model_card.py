@@ -161,6 +161,15 @@ def record_run(output_folder, **info):
     this process's command line (run from its folder; ``torchrun`` under DDP)
     to ``<output_folder>/run_info.json``.
 
+    Arguments
+    ---------
+    output_folder : str
+        The recipe's output folder (created if missing).
+    **info
+        Plain JSON values for the model card (``task``, ``dataset``); they
+        replace earlier values of the same keys, and the command line is
+        appended to the ``commands`` recorded by earlier runs.
+
     Example
     -------
     >>> import tempfile
@@ -192,6 +201,13 @@ def parse_log_line(line):
     ---------
     line : str
         E.g. ``"epoch: 2, lr: 1.00e-03 - train loss: 1.20 - valid loss: 1.30"``.
+
+    Returns
+    -------
+    dict
+        ``"meta"`` (the leading ``key: value`` items) and each stage present
+        (``train``, ``valid``, ``test``) -> ``{statistic: value}``, values as
+        the strings logged.
 
     Example
     -------
@@ -391,6 +407,24 @@ def model_card(experiment_folder, package_folder, checkpoint, interface):
     -------
     str
         The path written.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.utils.checkpoints import Checkpoint
+    >>> from speechbrain_moe.inference.classifier import PETLAudioClassifier
+    >>> exp = tempfile.mkdtemp()
+    >>> package, ckpt = os.path.join(exp, "inference_model"), os.path.join(exp, "CKPT+1")
+    >>> os.makedirs(package); os.makedirs(ckpt)
+    >>> record_run(exp, task="audio-classification", dataset="ESC-50")
+    >>> with open(os.path.join(exp, "train_log.txt"), "w") as log:
+    ...     _ = log.write("Epoch loaded: 1 - test loss: 1.31, test accuracy: 6.25e-01\\n")
+    >>> with open(os.path.join(package, "inference.yaml"), "w") as yaml_file:
+    ...     _ = yaml_file.write("sample_rate: 16000\\n")
+    >>> path = model_card(exp, package, Checkpoint(ckpt, {}, {}), PETLAudioClassifier)
+    >>> card = open(path).read()
+    >>> card.startswith("---"), "## Results" in card, "ESC-50" in card
+    (True, True, True)
     """
     run = _read_json(os.path.join(experiment_folder, RUN_INFO))
     epoch = _text(os.path.join(checkpoint.path, "counter.ckpt")).strip() or None

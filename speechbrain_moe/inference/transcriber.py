@@ -79,6 +79,31 @@ class SpeechLLMTranscriber(ExperimentInterface):
         As :class:`speechbrain.inference.interfaces.Pretrained`.
     **kwargs
         As :class:`speechbrain.inference.interfaces.Pretrained`.
+
+    Example
+    -------
+    >>> import types
+    >>> class Encoder(torch.nn.Module):  # one frame per 160 samples
+    ...     def encode(self, wavs, wav_lens=None):
+    ...         return wavs[:, ::160, None], None
+    >>> class SpeechLLM(torch.nn.Module):  # "generates" the prompt, shifted by 1
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.encoder, self.downsampling_factor = Encoder(), 2
+    ...     def generate(self, wavs, wav_lens, prompt_ids, prompt_lens, **options):
+    ...         return prompt_ids + 1
+    >>> class Tokenizer:
+    ...     def __call__(self, text, add_special_tokens=False):
+    ...         return types.SimpleNamespace(input_ids=[ord(c) - 1 for c in text])
+    ...     def decode(self, ids, skip_special_tokens=True):
+    ...         return "".join(chr(i) for i in ids.tolist())
+    >>> model = SpeechLLMTranscriber(
+    ...     modules={"speech_llm": SpeechLLM()},
+    ...     hparams={"tokenizer": Tokenizer(), "asr_prompt": "hi", "sample_rate": 16000})
+    >>> model.min_samples
+    161
+    >>> model.transcribe_batch(torch.randn(2, 16000))
+    ['hi', 'hi']
     """
 
     MODULES_NEEDED = ["speech_llm"]
@@ -164,5 +189,18 @@ class SpeechLLMTranscriber(ExperimentInterface):
         return self.transcribe_batch(wav, prompt=prompt)[0]
 
     def forward(self, wavs, wav_lens=None):
-        """Same as :meth:`transcribe_batch`."""
+        """Same as :meth:`transcribe_batch` (with the default prompt).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor or numpy.ndarray
+            The waveforms, as :meth:`transcribe_batch` takes them.
+        wav_lens : torch.Tensor, optional
+            Relative lengths in (0, 1], one per clip (default: all 1).
+
+        Returns
+        -------
+        list of str
+            One text per waveform.
+        """
         return self.transcribe_batch(wavs, wav_lens)
