@@ -15,7 +15,7 @@ Authors
 import torch
 
 from speechbrain_moe.inference.interfaces import ExperimentInterface
-from speechbrain_moe.petl.merge import merge_and_unload
+from speechbrain_moe.petl.merge import merge_lora, unmerge
 
 
 class PETLAudioClassifier(ExperimentInterface):
@@ -33,6 +33,7 @@ class PETLAudioClassifier(ExperimentInterface):
         adapter modules (``lora``, ``bitfit``; see
         :func:`~speechbrain_moe.petl.merge.merge_and_unload`), e.g.
         ``from_hparams(source=..., merge=True)``; other methods refuse.
+        :meth:`unmerge` gives the adapter modules back.
     **kwargs
         As :class:`speechbrain.inference.interfaces.Pretrained`.
 
@@ -69,8 +70,36 @@ class PETLAudioClassifier(ExperimentInterface):
         ]
         if outputs:
             self.check_head(outputs[-1])
-        if merge:
-            merge_and_unload(self.mods.backbone)
+        # What merging removed (None: not merged), for unmerge().
+        self.merged = merge_lora(self.mods.backbone) if merge else None
+
+    def unmerge(self):
+        """Undoes ``merge=True``: the LoRA modules are put back and their
+        update subtracted from the frozen weights (peft's ``unmerge``).
+
+        Example
+        -------
+        >>> from speechbrain.dataio.encoder import CategoricalEncoder
+        >>> from speechbrain.nnet.adapters import LoRA
+        >>> encoder = CategoricalEncoder()
+        >>> encoder.update_from_iterable(["dog", "rain"])
+        >>> backbone = torch.nn.Sequential(LoRA(torch.nn.Linear(2, 2), rank=1))
+        >>> model = PETLAudioClassifier(
+        ...     modules={"backbone": backbone, "classifier": torch.nn.Identity()},
+        ...     hparams={"label_encoder": encoder, "sample_rate": 16000}, merge=True)
+        >>> type(model.mods.backbone[0]).__name__
+        'Linear'
+        >>> model.unmerge()
+        >>> type(model.mods.backbone[0]).__name__, model.merged
+        ('LoRA', None)
+        """
+        if self.merged is None:
+            raise ValueError(
+                "This model is not merged: unmerge() undoes from_hparams(..., "
+                "merge=True). Load it with merge=True first, or use it as it is."
+            )
+        unmerge(self.mods.backbone, self.merged)
+        self.merged = None
 
     def check_head(self, outputs):
         """Refuses a label encoder that does not match the head: each output
