@@ -105,6 +105,9 @@ class AST(Backbone):
             emb.position_embeddings = torch.nn.Parameter(resized)
             config.max_length = max_frames
         self.time_patches = new_time
+        # Longest clip that fits max_frames fbank frames: Kaldi's 25 ms window
+        # (400 samples at 16 kHz) for the first frame, one 10 ms hop (160
+        # samples) for each further frame; in seconds.
         self.max_duration = ((max_frames - 1) * 160 + 400) / 16000
         self.max_samples = int(self.max_duration * 16000)
         self.output_size = config.hidden_size
@@ -125,7 +128,24 @@ class AST(Backbone):
 
     def features(self, wavs, wav_lens=None):
         """The normalised fbank ``[batch, max_frames, num_mel_bins]`` that
-        ``ASTFeatureExtractor`` computes, and the ``[batch]`` real frames."""
+        ``ASTFeatureExtractor`` computes, and the ``[batch]`` real frames.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        feats : torch.Tensor
+            ``[batch, max_frames, num_mel_bins]`` fbank, normalised with
+            AudioSet's mean and standard deviation (as AST was trained),
+            zero-padded after each clip's real frames.
+        frames : torch.Tensor
+            ``[batch]`` number of real (not padded) frames of each clip.
+        """
         advice = f"Raise max_frames (now {self.max_frames}) to keep more audio."
         lengths = self._valid_lengths(wavs, wav_lens, advice)
         feats, frames = [], []
@@ -148,7 +168,19 @@ class AST(Backbone):
     def token_mask(self, frames):
         """Which tokens cover real audio, given ``[batch]`` real fbank ``frames``:
         the two special tokens, then the patch grid (frequency-major, as
-        ``ASTModel`` flattens it), a column real if it starts on a real frame."""
+        ``ASTModel`` flattens it), a column real if it starts on a real frame.
+
+        Arguments
+        ---------
+        frames : torch.Tensor
+            ``[batch]`` real fbank frames (from :meth:`features`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, 2 + freq_patches * time_patches]`` boolean mask, True
+            on the tokens that cover real audio.
+        """
         columns = ((frames + self.time_stride - 1) // self.time_stride).clamp(
             min=1, max=self.time_patches
         )
@@ -157,7 +189,23 @@ class AST(Backbone):
         return torch.cat([grid.new_ones(grid.shape[0], 2), grid], dim=1)
 
     def encode(self, wavs, wav_lens=None):
-        """:meth:`Backbone.encode`: two special tokens, then the patch grid."""
+        """:meth:`Backbone.encode`: two special tokens, then the patch grid.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            ``[batch, tokens, hidden_size]`` last hidden states.
+        mask : torch.Tensor
+            ``[batch, tokens]`` boolean mask of the real tokens
+            (:meth:`token_mask`).
+        """
         feats, frames = self.features(wavs, wav_lens)
         mask = self.token_mask(frames)
         with token_mask(mask):
@@ -165,7 +213,21 @@ class AST(Backbone):
         return hidden, mask
 
     def forward(self, wavs, wav_lens=None):
-        """:meth:`Backbone.forward`; ``cls`` averages the two special tokens."""
+        """:meth:`Backbone.forward`; ``cls`` averages the two special tokens.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, hidden_size]`` pooled embedding (``mean`` over the real
+            tokens, or ``cls``: the mean of the two special tokens).
+        """
         if self.pooling == "cls":
             hidden, _ = self.encode(wavs, wav_lens)
             return hidden[:, :2].mean(1)

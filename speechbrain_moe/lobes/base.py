@@ -72,6 +72,11 @@ def lengths_to_mask(lengths, max_len):
     max_len : int
         Width of the mask.
 
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, max_len]`` boolean mask.
+
     Example
     -------
     >>> lengths_to_mask(torch.tensor([1, 3]), 3)
@@ -90,6 +95,11 @@ def masked_mean(hidden, mask):
         ``[batch, time, channels]``.
     mask : torch.Tensor or None
         ``[batch, time]`` (None: every token is real).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, channels]`` (a clip without real tokens gives zeros).
 
     Example
     -------
@@ -110,6 +120,11 @@ def unwrap(module):
     ---------
     module : torch.nn.Module
         A model, or an ``AdaptedModel`` around it.
+
+    Returns
+    -------
+    torch.nn.Module
+        The innermost model (``module`` itself when it is not wrapped).
 
     Example
     -------
@@ -133,6 +148,19 @@ class Backbone(TrainableState, nn.Module):
     ---------
     pooling : str
         ``mean`` (over real tokens) or ``cls`` (first token).
+
+    Example
+    -------
+    >>> class Frames(Backbone):  # one token per 4 samples, its mean
+    ...     output_size, sample_rate = 1, 16000
+    ...     def encode(self, wavs, wav_lens=None):
+    ...         hidden = wavs.unfold(1, 4, 4).mean(-1, keepdim=True)
+    ...         lengths = self._valid_lengths(wavs, wav_lens, "") // 4
+    ...         return hidden, lengths_to_mask(lengths, hidden.shape[1])
+    >>> wavs = torch.tensor([[1.0, 1, 1, 1, 3, 3, 3, 3]] * 2)
+    >>> Frames()(wavs, torch.tensor([1.0, 0.5]))
+    tensor([[2.],
+            [1.]])
     """
 
     petl_root_name = "model"
@@ -184,7 +212,24 @@ class Backbone(TrainableState, nn.Module):
 
     def encode(self, wavs, wav_lens=None):
         """Encodes a batch of waveforms into ``hidden`` ``[batch, tokens,
-        output_size]`` and ``mask`` ``[batch, tokens]``, True on real audio."""
+        output_size]`` and ``mask`` ``[batch, tokens]``, True on real audio.
+
+        Each lobe implements it.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at ``sample_rate``.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            ``[batch, tokens, output_size]`` last hidden states.
+        mask : torch.Tensor
+            ``[batch, tokens]`` boolean, True on the tokens of real audio.
+        """
         raise NotImplementedError
 
     def _check_rate(self, name, expected, sample_rate):
@@ -234,7 +279,21 @@ class Backbone(TrainableState, nn.Module):
         return lengths.clamp(max=cap)
 
     def forward(self, wavs, wav_lens=None):
-        """Pooled utterance embedding ``[batch, output_size]`` of :meth:`encode`."""
+        """Pooled utterance embedding ``[batch, output_size]`` of :meth:`encode`.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at ``sample_rate``.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, output_size]``: the mean over the real tokens
+            (``pooling: mean``) or the first token (``pooling: cls``).
+        """
         hidden, mask = self.encode(wavs, wav_lens)
         if self.pooling == "cls":
             return hidden[:, 0]
@@ -243,6 +302,14 @@ class Backbone(TrainableState, nn.Module):
     def describe(self):
         """The lobe, its shape and its PETL method with settings, as a dict.
 
+        Returns
+        -------
+        dict
+            ``model``, ``hidden_size``, ``num_layers``, ``petl_method`` and
+            ``petl_settings`` (what a checkpoint must match).
+
+        Example
+        -------
         >>> class Tiny(Backbone):
         ...     output_size = 4
         >>> Tiny().describe()
@@ -263,6 +330,18 @@ class Backbone(TrainableState, nn.Module):
     def format_description(description):
         """One line of text for a :meth:`describe` result (or None), for messages.
 
+        Arguments
+        ---------
+        description : dict or None
+            A :meth:`describe` result (None: a checkpoint without one).
+
+        Returns
+        -------
+        str
+            The model, its shape, and its PETL method with settings.
+
+        Example
+        -------
         >>> Backbone.format_description({"model": "AST", "hidden_size": 32,
         ...     "num_layers": 2, "petl_method": "adapter",
         ...     "petl_settings": {"bottleneck": 4}})
