@@ -56,6 +56,11 @@ def read_test_accuracy(train_log):
     train_log : str
         Path of the log.
 
+    Returns
+    -------
+    float
+        The accuracy of the last ``test accuracy:`` entry.
+
     Example
     -------
     >>> import tempfile

@@ -298,6 +298,12 @@ def fold_options(data_folder, test_fold, valid_fold, num_folds):
     num_folds : int
         Folds of the data set.
 
+    Returns
+    -------
+    dict
+        ``data_folder`` (absolute), ``test_fold`` and ``valid_fold``, the
+        keyword arguments of the data preparation.
+
     Example
     -------
     >>> fold_options("/data", 5, None, 5)

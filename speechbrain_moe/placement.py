@@ -131,7 +131,22 @@ class ParallelAdapter(_Placement):
     """
 
     def forward(self, *args, **kwargs):
-        """Runs the target and adds the adapter's output to it."""
+        """Runs the target and adds the adapter's output to it.
+
+        Arguments
+        ---------
+        *args
+            The target's positional arguments; the first tensor among them
+            (or the first keyword tensor) is what the adapter reads.
+        **kwargs
+            The target's keyword arguments.
+
+        Returns
+        -------
+        torch.Tensor or tuple
+            The target's output with the adapter's output added to it (to
+            its first element when the target returns a tuple).
+        """
         x = _first_input(args, kwargs)
         output = self.pretrained_module(*args, **kwargs)
         delta = self.adapter(x, mask=current_token_mask())
@@ -155,7 +170,21 @@ class SequentialAdapter(_Placement):
     reads_output = True
 
     def forward(self, *args, **kwargs):
-        """Runs the target, then adapts its output residually."""
+        """Runs the target, then adapts its output residually.
+
+        Arguments
+        ---------
+        *args
+            The target's positional arguments.
+        **kwargs
+            The target's keyword arguments.
+
+        Returns
+        -------
+        torch.Tensor or tuple
+            ``t + adapter(t)`` for the target's output ``t`` (its first
+            element when the target returns a tuple).
+        """
         output = self.pretrained_module(*args, **kwargs)
         hidden = output if isinstance(output, torch.Tensor) else output[0]
         return _add_to_first(output, self.adapter(hidden, mask=current_token_mask()))

@@ -354,3 +354,30 @@ def test_bridge_yaml_sets_the_implementation(name):
         m.implementation for m in bridge.modules() if hasattr(m, "implementation")
     ]
     assert chosen and set(chosen) == {"kernel"}
+
+
+def test_a_checkpoint_loads_whatever_the_implementation(tiny_ast_folder, tmp_path):
+    """``implementation`` is recorded with the method's settings but is not
+    part of what a checkpoint must match: trained with the kernels, loaded
+    onto the plain path, the model computes the same."""
+    from speechbrain_moe.lobes.ast import AST
+    from speechbrain_moe.petl import apply_method
+
+    def build(implementation):
+        torch.manual_seed(0)
+        backbone = AST(tiny_ast_folder, max_frames=100)
+        settings = {"num_experts": 3, "implementation": implementation}
+        return apply_method(backbone, "soft_moa", settings).eval()
+
+    trained = build("kernel")
+    with torch.no_grad():
+        for param in trained.parameters():
+            if param.requires_grad:
+                param.normal_(0.0, 0.1)
+    path = str(tmp_path / "backbone.ckpt")
+    trained.save_trainable(path)
+    plain = build("plain")
+    plain.load_trainable(path)
+    wavs = tokens(2, 16000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(plain(wavs), trained(wavs), atol=1e-5, rtol=1e-4)

@@ -18,6 +18,11 @@ __all__ = ["apply_method", "available_methods", "insert_adapters", "wrap_modules
 def available_methods():
     """Names of the methods shipped with the package.
 
+    Returns
+    -------
+    list of str
+        The method files of ``speechbrain_moe/hparams/petl``, sorted.
+
     Example
     -------
     >>> available_methods()[:3]
