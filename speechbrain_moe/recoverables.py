@@ -113,7 +113,13 @@ class TrainableState:
 
     def trainable_state_dict(self):
         """Copies of the trainable parameters and of the buffers of modules
-        that train, by name."""
+        that train, by name.
+
+        Returns
+        -------
+        dict
+            Name (as in ``state_dict``) -> detached copy of the tensor.
+        """
         keep = {name for name, p in self.named_parameters() if p.requires_grad}
         for prefix, module in self.named_modules():
             if any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -125,26 +131,62 @@ class TrainableState:
     load_hint = "Load it onto the model (and settings) it was trained with."
 
     def describe(self):
-        """What a checkpoint must match, as a dict of plain values (saved with it)."""
+        """What a checkpoint must match, as a dict of plain values (saved with it).
+
+        Returns
+        -------
+        dict
+            ``{"model": <class name>}`` here; subclasses add their shape and
+            PETL method (see :func:`description_differences`).
+        """
         return {"model": type(self).__name__}
 
     @staticmethod
     def format_description(description):
-        """One line of text for a :meth:`describe` result (or None), for messages."""
+        """One line of text for a :meth:`describe` result (or None), for messages.
+
+        Arguments
+        ---------
+        description : dict or None
+            A :meth:`describe` result (None: a file saved without one).
+
+        Returns
+        -------
+        str
+            ``"key 'value', ..."``, or a phrase saying the model is unknown.
+        """
         if not description:
             return "an unknown model (file without description)"
         return ", ".join(f"{k} {v!r}" for k, v in description.items())
 
     @checkpoints.mark_as_saver
     def save_trainable(self, path):
-        """Saves the trained tensors and :meth:`describe` to ``path``."""
+        """Saves the trained tensors and :meth:`describe` to ``path``.
+
+        Arguments
+        ---------
+        path : str or pathlib.Path
+            The file to write (the Checkpointer gives ``<name>.ckpt``).
+        """
         saved = self.trainable_state_dict()
         saved[DESCRIPTION_KEY] = self.describe()
         torch.save(saved, path)
 
     @checkpoints.mark_as_loader
     def load_trainable(self, path, end_of_epoch=False):
-        """Loads what :meth:`save_trainable` wrote, checking names and shapes."""
+        """Loads what :meth:`save_trainable` wrote, checking names and shapes.
+
+        Raises ``RuntimeError`` naming what differs when the file was saved
+        from another model or PETL method, or its tensors do not match.
+
+        Arguments
+        ---------
+        path : str or pathlib.Path
+            A file written by :meth:`save_trainable`.
+        end_of_epoch : bool
+            Part of SpeechBrain's loader signature; unused (the tensors are
+            the same whatever the checkpoint's position in the epoch).
+        """
         del end_of_epoch
         saved = dict(_load_file(path))
         description = saved.pop(DESCRIPTION_KEY, None)
@@ -174,7 +216,13 @@ class TrainableState:
 
     @checkpoints.mark_as_transfer
     def transfer_trainable(self, path):
-        """Loads the trained tensors for a ``Pretrainer`` (inference)."""
+        """Loads the trained tensors for a ``Pretrainer`` (inference).
+
+        Arguments
+        ---------
+        path : str or pathlib.Path
+            A file written by :meth:`save_trainable`.
+        """
         self.load_trainable(path)
 
 
@@ -216,7 +264,14 @@ class RandomState:
 
     @staticmethod
     def capture():
-        """The current state of every generator, as tensors and plain types."""
+        """The current state of every generator, as tensors and plain types.
+
+        Returns
+        -------
+        dict
+            ``python``, ``numpy`` and ``torch`` (and ``cuda`` once CUDA is
+            initialised) states, loadable with ``torch.load(weights_only=True)``.
+        """
         name, keys, pos, has_gauss, cached = np.random.get_state()
         keys = torch.from_numpy(keys.astype(np.int64))
         numpy = (name, keys, int(pos), int(has_gauss), float(cached))
@@ -231,7 +286,13 @@ class RandomState:
 
     @staticmethod
     def restore(state):
-        """Sets every generator to a ``state`` from :meth:`capture`."""
+        """Sets every generator to a ``state`` from :meth:`capture`.
+
+        Arguments
+        ---------
+        state : dict
+            A :meth:`capture` result.
+        """
         random.setstate(_nested(state["python"], tuple))
         numpy = [state["numpy"][field] for field in NUMPY_FIELDS]
         numpy[1] = numpy[1].numpy().astype(np.uint32)
@@ -242,7 +303,13 @@ class RandomState:
 
     def apply_pending(self):
         """Restores a state recovered from an intra-epoch checkpoint; returns
-        whether one was pending."""
+        whether one was pending.
+
+        Returns
+        -------
+        bool
+            True when a pending state was restored (and cleared).
+        """
         if self.pending is None:
             return False
         self.restore(self.pending)
@@ -251,12 +318,29 @@ class RandomState:
 
     @checkpoints.mark_as_saver
     def save(self, path):
-        """Saves this rank's generator state (rank r > 0: to ``<path>.rank<r>``)."""
+        """Saves this rank's generator state (rank r > 0: to ``<path>.rank<r>``).
+
+        Arguments
+        ---------
+        path : str or pathlib.Path
+            The checkpoint file of the main process.
+        """
         torch.save(self.capture(), _rank_path(path))
 
     @checkpoints.mark_as_loader
     def recover(self, path, end_of_epoch=True):
-        """Loads this rank's generator state (now, or at the next batch)."""
+        """Loads this rank's generator state (now, or at the next batch).
+
+        Arguments
+        ---------
+        path : str or pathlib.Path
+            The checkpoint file of the main process (this rank's own
+            ``<path>.rank<r>`` is read when it exists).
+        end_of_epoch : bool
+            True: restored now (the next epoch starts from it). False (an
+            intra-epoch checkpoint): kept for :meth:`apply_pending`, which the
+            Brain calls before the next training batch.
+        """
         own = _rank_path(path)
         state = _load_file(own if os.path.isfile(own) else path)
         self.pending = None if end_of_epoch else state
