@@ -425,6 +425,20 @@ def prepare_manifests(save_folder, options, list_clips, dataset, split_of, **kwa
     -------
     dict
         Split -> CSV path.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> import numpy as np, soundfile
+    >>> folder, clips = tempfile.mkdtemp(), []
+    >>> for split in ("train", "valid", "test"):
+    ...     wav = os.path.join(folder, f"{split}.wav")
+    ...     soundfile.write(wav, np.full(1600, 0.1), 16000)
+    ...     clips.append({"ID": split, "wav": wav, "class_name": "dog"})
+    >>> files = prepare_manifests(
+    ...     folder, {"seed": 1}, lambda: clips, "Toy", lambda clip: clip["ID"])
+    >>> sorted(files), open(files["test"]).readline().strip()
+    (['test', 'train', 'valid'], 'ID,wav,duration,class_name')
     """
     files = _split_files(save_folder)
     if kwargs.get("skip_prep"):

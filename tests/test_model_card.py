@@ -115,3 +115,50 @@ def test_citations_follow_the_method(tmp_path, method):
     card, _ = packaged_run(tmp_path, [TEST], method=method)
     bibtex = card.split("```bibtex\n", 1)[1].split("\n```", 1)[0]
     assert ("Low-Rank Adaptation" in bibtex) == (method == "lora")
+
+
+RECIPES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes"
+)
+READMES = sorted(
+    os.path.join(RECIPES, data, task, "README.md")
+    for data in os.listdir(RECIPES)
+    if os.path.isdir(os.path.join(RECIPES, data))
+    for task in os.listdir(os.path.join(RECIPES, data))
+    if os.path.isfile(os.path.join(RECIPES, data, task, "README.md"))
+)
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.split("recipes/")[1])
+def test_recipe_readmes_follow_upstream_sections(readme):
+    """Upstream's sections, in order; the results table has a row for every
+    hyperparameter file, with numbers only where measured."""
+    text = open(readme, encoding="utf-8").read()
+    sections = [
+        "## Dataset",
+        "## Installing Extra Dependencies",
+        "## How to run",
+        "## Results",
+        "# **About SpeechBrain**",
+        "# **Citing SpeechBrain**",
+    ]
+    found = [text.find(f"\n{s}\n") for s in sections]
+    assert -1 not in found, [s for s, i in zip(sections, found) if i == -1]
+    assert found == sorted(found)
+    assert "pip install -r extra_requirements.txt" in text
+    results = text.split("\n## Results\n", 1)[1]
+    header = next(line for line in results.splitlines() if line.startswith("|"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[0] == "hyperparameter file" and cells[2:] == ["training time", "GPUs"]
+    rows = []
+    for line in results.split(header, 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    hparams = os.path.join(os.path.dirname(readme), "hparams")
+    files = sorted(f for f in os.listdir(hparams) if f.endswith(".yaml"))
+    assert sorted(re.search(r"`hparams/(.+?)`", r[0]).group(1) for r in rows) == files
+    for row in rows:
+        for cell in row[1:]:
+            assert cell == "not measured yet" or re.fullmatch(r"[\d.,:±% hmsx]+", cell)
+    assert "@misc{speechbrain," in text
