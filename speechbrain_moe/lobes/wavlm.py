@@ -39,7 +39,25 @@ class ModularWavLMAttention(WavLMAttention):
     def torch_multi_head_self_attention(
         self, hidden_states, attention_mask, gated_position_bias
     ):
-        """Same inputs and outputs as ``WavLMAttention``'s (mask: 1 = real)."""
+        """Same inputs and outputs as ``WavLMAttention``'s (mask: 1 = real).
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            ``[batch, time, embed_dim]`` input of the attention block.
+        attention_mask : torch.Tensor or None
+            ``[batch, time]`` padding mask, 1 on real frames (None: all real).
+        gated_position_bias : torch.Tensor
+            ``[batch * num_heads, time, time]`` WavLM's gated relative
+            position bias, added to the attention logits.
+
+        Returns
+        -------
+        output : torch.Tensor
+            ``[batch, time, embed_dim]`` attention output (after ``out_proj``).
+        weights : None
+            No attention weights (SDPA does not return them).
+        """
         batch, time, _ = hidden_states.shape
         query, key, value = (
             proj(hidden_states).view(batch, time, self.num_heads, -1).transpose(1, 2)
@@ -78,7 +96,19 @@ class MaskedGroupNorm(nn.GroupNorm):
     valid_frames = None
 
     def forward(self, x):
-        """Normalises ``x``; padded frames come out as the bias."""
+        """Normalises ``x``; padded frames come out as the bias.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, channels, time]`` output of the first convolution.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, channels, time]``, normalised with statistics of each
+            clip's ``valid_frames`` (float32).
+        """
         if self.valid_frames is None:
             return super().forward(x)
         batch, channels, time = x.shape
@@ -259,7 +289,24 @@ class SSLEncoder(Backbone):
     def prepare(self, wavs, wav_lens=None):
         """Waveforms as the feature extractor prepares them (cut to the longest
         valid length, zero past each clip, each normalised over its valid
-        samples), and the ``[batch]`` valid samples, in [min_samples, max_samples]."""
+        samples), and the ``[batch]`` valid samples, in [min_samples, max_samples].
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        wavs : torch.Tensor
+            ``[batch, width]`` float32 waveforms, zero past each clip's valid
+            samples (``width``: the longest valid length, at least
+            ``min_samples``).
+        lengths : torch.Tensor
+            ``[batch]`` valid samples of each clip.
+        """
         advice = "Raise max_duration (None: no cap) or split long recordings."
         name = type(unwrap(self.model)).__name__
         lengths = self._valid_lengths(wavs, wav_lens, advice, name)
@@ -272,11 +319,29 @@ class SSLEncoder(Backbone):
             count = lengths.unsqueeze(1).float()
             mean = wavs.sum(1, keepdim=True) / count
             var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / count
+            # 1e-7: the epsilon of Wav2Vec2FeatureExtractor's zero-mean,
+            # unit-variance normalisation.
             wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
         return wavs, lengths
 
     def encode(self, wavs, wav_lens=None):
-        """:meth:`Backbone.encode`: the transformer's frames."""
+        """:meth:`Backbone.encode`: the transformer's frames.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            ``[batch, frames, hidden_size]`` last hidden states (one frame
+            per 20 ms).
+        mask : torch.Tensor
+            ``[batch, frames]`` boolean, True on the frames of real audio.
+        """
         wavs, lengths = self.prepare(wavs, wav_lens)
         model = unwrap(self.model)
         frames = int(model._get_feat_extract_output_lengths(wavs.shape[1]))

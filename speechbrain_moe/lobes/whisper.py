@@ -149,7 +149,22 @@ class Whisper(Backbone):
         """The log-mel features ``[batch, num_mel_bins, frames]`` that
         ``WhisperFeatureExtractor`` computes (silence past each clip; 3000
         frames, or with ``trim_to_valid`` the longest valid length rounded up to
-        whole encoder frames), and the ``[batch]`` real frames."""
+        whole encoder frames), and the ``[batch]`` real frames.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        feats : torch.Tensor
+            ``[batch, num_mel_bins, frames]`` log-mel features.
+        mel_frames : torch.Tensor
+            ``[batch]`` mel frames covering each clip's real samples.
+        """
         advice = "Split longer recordings in the data preparation to keep the rest."
         lengths = self._valid_lengths(wavs, wav_lens, advice)
         padded = lengths.clamp(min=self.min_samples)
@@ -169,6 +184,9 @@ class Whisper(Backbone):
             wavs, self.n_fft, self.hop_length, window=self.window, return_complex=True
         )
         mel = self.mel_filters.T @ (stft[..., :-1].abs() ** 2)
+        # WhisperFeatureExtractor's log-mel: floor at 1e-10 before log10, a
+        # dynamic range of 8 (log10 units, i.e. 80 dB) below each clip's peak,
+        # then (x + 4) / 4 to bring the values near [-1, 1].
         log_spec = torch.clamp(mel, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         feats = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
@@ -196,7 +214,23 @@ class Whisper(Backbone):
         return encoder.layer_norm(hidden)
 
     def encode(self, wavs, wav_lens=None):
-        """:meth:`Backbone.encode`: encoder frames (1500 without ``trim_to_valid``)."""
+        """:meth:`Backbone.encode`: encoder frames (1500 without ``trim_to_valid``).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms at 16 kHz.
+        wav_lens : torch.Tensor, optional
+            ``[batch]`` relative lengths in (0, 1] (default: all 1).
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            ``[batch, frames, hidden_size]`` encoder output (one frame per
+            20 ms; 1500 frames for 30 s without ``trim_to_valid``).
+        mask : torch.Tensor
+            ``[batch, frames]`` boolean, True on the frames of real audio.
+        """
         feats, mel_frames = self.features(wavs, wav_lens)
         frames, stride = feats.shape[-1] // self.frame_stride, self.frame_stride
         valid = ((mel_frames + stride - 1) // stride).clamp(min=1, max=frames)
