@@ -108,6 +108,28 @@ def test_card_has_usage_limitations_citations_and_unit_size(tmp_path):
     }
     assert f"({sum(sizes.values())} bytes)" in unit
     assert f"{len(sizes)} files" in unit and "`backbone.ckpt`" in unit
+    assert "load_adapters(" in unit
+
+
+def test_transcriber_card_has_no_backbone_snippet(tmp_path):
+    from speechbrain_moe.inference import SpeechLLMTranscriber
+
+    exp, package = tmp_path / "exp", tmp_path / "exp" / "inference_model"
+    (exp / "save" / "CKPT").mkdir(parents=True)
+    package.mkdir()
+    (package / "inference.yaml").write_text("speech_llm: 1\n")
+    record_run(str(exp), task="automatic-speech-recognition", dataset="LibriSpeech")
+    (exp / "train_log.txt").write_text(
+        "Epoch loaded: 1 - test loss: 2.0, test WER: 12.5, test CER: 6.25\n"
+    )
+    (exp / "save" / "CKPT" / "counter.ckpt").write_text("1")
+    checkpoint = Checkpoint(str(exp / "save" / "CKPT"), {}, {})
+    path = model_card(str(exp), str(package), checkpoint, SpeechLLMTranscriber)
+    card = open(path, encoding="utf-8").read()
+    meta = parsed_front_matter(card)
+    assert meta["metrics"] == ["wer", "cer"] and meta["language"] == "en"
+    assert results(card) == {("test", "WER"): "12.5", ("test", "CER"): "6.25"}
+    assert "load_adapters" not in card
 
 
 @pytest.mark.parametrize("method", ["linear", "lora"])

@@ -113,26 +113,41 @@ def test_mixtures_refuse_merging_for_their_routing(tiny_ast_folder, method):
 
 def package(tmp_path, model, source, max_frames=100):
     """A packaged folder of ``model`` as package_experiment leaves it (the
-    parts load_adapters reads)."""
+    parts load_adapters reads: trained tensors, inference.yaml, the copy of
+    the method file)."""
+    from importlib import resources
+
     folder = tmp_path / "unit"
     folder.mkdir()
     model.save_trainable(str(folder / "backbone.ckpt"))
+    method = model.petl_method
+    installed = resources.files("speechbrain_moe") / "hparams" / "petl"
+    (folder / f"{method}.yaml").write_text((installed / f"{method}.yaml").read_text())
     (folder / "inference.yaml").write_text(
         "backbone: !apply:speechbrain_moe.petl.apply_method\n"
         "    backbone: !new:speechbrain_moe.lobes.ast.AST\n"
         f"        source: {source}\n"
         f"        max_frames: {max_frames}\n"
-        "    method: lora\n"
+        f"    method: !ref <inference_folder>/{method}.yaml\n"
     )
     return str(folder)
 
 
-def test_load_adapters_onto_a_given_backbone(tiny_ast_folder, tmp_path):
-    model = trained(tiny_ast_folder, "lora", rank=4)
+@pytest.mark.parametrize(
+    "method, overrides",
+    [("lora", {"rank": 4}), ("soft_moa", {"num_experts": 3})],
+    ids=["lora", "soft_moa"],
+)
+def test_load_adapters_onto_a_given_backbone(
+    tiny_ast_folder, tmp_path, method, overrides
+):
+    model = trained(tiny_ast_folder, method, **overrides)
     folder = package(tmp_path, model, tiny_ast_folder)
     mine = AST(tiny_ast_folder, max_frames=100)
     adapted = load_adapters(folder, mine)
-    assert adapted.petl_settings["rank"] == 4
+    assert adapted.petl_method == os.path.join(folder, f"{method}.yaml")  # the copy
+    for key, value in overrides.items():
+        assert adapted.petl_settings[key] == value
     assert torch.equal(outputs(adapted.eval()), outputs(model))
     with pytest.raises(ValueError, match="already adapted"):
         load_adapters(folder, adapted)

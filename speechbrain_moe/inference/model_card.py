@@ -49,6 +49,22 @@ LANGUAGES = {
 LICENSE = "apache-2.0"  # speechbrain-moe's (pyproject.toml), as SpeechBrain's
 # Logged statistic -> the hub's metric name (results table and front matter).
 HUB_METRICS = {"accuracy": "accuracy", "error": "error", "WER": "wer", "CER": "cer"}
+# How a unit moves onto a backbone the user has (the PETL recipes' units).
+MOVE_SNIPPET = [
+    "Onto a backbone you already have (the same source, config and lobe "
+    "settings; another one is refused), and back to the frozen backbone:",
+    "",
+    "```python",
+    "from speechbrain_moe.inference.adapters import load_adapters",
+    "from speechbrain_moe.petl.disable import disable_adapters",
+    'backbone = load_adapters("<this folder>", my_backbone)',
+    "# pretrained=: the backbone's own state dict, when the method trained",
+    "# norms or biases in place (e.g. soft_moa with train_norms: True)",
+    "with disable_adapters(backbone, pretrained=my_backbone_state_dict):",
+    "    frozen_embeddings = backbone(wavs)",
+    "```",
+    "",
+]
 SPEECHBRAIN_BIBTEX = """@misc{speechbrain,
   title={{SpeechBrain}: A General-Purpose Speech Toolkit},
   author={Mirco Ravanelli and Titouan Parcollet and Peter Plantinga and Aku Rouhe and Samuele Cornell and Loren Lugosch and Cem Subakan and Nauman Dawalatabad and Abdelwahab Heba and Jianyuan Zhong and Ju-Chieh Chou and Sung-Lin Yeh and Szu-Wei Fu and Chien-Feng Liao and Elena Rastorgueva and Fran\\c{c}ois Grondin and William Aris and Hwidong Na and Yan Gao and Renato De Mori and Yoshua Bengio},
@@ -507,14 +523,9 @@ def model_card(experiment_folder, package_folder, checkpoint, interface):
         + ", ".join(f"`{n}` {_size(b)}" for n, b in files.items())
         + ". It holds the trained tensors only (adapters, trained norms, head) "
         f"and the method file; the frozen backbone ({backbone_sources}) is "
-        "loaded from its source. Onto a backbone you already have (the same "
-        "source and config):",
+        "loaded from its source.",
         "",
-        "```python",
-        "from speechbrain_moe.inference.adapters import load_adapters",
-        'model = load_adapters("<this folder>", my_backbone)',
-        "```",
-        "",
+        *(MOVE_SNIPPET if "backbone" in interface.LOADABLES else []),
         "## Limitations",
         "",
         f"This model was trained on {dataset} only, with the recipe's split and "
