@@ -35,6 +35,11 @@ def unwrap(module):
     module : torch.nn.Module
         Possibly wrapped module.
 
+    Returns
+    -------
+    torch.nn.Module
+        Its ``module`` attribute when it has one, else ``module`` itself.
+
     Example
     -------
     >>> m = torch.nn.Linear(2, 2)
@@ -114,7 +119,24 @@ class PETLClassifierBrain(sb.Brain):
         clip with NaN/inf samples is replaced by silence, then ignored) and
         what the routers reported during the forward pass (a
         :class:`~speechbrain_moe.routing.RoutingContext`: auxiliary losses,
-        per-expert loads)."""
+        per-expert loads).
+
+        Arguments
+        ---------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            With ``sig`` (padded waveforms and relative lengths) and ``id``.
+        stage : speechbrain.Stage
+            TRAIN, VALID or TEST (named in the warning on non-finite clips).
+
+        Returns
+        -------
+        log_probs : torch.Tensor
+            ``[batch, classes]`` log-probabilities.
+        finite : torch.Tensor
+            ``[batch]`` boolean, True on the clips whose samples are finite.
+        routing : speechbrain_moe.routing.RoutingContext
+            What the routers reported during this forward pass.
+        """
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         finite = torch.isfinite(wavs).all(dim=1)
@@ -133,7 +155,26 @@ class PETLClassifierBrain(sb.Brain):
 
     def compute_objectives(self, predictions, batch, stage):
         """NLL over the finite clips plus the routers' auxiliary losses (NaN
-        when no clip is finite: SpeechBrain then skips the batch)."""
+        when no clip is finite: SpeechBrain then skips the batch).
+
+        Also accumulates the stage's accuracy, loss sums and per-expert loads
+        for :meth:`stage_stats`.
+
+        Arguments
+        ---------
+        predictions : tuple
+            ``(log_probs, finite, routing)`` from :meth:`compute_forward`.
+        batch : speechbrain.dataio.batch.PaddedBatch
+            With ``label_encoded`` and ``id``.
+        stage : speechbrain.Stage
+            TRAIN, VALID or TEST.
+
+        Returns
+        -------
+        torch.Tensor
+            The scalar loss (mean NLL + auxiliary losses), NaN when no clip of
+            the batch is finite.
+        """
         log_probs, finite, routing = predictions
         labels = batch.label_encoded.data.to(log_probs.device).view(-1)
         nll = F.nll_loss(log_probs[finite], labels[finite], reduction="none")
@@ -152,12 +193,33 @@ class PETLClassifierBrain(sb.Brain):
         return nll.mean() + aux
 
     def on_fit_batch_start(self, batch, should_step):
-        """Restores the random state of an intra-epoch checkpoint."""
+        """Restores the random state of an intra-epoch checkpoint.
+
+        Arguments
+        ---------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            The batch about to be trained on (unused).
+        should_step : bool
+            Whether the optimizer steps after this batch (unused).
+        """
         self.random_state.apply_pending()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Updates bias-balanced routers once per optimizer step; says when a
-        loss was not finite (its gradients are dropped by SpeechBrain)."""
+        loss was not finite (its gradients are dropped by SpeechBrain).
+
+        Arguments
+        ---------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            The batch just trained on (unused).
+        outputs : tuple
+            :meth:`compute_forward`'s output (unused).
+        loss : torch.Tensor
+            The batch's loss, checked for being finite.
+        should_step : bool
+            Whether the optimizer stepped (the selection biases are updated
+            only then, once per step under gradient accumulation).
+        """
         if not bool(torch.isfinite(loss)):
             logger.warning(
                 "Non-finite loss at epoch %s, step %s (%d of --nonfinite_patience=%d "
@@ -171,7 +233,16 @@ class PETLClassifierBrain(sb.Brain):
             update_selection_biases(self.modules)
 
     def on_stage_start(self, stage, epoch=None):
-        """Fresh metrics and load counters; the epoch's learning rate."""
+        """Fresh metrics and load counters; the epoch's learning rate.
+
+        Arguments
+        ---------
+        stage : speechbrain.Stage
+            TRAIN (the learning rate is set), VALID (a pending random state is
+            restored) or TEST.
+        epoch : int, optional
+            The epoch starting (1-based; None when evaluating).
+        """
         self.accuracy = ClassificationStats()
         self.nll_sum, self.nll_count = 0.0, 0
         self.aux_sum, self.num_batches = 0.0, 0
@@ -185,7 +256,24 @@ class PETLClassifierBrain(sb.Brain):
 
     def stage_stats(self, stage, epoch):
         """Loss, accuracy, aux loss and load balance of a stage, as floats
-        (the per-expert loads go to TensorBoard)."""
+        (the per-expert loads go to TensorBoard).
+
+        Under DDP every rank must call it (the load counters are gathered).
+
+        Arguments
+        ---------
+        stage : speechbrain.Stage
+            The stage that ended (names the TensorBoard histograms).
+        epoch : int
+            Its epoch (the histograms' step).
+
+        Returns
+        -------
+        dict
+            ``loss``, ``accuracy``, ``aux_loss`` (with routers) and
+            ``load_<statistic>`` entries; only the load entries when the
+            stage saw no finite clip.
+        """
         stats = {}
         if self.loads:
             # A collective under DDP: every rank calls it, whatever its data.
@@ -206,7 +294,20 @@ class PETLClassifierBrain(sb.Brain):
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs the stage's statistics; checkpoints after validation."""
+        """Logs the stage's statistics; checkpoints after validation.
+
+        Arguments
+        ---------
+        stage : speechbrain.Stage
+            TRAIN (statistics kept for the validation line), VALID (logged
+            with the learning rate, then a checkpoint keeping the most
+            accurate) or TEST (logged with the epoch loaded).
+        stage_loss : float
+            SpeechBrain's average loss of the stage (unused: the NLL without
+            the auxiliary losses is logged instead).
+        epoch : int, optional
+            The epoch (None when evaluating: the epoch counter's).
+        """
         epoch = epoch or self.hparams.epoch_counter.current
         stats = self.stage_stats(stage, epoch)
         if stage == sb.Stage.TRAIN:
@@ -227,13 +328,28 @@ class PETLClassifierBrain(sb.Brain):
 
     def log_stats(self, **stats):
         """Hands a stage's statistics (as ``TrainLogger.log_stats`` takes them)
-        to the train and TensorBoard loggers."""
+        to the train and TensorBoard loggers.
+
+        Arguments
+        ---------
+        **stats
+            ``stats_meta``, ``train_stats``, ``valid_stats``, ``test_stats``
+            (dicts), as ``speechbrain.utils.train_logger.TrainLogger.log_stats``.
+        """
         for stats_logger in (self.train_logger, self.tensorboard):
             if stats_logger is not None:
                 stats_logger.log_stats(**stats)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Loads the best checkpoint; refuses to evaluate an untrained model."""
+        """Loads the best checkpoint; refuses to evaluate an untrained model.
+
+        Arguments
+        ---------
+        max_key : str, optional
+            Load the checkpoint with the highest value of this meta key.
+        min_key : str, optional
+            Load the checkpoint with the lowest value of this meta key.
+        """
         if self.checkpointer is None:
             return
         found = self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
