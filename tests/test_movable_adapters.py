@@ -176,3 +176,33 @@ def test_load_adapters_refuses_another_backbone_naming_both(tiny_ast_folder, tmp
     adapted = load_adapters(folder, AST(copy, max_frames=100), check_source=False)
     assert torch.allclose(outputs(adapted.eval()), outputs(model), atol=1e-6)
     assert os.path.isfile(os.path.join(folder, "backbone.ckpt"))
+
+
+def test_classifier_unmerge_after_merge_true(tiny_ast_folder):
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from speechbrain_moe.inference import PETLAudioClassifier
+
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["a", "b", "c"])
+    torch.manual_seed(2)
+    head = torch.nn.Linear(32, 3)
+    backbone = trained(tiny_ast_folder, "lora")
+    torch.manual_seed(1)
+    wavs = 0.1 * torch.randn(2, 16000)
+    before = PETLAudioClassifier(
+        modules={"backbone": backbone, "classifier": head},
+        hparams={"label_encoder": encoder, "sample_rate": 16000},
+    ).classify_batch(wavs)[0]
+    model = PETLAudioClassifier(
+        modules={"backbone": backbone, "classifier": head},
+        hparams={"label_encoder": encoder, "sample_rate": 16000},
+        merge=True,
+    )
+    assert not any(isinstance(m, LoRA) for m in model.mods.modules())
+    assert torch.allclose(model.classify_batch(wavs)[0], before, atol=1e-5)
+    model.unmerge()
+    assert any(isinstance(m, LoRA) for m in model.mods.modules())
+    assert torch.allclose(model.classify_batch(wavs)[0], before, atol=1e-5)
+    with pytest.raises(ValueError, match="not merged"):
+        model.unmerge()
