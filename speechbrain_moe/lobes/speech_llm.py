@@ -20,6 +20,19 @@ from speechbrain_moe.routing import routing_context
 def relative_to_mask(lens, max_len):
     """Boolean ``[batch, max_len]`` mask (True: real) from relative lengths.
 
+    Arguments
+    ---------
+    lens : torch.Tensor
+        ``[batch]`` relative lengths in [0, 1] (SpeechBrain's ``wav_lens``).
+    max_len : int
+        Width of the mask (the padded length).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, max_len]`` boolean, True on the first
+        ``round(lens * max_len)`` positions of each row.
+
     Example
     -------
     >>> relative_to_mask(torch.tensor([0.5, 1.0]), 4).sum(1).tolist()
@@ -190,7 +203,31 @@ class SpeechPromptLayout:
     <audio start> audio <audio end> prompt`` left-padded (all prefixes end in
     the same column), then ``target <eos>`` right-padded; positions follow the
     attention mask, so padding never changes a result. The host holds ``llm``,
-    ``bos_index`` and the trainable ``audio_start`` / ``audio_end`` markers."""
+    ``bos_index`` and the trainable ``audio_start`` / ``audio_end`` markers.
+
+    Example
+    -------
+    >>> class LLM(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.embed = nn.Embedding(10, 4)
+    ...     def get_input_embeddings(self):
+    ...         return self.embed
+    >>> class Host(SpeechPromptLayout):
+    ...     llm, bos_index = LLM(), 1
+    ...     audio_start, audio_end = torch.zeros(4), torch.ones(4)
+    >>> audio = torch.randn(2, 3, 4)
+    >>> audio_mask = torch.tensor([[True, True, True], [True, False, False]])
+    >>> ids = torch.tensor([[5, 6], [7, 0]])
+    >>> prompt_mask = torch.tensor([[True, True], [True, False]])
+    >>> inputs = Host().build_inputs(audio, audio_mask, ids, prompt_mask)
+    >>> inputs["inputs_embeds"].shape  # <bos> <start> 3 frames <end> 2 prompt ids
+    torch.Size([2, 8, 4])
+    >>> inputs["attention_mask"].int().tolist()  # the shorter prefix, left-padded
+    [[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1]]
+    >>> inputs["position_ids"].tolist()
+    [[0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 1, 2, 3, 4]]
+    """
 
     @property
     def embed_tokens(self):
@@ -319,12 +356,30 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         self.audio_end = nn.Parameter(torch.randn(self.llm_size) * std)
 
     def describe(self):
-        """The bridge and its settings (what a checkpoint must match)."""
+        """The bridge and its settings (what a checkpoint must match).
+
+        Returns
+        -------
+        dict
+            ``model`` (``SpeechLLM``), ``bridge`` and ``bridge_settings``.
+        """
         bridge = {"bridge": self.bridge_name, "bridge_settings": self.bridge_settings}
         return {"model": "SpeechLLM", **bridge}
 
     def train(self, mode=True):
-        """Sets training mode; the frozen encoder and LLM stay in eval mode."""
+        """Sets training mode; the frozen encoder and LLM stay in eval mode.
+
+        Arguments
+        ---------
+        mode : bool
+            True: training mode (of the bridge, markers and LoRA modules);
+            False: evaluation mode.
+
+        Returns
+        -------
+        SpeechLLM
+            ``self``, as ``torch.nn.Module.train``.
+        """
         super().train(mode)
         self.encoder.eval()
         self.llm.eval()
@@ -370,7 +425,31 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
     def forward(self, wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_lens):
         """Teacher-forced pass: the ``logits`` ``[B, target_len, vocab]`` (logit
         ``j`` predicts target ``j``), ``targets`` and ``target_mask`` that
-        :func:`target_nll` takes, and the bridge's ``aux_loss`` (zero for ``dense``)."""
+        :func:`target_nll` takes, and the bridge's ``aux_loss`` (zero for ``dense``).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms.
+        wav_lens : torch.Tensor
+            ``[batch]`` relative lengths of the waveforms.
+        prompt_ids : torch.Tensor
+            ``[batch, prompt_len]`` token ids of the prompts.
+        prompt_lens : torch.Tensor
+            ``[batch]`` relative lengths of the prompts.
+        target_ids : torch.Tensor
+            ``[batch, target_len]`` token ids of the answers, ending with
+            ``<eos>``.
+        target_lens : torch.Tensor
+            ``[batch]`` relative lengths of the answers.
+
+        Returns
+        -------
+        dict
+            ``logits`` ``[batch, target_len, vocab]``, ``targets``
+            (``target_ids``), ``target_mask`` ``[batch, target_len]`` (bool)
+            and ``aux_loss`` (a scalar tensor).
+        """
         target_mask = relative_to_mask(target_lens, target_ids.shape[1])
         with routing_context(self.bridge) as routing:  # the bridge's aux losses
             inputs = self._inputs(
@@ -397,7 +476,28 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         self, wavs, wav_lens, prompt_ids, prompt_lens, max_new_tokens=32, num_beams=1
     ):
         """The token ids of each answer, without ``<eos>`` and padding, from
-        transformers ``generate`` (KV cache; ``num_beams`` 1: greedy)."""
+        transformers ``generate`` (KV cache; ``num_beams`` 1: greedy).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` waveforms.
+        wav_lens : torch.Tensor
+            ``[batch]`` relative lengths of the waveforms.
+        prompt_ids : torch.Tensor
+            ``[batch, prompt_len]`` token ids of the prompts.
+        prompt_lens : torch.Tensor
+            ``[batch]`` relative lengths of the prompts.
+        max_new_tokens : int
+            Longest answer, in tokens.
+        num_beams : int
+            Beam width (1: greedy search).
+
+        Returns
+        -------
+        list of list of int
+            One list of token ids per clip, cut at the first ``<eos>``.
+        """
         inputs = self._inputs(wavs, wav_lens, prompt_ids, prompt_lens)
         tokens = unwrap(self.llm).generate(
             inputs_embeds=inputs["inputs_embeds"],
@@ -423,6 +523,20 @@ def target_nll(logits, targets, target_mask):
     """Mean cross-entropy over the real target tokens of the batch:
     ``logits[:, j]`` (``[batch, len, vocab]``) predicts ``targets[:, j]``
     (``[batch, len]``), counted where ``target_mask`` is True.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        ``[batch, len, vocab]`` (computed in float32).
+    targets : torch.Tensor
+        ``[batch, len]`` token ids.
+    target_mask : torch.Tensor
+        ``[batch, len]`` boolean, True on the real target tokens.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar mean negative log-likelihood (0 when no token is real).
 
     Example
     -------
