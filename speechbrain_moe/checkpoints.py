@@ -222,7 +222,28 @@ class Checkpointer(checkpoints.Checkpointer):
         written. With node copies (see the class), the name is chosen first
         (SpeechBrain's format) so that every node creates the folder before
         any rank saves into it; the main process's files are then sent to the
-        other nodes, and every node writes the manifest of its own copy."""
+        other nodes, and every node writes the manifest of its own copy.
+
+        Every rank must call it (it holds collectives). Raises ``ValueError``
+        naming the parameter when a recoverable holds non-finite weights.
+
+        Arguments
+        ---------
+        meta : dict
+            Plain values recorded in ``CKPT.yaml`` (e.g. ``accuracy``).
+        end_of_epoch : bool
+            Whether the checkpoint is taken at the end of an epoch (False:
+            an intra-epoch checkpoint).
+        name : str, optional
+            Folder name after ``CKPT+`` (default: SpeechBrain's timestamp).
+        verbosity : int
+            Logging level of the "Saved checkpoint" message.
+
+        Returns
+        -------
+        speechbrain.utils.checkpoints.Checkpoint or None
+            The saved checkpoint on the main process, None on other ranks.
+        """
         self._share_folder()
         _check_finite(self.recoverables)
         copies = _node_copy_ranks(self.checkpoints_dir)
@@ -258,7 +279,24 @@ class Checkpointer(checkpoints.Checkpointer):
         """SpeechBrain's ``delete_checkpoints`` (same arguments; importance
         by recency when ``importance_keys`` is None) over the checkpoints that
         every rank lists, complete; then every node deletes its copies of the
-        checkpoints the main process deleted."""
+        checkpoints the main process deleted.
+
+        Arguments
+        ---------
+        num_to_keep : int
+            Checkpoints kept for each importance key.
+        min_keys : list of str, optional
+            Meta keys whose lowest-valued checkpoints are kept.
+        max_keys : list of str, optional
+            Meta keys whose highest-valued checkpoints are kept.
+        importance_keys : list of callable, optional
+            ``checkpoint -> number`` (higher: more important) functions; the
+            most important ones of each are kept (default: the newest).
+        ckpt_predicate : callable, optional
+            ``checkpoint -> bool``: only checkpoints it accepts may be deleted.
+        verbosity : int
+            Logging level of the "Deleted checkpoint" messages.
+        """
         agreed = _agreed(self)
 
         def deletable(ckpt):
@@ -299,7 +337,14 @@ class Checkpointer(checkpoints.Checkpointer):
         ]
 
     def list_checkpoints(self):
-        """The complete checkpoints only (manifest present, sizes as written)."""
+        """The complete checkpoints only (manifest present, sizes as written).
+
+        Returns
+        -------
+        list of speechbrain.utils.checkpoints.Checkpoint
+            The complete ``CKPT+...`` folders of ``checkpoints_dir``, sorted by
+            name, each with its meta and parameter files.
+        """
         found = []
         for folder in self._folders():
             if _problem(folder) is not None:
@@ -324,6 +369,23 @@ class Checkpointer(checkpoints.Checkpointer):
         left, a ``RuntimeError`` names the damaged files. With node copies
         (see the class) every node checks its own copy, and a checkpoint
         unusable on one node is set aside on every node.
+
+        Arguments
+        ---------
+        importance_key : callable, optional
+            ``checkpoint -> number``: the most important is loaded (default:
+            the newest, unless ``max_key``/``min_key`` is given).
+        max_key : str, optional
+            Load the checkpoint with the highest value of this meta key.
+        min_key : str, optional
+            Load the checkpoint with the lowest value of this meta key.
+        ckpt_predicate : callable, optional
+            ``checkpoint -> bool``: only checkpoints it accepts are considered.
+
+        Returns
+        -------
+        speechbrain.utils.checkpoints.Checkpoint or None
+            The checkpoint loaded, None when there was none to load.
         """
         self._share_folder()
         copies = _node_copy_ranks(self.checkpoints_dir)
@@ -360,7 +422,16 @@ class Checkpointer(checkpoints.Checkpointer):
 
     def set_aside(self, folder, why):
         """Moves an unusable checkpoint ``folder`` into ``set_aside/``, logging
-        ``why`` (the main process, and every node's own copy's keeper)."""
+        ``why`` (the main process, and every node's own copy's keeper).
+
+        Arguments
+        ---------
+        folder : pathlib.Path
+            A ``CKPT+...`` folder of ``checkpoints_dir``; an earlier one set
+            aside under the same name is kept (this one gets a ``.N`` suffix).
+        why : str
+            What makes it unusable (logged).
+        """
         target = self.checkpoints_dir / SET_ASIDE / folder.name
         suffix = 0
         while target.exists():
