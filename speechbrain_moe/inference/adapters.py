@@ -104,6 +104,22 @@ def backbone_differences(folder, backbone):
     -------
     list of str
         ``what: recorded -> given`` lines; empty when they agree.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from transformers import ASTConfig, ASTModel
+    >>> from speechbrain_moe.lobes.ast import AST
+    >>> source, folder = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...     intermediate_size=64, max_length=100)).save_pretrained(source)
+    >>> _ = open(os.path.join(folder, "inference.yaml"), "w").write(
+    ...     "backbone: !new:speechbrain_moe.lobes.ast.AST\\n"
+    ...     f"    source: {source}\\n    max_frames: 100\\n")
+    >>> backbone_differences(folder, AST(source, max_frames=100))
+    []
+    >>> backbone_differences(folder, AST(source, max_frames=60))
+    ['max_frames: 100 -> 60']
     """
     lobe, arguments = recorded_backbone(folder)
     given = f"{type(backbone).__module__}.{type(backbone).__qualname__}"

@@ -90,7 +90,15 @@ def lora_delta(lora):
 class MergedLoRA(NamedTuple):
     """What :func:`merge_lora` removed from a model, for :func:`unmerge`:
     ``(name, module)`` pairs of the LoRA modules and of the ``AdaptedModel``
-    wrappers, in the order they were removed."""
+    wrappers, in the order they were removed.
+
+    Example
+    -------
+    >>> model = torch.nn.Sequential(LoRA(torch.nn.Linear(4, 4), rank=2))
+    >>> merged = merge_lora(model)
+    >>> [name for name, _ in merged.loras], merged.wrappers
+    (['0'], [])
+    """
 
     loras: list
     wrappers: list
