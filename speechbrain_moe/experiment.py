@@ -137,7 +137,22 @@ RESTART_HINT = (
 
 
 class ExperimentMismatch(RuntimeError):
-    """A run that would mix two experiments in one output folder."""
+    """A run that would mix two experiments in one output folder.
+
+    Its message names what differs and how to proceed (:data:`RESTART_HINT`:
+    another ``--output_folder``, or ``--overwrite_experiment=True``).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "experiment.json")
+    >>> _ = open(path, "w").write("{")  # a damaged record
+    >>> try:
+    ...     _read_record(path)
+    ... except ExperimentMismatch as err:
+    ...     print("--overwrite_experiment=True" in str(err))
+    True
+    """
 
 
 def _plain(node):

@@ -155,6 +155,9 @@ class SparseMoE(_TopKRouting, RoutedModule):
         Experts per token (``1 <= top_k <= num_experts``).
     hidden_size : int
         Hidden size of each expert.
+    output_size : int, optional
+        Size of the outgoing tokens (default: ``input_size``; the bridge maps
+        the encoder's width to the LLM's).
     num_shared_experts : int
         Always-on experts (each of ``hidden_size``).
     routing : str
