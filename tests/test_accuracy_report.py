@@ -35,12 +35,25 @@ def test_summary_is_mean_and_sample_std_per_method():
 
 def test_verdict_says_when_a_mixture_does_not_beat_the_adapter():
     rows = summarise(
-        _report({"adapter": [0.8] * 3, "soft_moa": [0.9] * 3, "dense_moa": [0.7] * 3})
+        _report(
+            {
+                "adapter": [0.8] * 3,
+                "adapter_lr2e-3": [0.6] * 3,  # the better adapter row is the reference
+                "soft_moa": [0.9] * 3,
+                "dense_moa": [0.7] * 3,
+                "moe_adapter": [0.7, 0.85, 1.0],  # +0.05, spread 0.15
+            }
+        )
     )["t"]
     text = verdict(rows)
-    assert "Soft-MoA (14x1): 0.900 vs adapter 0.800 (+0.100): beats" in text
+    assert "Soft-MoA (14x1): 0.900 vs adapter (r=24) 0.800 (+0.100): beats" in text
     assert (
-        "Dense-MoA (14x1): 0.700 vs adapter 0.800 (-0.100): does **not** beat" in text
+        "Dense-MoA (14x1): 0.700 vs adapter (r=24) 0.800 (-0.100): does **not** beat"
+        in text
+    )
+    assert (
+        "MoE-Adapter (8, top-2): 0.850 vs adapter (r=24) 0.800 (+0.050): ahead by less than the seeds' spread (0.150)"
+        in text
     )
 
 
