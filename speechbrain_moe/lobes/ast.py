@@ -150,6 +150,8 @@ class AST(Backbone):
         lengths = self._valid_lengths(wavs, wav_lens, advice)
         feats, frames = [], []
         for wav, length in zip(wavs.float(), lengths.tolist()):
+            # A clip shorter than one 25 ms window (400 samples) is zero-padded
+            # to it, so that it still gives one fbank frame.
             wav = F.pad(wav[:length], (0, max(0, 400 - length)))
             fbank = kaldi.fbank(
                 wav.unsqueeze(0),

@@ -60,6 +60,8 @@ class PrefixAttention(nn.Module):
         check_positive("prefix", num_prefix=num_prefix)
         self.pretrained_module = target_module
         shape = (num_heads, num_prefix, head_dim)
+        # 0.02: the standard deviation Hugging Face models initialise their
+        # embeddings with (``initializer_range``).
         self.prefix_keys = nn.Parameter(torch.randn(shape) * 0.02)
         self.prefix_values = nn.Parameter(torch.randn(shape) * 0.02)
 

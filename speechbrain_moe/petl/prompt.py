@@ -60,6 +60,8 @@ class DeepPromptLayer(nn.Module):
         check_positive("prompt", num_prompts=num_prompts)
         self.pretrained_module = target_module
         self.num_prompts = num_prompts
+        # 0.02: the standard deviation Hugging Face models initialise their
+        # embeddings with (``initializer_range``).
         self.prompts = nn.Parameter(torch.randn(num_prompts, hidden_size) * 0.02)
 
     def forward(self, hidden_states, *args, **kwargs):
