@@ -56,7 +56,8 @@ def _comparable(description):
 
 def description_differences(saved, current):
     """The entries of two :meth:`TrainableState.describe` results that
-    differ (only those both have), as ``key: saved -> current`` strings.
+    differ (only those both have; of settings, only the settings both have),
+    as ``key: saved -> current`` strings.
 
     Arguments
     ---------
@@ -78,13 +79,23 @@ def description_differences(saved, current):
     ["petl_settings: {'mode': 'parallel'} -> {'mode': 'sequential'}"]
     >>> description_differences(None, {"petl_method": "bitfit"})
     []
+    >>> description_differences({"petl_settings": {"rank": 4}},
+    ...                         {"petl_settings": {"rank": 4, "new_option": 1}})
+    []
     """
     saved, current = _comparable(saved), _comparable(current)
-    return [
-        f"{key}: {saved[key]!r} -> {current[key]!r}"
-        for key in saved
-        if key in current and saved[key] != current[key]
-    ]
+    lines = []
+    for key in saved:
+        if key not in current:
+            continue
+        old, new = saved[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            # settings: a setting added since (with its default) is no difference
+            old = {k: v for k, v in old.items() if k in new}
+            new = {k: v for k, v in new.items() if k in old}
+        if old != new:
+            lines.append(f"{key}: {old!r} -> {new!r}")
+    return lines
 
 
 @checkpoints.register_checkpoint_hooks
@@ -191,12 +202,6 @@ class TrainableState:
         saved = dict(_load_file(path))
         description = saved.pop(DESCRIPTION_KEY, None)
         differing = description_differences(description, self.describe())
-        if differing:
-            trained, this = map(self.format_description, (description, self.describe()))
-            raise RuntimeError(
-                f"{path} was trained on {trained}, but this model is {this}: "
-                f"{'; '.join(differing)} differ. {self.load_hint}"
-            )
         current = self.state_dict()
         missing = sorted(set(self.trainable_state_dict()) - set(saved))
         unknown = sorted(set(saved) - set(current))
@@ -205,12 +210,17 @@ class TrainableState:
             for k, v in saved.items()
             if k in current and v.shape != current[k].shape
         ]
+        problems = [f"{'; '.join(differing)} differ"] if differing else []
         if missing or unknown or shapes:
+            problems.append(
+                f"the file lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), "
+                f"has unknown {unknown[:5]}, shape mismatches {shapes[:5]}"
+            )
+        if problems:
             trained, this = map(self.format_description, (description, self.describe()))
             raise RuntimeError(
-                f"{path} was trained on {trained}, but this model is {this}: the file "
-                f"lacks {missing[:5]} (+{max(len(missing) - 5, 0)} more), has unknown "
-                f"{unknown[:5]}, shape mismatches {shapes[:5]}. {self.load_hint}"
+                f"{path} was trained on {trained}, but this model is {this}: "
+                f"{'; '.join(problems)}. {self.load_hint}"
             )
         self.load_state_dict(saved, strict=False)
 

@@ -173,7 +173,9 @@ def test_missing_or_empty_data_folder(experiment, tmp_path, kind):
     with pytest.raises(
         FileNotFoundError, match="ESC-50 not found in .*missing meta/esc50.csv"
     ) as info:
-        train(experiment["exp"], folder, experiment["backbone"])
+        # a new output folder: into the finished one, the other data_folder
+        # is refused first (speechbrain_moe/experiment.py)
+        train(tmp_path / "fresh", folder, experiment["backbone"])
     assert "--data_folder" in str(info.value)
     assert folder_hash(experiment["save"]) == experiment["hash"]
 
