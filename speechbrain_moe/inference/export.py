@@ -90,7 +90,19 @@ def _absolute_paths(node, prefixes):
         comments.items.clear()
         comments.comment = None
         comments.end = []
-    if isinstance(node, dict):
+    # A method or bridge argument is a packaged name unless it looks like a
+    # path (the rule of speechbrain_moe.hparams_files): ``soft_moa`` stays a
+    # name even when the working directory holds a folder called soft_moa.
+    call = _tag(node).split(":", 1)[-1]
+    container, method_key = (None, None)
+    if call in METHOD_CALLS:
+        container, method_key = _method_argument(node, call)
+    if container is not None and not _looks_like_path(container[method_key]):
+        keys = list(node) if isinstance(node, dict) else range(len(node))
+        for key in keys:
+            if key != method_key:
+                node[key] = _absolute_paths(node[key], prefixes)
+    elif isinstance(node, dict):
         for key in node:
             node[key] = _absolute_paths(node[key], prefixes)
     elif isinstance(node, list):
@@ -100,6 +112,16 @@ def _absolute_paths(node, prefixes):
         if os.path.exists(node) or node.startswith(prefixes):
             return os.path.abspath(node)
     return node
+
+
+def _looks_like_path(name):
+    """Whether a method or bridge argument names a file (ends in ``.yaml`` /
+    ``.yml`` or holds a path separator) rather than a packaged name."""
+    return (
+        not isinstance(name, str)
+        or name.endswith((".yaml", ".yml"))
+        or (os.sep in name)
+    )
 
 
 def _tag(node):
