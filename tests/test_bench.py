@@ -227,6 +227,8 @@ def test_committed_tables_are_rendered_from_committed_results(markdown):
     suites = set()
     for name in os.listdir(results):
         if name.endswith(".json"):
+            if name.startswith("bridge_real"):  # tests/test_bridge_real_table.py
+                continue
             with open(os.path.join(results, name)) as handle:
                 report = json.load(handle)
             if report["suite"] == "accuracy":  # tests/test_accuracy_report.py
