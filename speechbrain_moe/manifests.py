@@ -10,8 +10,8 @@ Honest preparation:
   what changed).
 - Every skipped audio file and metadata line is counted and named in the log:
   unreadable, empty, NaN/inf, digitally silent, or shorter than
-  :data:`MIN_SECONDS` (0.1 s: a shorter clip is a broken export, not a sound
-  event or a word).
+  :data:`MIN_SECONDS` (25 ms, one analysis window: a shorter clip is a
+  broken export, not a sound event or a word).
 - Metadata CSVs are read with or without a UTF-8 byte-order mark; a missing
   column names the file, the expected and the found columns; duplicate ids
   name the ids and the file.
@@ -31,9 +31,13 @@ logger = get_logger(__name__)
 MANIFEST_FIELDS = ["ID", "wav", "duration", "class_name"]
 OPTIONS_FILE = "prepare_options.json"
 #: Shortest usable clip, in seconds: shorter audio files are skipped (named in
-#: the log). 0.1 s holds 4 AST frames, 4 Whisper encoder frames, 5 WavLM
-#: frames; no sound event or spoken word of the recipes' data sets is shorter.
-MIN_SECONDS = 0.1
+#: the log). 25 ms is one analysis window of the backbones' front ends (the
+#: 400-sample Kaldi fbank window of AST, Whisper's 400-sample STFT window, the
+#: 400-sample receptive field of WavLM's convolutions at 16 kHz): a shorter
+#: file is a broken export (e.g. a 100-byte WAV), not a sound. It is kept this
+#: low on purpose: real UrbanSound8K slices can be a few tens of milliseconds
+#: long, and each backbone pads a short clip to what it needs.
+MIN_SECONDS = 0.025
 
 
 def _check_audio(path, min_seconds=MIN_SECONDS):

@@ -13,7 +13,7 @@ the log says what changed.
 
 Every utterance left out is counted and named in the log: a transcript line
 without words (or without an id), an audio file that is missing, unreadable,
-empty or shorter than ``speechbrain_moe.manifests.MIN_SECONDS`` (0.1 s), an
+empty or shorter than ``speechbrain_moe.manifests.MIN_SECONDS`` (25 ms), an
 audio file without a transcript line. Each split shows a progress bar while
 its audio is checked.
 
