@@ -310,6 +310,49 @@ def _json_values(value):
     return json.loads(json.dumps(value, default=str))
 
 
+#: Key endings of the recipes' path settings (``data_folder``,
+#: ``backbone_source``, ``train_csv``, ...): a relative value of such a key is
+#: made absolute when it exists.
+PATH_KEY_ENDINGS = ("_folder", "_source", "_file", "_csv", "_path", "_dir", "_json")
+
+
+def _names_a_path(key, value):
+    """Whether the relative ``value`` of ``key`` is a path to make absolute.
+
+    A value counts as a path when its key is a path setting
+    (:data:`PATH_KEY_ENDINGS`), it holds a path separator, or it names a YAML
+    file (the rule of :mod:`speechbrain_moe.hparams_files`); any other string
+    is a name, even when a file or folder of that name happens to exist in the
+    working directory (``petl_method: soft_moa`` beside a ``soft_moa/``
+    output folder stays the packaged method's name).
+
+    Arguments
+    ---------
+    key : str
+        The top-level YAML key.
+    value : object
+        Its value.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> _names_a_path("data_folder", "data"), _names_a_path("petl_method", "soft_moa")
+    (True, False)
+    >>> _names_a_path("petl_method", "methods/mine.yaml")
+    True
+    """
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return False
+    return (
+        key.endswith(PATH_KEY_ENDINGS)
+        or os.sep in value
+        or value.endswith((".yaml", ".yml"))
+    )
+
+
 def experiment_identity(hparams_file, overrides, run_opts=None):
     """What defines the experiment a command line asks for (see the module
     docstring), and the resolved settings.
@@ -349,9 +392,8 @@ def experiment_identity(hparams_file, overrides, run_opts=None):
     for key, value in tree.items():
         if key in NOT_IDENTITY or key in RUN_OPTIONS:
             continue
-        if isinstance(value, str) and not os.path.isabs(value):
-            if os.path.exists(value):
-                value = os.path.abspath(value)
+        if _names_a_path(key, value) and os.path.exists(value):
+            value = os.path.abspath(value)
         identity[key] = value
     for name in TRAINING_RUN_OPTIONS:
         identity[f"run option {name}"] = _run_option(run_opts, tree, name)

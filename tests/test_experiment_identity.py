@@ -603,3 +603,24 @@ def test_cross_validation_refuses_fold(argument, tmp_path):
     assert "use --folds" in proc.stderr.lower() or "with --folds" in proc.stderr
     assert argument.split("=")[0] in proc.stderr
     assert not (tmp_path / "cv").exists()
+
+
+def test_method_name_is_not_a_path_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """The first run creates ``soft_moa/`` (its output folder) in the working
+    directory; the identity of the next run must still record the packaged
+    method's name, not that folder (a ``--test_only`` rerun was refused)."""
+    from speechbrain_moe.experiment import experiment_identity
+
+    hparams = tmp_path / "h.yaml"
+    hparams.write_text(
+        "seed: 1\npetl_method: soft_moa\npetl_overrides: {}\n"
+        "data_folder: data\noutput_folder: !ref <petl_method>\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    before, _ = experiment_identity(str(hparams), {})
+    os.makedirs("soft_moa")
+    after, _ = experiment_identity(str(hparams), {})
+    assert after["petl_method"] == "soft_moa"
+    assert after == before
+    assert after["data_folder"] == str(tmp_path / "data")

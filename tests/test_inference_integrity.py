@@ -443,6 +443,10 @@ def test_loading_draws_no_progress_bar(user_run, bridge_run, tmp_path, capfd, wh
     back on afterwards (the user's setting)."""
     from transformers.utils import logging as hf_logging
 
+    # The user's setting: bars on (other tests, e.g. the benchmarks' model
+    # builders, may have turned them off for the whole process).
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
     capfd.readouterr()
     if which == "classifier":
         load(user_run["out"], savedir=str(tmp_path / "s"))
@@ -453,6 +457,8 @@ def test_loading_draws_no_progress_bar(user_run, bridge_run, tmp_path, capfd, wh
     captured = capfd.readouterr()
     assert "Loading weights" not in captured.err + captured.out
     assert hf_logging.is_progress_bar_enabled()
+    if not was_on:
+        hf_logging.disable_progress_bar()
 
 
 @pytest.mark.slow
