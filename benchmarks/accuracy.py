@@ -614,7 +614,8 @@ def describe(report):
 
 
 def update_markdown(path, text):
-    """Replaces the accuracy block of ``path`` (between the markers) with ``text``.
+    """Replaces the accuracy block of ``path`` (between the markers) with
+    ``text`` (:func:`benchmarks.make_table.update` with this table's markers).
 
     Arguments
     ---------
@@ -623,14 +624,9 @@ def update_markdown(path, text):
     text : str
         New content.
     """
-    with open(path) as handle:
-        content = handle.read()
-    if START not in content or END not in content:
-        sys.exit(f"{path}: add the markers {START} and {END} where the tables go.")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
-    with open(path, "w") as handle:
-        handle.write(f"{head}{START}\n{text}\n{END}{tail}")
+    from benchmarks.make_table import update
+
+    update(path, text, START, END)
 
 
 CORE_METHODS = ("linear", "adapter", "soft_moa", "dense_moa", "moe_adapter", "lora")

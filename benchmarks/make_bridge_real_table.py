@@ -17,7 +17,8 @@ Authors
 import argparse
 import json
 import os
-import sys
+
+from benchmarks.make_table import update as replace_block
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "bridge_real.json")
@@ -151,7 +152,8 @@ def render(results=RESULTS, gradients=GRADIENTS):
 
 
 def update(path, text):
-    """Replaces the marked block of ``path`` with ``text``.
+    """Replaces the real-weights bridge block of ``path`` with ``text``
+    (:func:`benchmarks.make_table.update` with this table's markers).
 
     Arguments
     ---------
@@ -160,14 +162,7 @@ def update(path, text):
     text : str
         New content.
     """
-    with open(path) as fin:
-        content = fin.read()
-    if START not in content or END not in content:
-        sys.exit(f"{path}: add the markers {START} and {END} where the tables go.")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
-    with open(path, "w") as fout:
-        fout.write(f"{head}{START}\n{text}\n{END}{tail}")
+    replace_block(path, text, START, END)
 
 
 def main(argv=None):

@@ -59,8 +59,10 @@ def render(results_dir):
     return "\n\n".join(blocks)
 
 
-def update(path, text):
-    """Replaces the marked block of ``path`` with ``text``.
+def update(path, text, start=START, end=END):
+    """Replaces the block of ``path`` between two markers with ``text`` (the
+    one way every generated README table is written: speed, accuracy and
+    real-weights bridge tables).
 
     Arguments
     ---------
@@ -68,15 +70,30 @@ def update(path, text):
         Markdown file containing the two markers.
     text : str
         New content.
+    start, end : str
+        The markers (default: the speed tables').
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "README.md")
+    >>> _ = open(path, "w").write("a\\n<!-- x -->\\nold\\n<!-- /x -->\\nb\\n")
+    >>> update(path, "new", "<!-- x -->", "<!-- /x -->")
+    >>> print(open(path).read(), end="")
+    a
+    <!-- x -->
+    new
+    <!-- /x -->
+    b
     """
     with open(path) as handle:
         content = handle.read()
-    if START not in content or END not in content:
-        sys.exit(f"{path}: add the markers {START} and {END} where the tables go.")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
+    if start not in content or end not in content:
+        sys.exit(f"{path}: add the markers {start} and {end} where the tables go.")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w") as handle:
-        handle.write(f"{head}{START}\n{text}\n{END}{tail}")
+        handle.write(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main(argv=None):
