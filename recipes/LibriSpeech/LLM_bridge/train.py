@@ -217,8 +217,9 @@ def normalize_answer(text):
 
 
 def read_csv_rows(path):
-    """Rows of a manifest CSV as dicts."""
-    with open(path, newline="") as f:
+    """Rows of a manifest CSV as dicts (a byte-order mark, as spreadsheet
+    programs write one, is not part of the first column's name)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return list(csv.DictReader(f))
 
 
