@@ -89,3 +89,42 @@ def test_recomputed_mlp_equals_sequential_in_value_and_gradient(
     grads_b = torch.autograd.grad((y_b * target).sum(), inputs_b)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["moe_adapter", "soft_moa"])
+def test_tiny_bridges_start_at_the_llm_embedding_scale(name):
+    """The LayerNorm-ended bridges of hparams/bridges_tiny feed SmolLM2-135M
+    (token-embedding std 0.136): at initialisation their outputs must have
+    that RMS, not LayerNorm's 1.0 (7x louder than the text around them; the
+    gain moved by about lr per step, so it stayed near 1 through training)."""
+    import os
+
+    from speechbrain_moe.lobes.speech_llm import load_bridge
+
+    path = os.path.join(
+        os.path.dirname(__file__),
+        "..",
+        "recipes",
+        "LibriSpeech",
+        "LLM_bridge",
+        "hparams",
+        "bridges_tiny",
+        f"{name}.yaml",
+    )
+    torch.manual_seed(0)
+    bridge = load_bridge(path)(1536, 576).eval()
+    with torch.no_grad():
+        out = bridge(torch.randn(2, 6, 1536), torch.ones(2, 6, dtype=torch.bool))
+    rms = out.pow(2).mean().sqrt().item()
+    assert abs(rms - 0.136) < 0.01, rms
+
+
+@pytest.mark.parametrize("cls", [MoEAdapterBridge, SoftMoABridge])
+def test_output_scale_sets_the_initial_output_rms(cls):
+    torch.manual_seed(0)
+    module = cls(40, 24, output_scale=0.25, **SMALL[cls]).eval()
+    with torch.no_grad():
+        out = module(torch.randn(3, 5, 40), torch.ones(3, 5, dtype=torch.bool))
+    assert abs(out.pow(2).mean().sqrt().item() - 0.25) < 0.02
+    default = cls(40, 24, **SMALL[cls])
+    assert torch.equal(default.norm.weight, torch.ones(24))

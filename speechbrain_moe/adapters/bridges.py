@@ -172,6 +172,12 @@ class MoEAdapterBridge(nn.Module):
     implementation : str
         ``"auto"``, ``"plain"`` or ``"kernel"``, for the experts and the
         aggregation MLP (see :mod:`speechbrain_moe.kernels`).
+    output_scale : float
+        Initial gain of the final LayerNorm, i.e. the RMS of the bridge's
+        outputs at initialisation. Set it to the LLM's token-embedding std
+        (SmolLM2-135M: 0.136; the audio markers start at that scale too):
+        with the default 1.0 the audio positions enter the LLM several times
+        louder than its text embeddings, and the gain moves only ~lr per step.
     **moe_settings
         The other settings of :class:`SparseMoE` (``num_experts`` 8,
         ``top_k`` 4, ``num_shared_experts``, ``routing``,
@@ -197,6 +203,7 @@ class MoEAdapterBridge(nn.Module):
         expert_hidden=1280,
         aggregation_hidden=None,
         implementation="auto",
+        output_scale=1.0,
         **moe_settings,
     ):
         super().__init__()
@@ -221,6 +228,7 @@ class MoEAdapterBridge(nn.Module):
         else:
             self.aggregate = nn.Linear(output_size, output_size)
         self.norm = nn.LayerNorm(output_size)
+        nn.init.constant_(self.norm.weight, output_scale)
 
     def forward(self, x, mask=None):
         """Routes the stacked frames and projects them to the LLM width
@@ -261,6 +269,12 @@ class SoftMoABridge(nn.Module):
     implementation : str
         ``"auto"``, ``"plain"`` or ``"kernel"``, for the Soft-MoA (see
         :mod:`speechbrain_moe.kernels`).
+    output_scale : float
+        Initial gain of the final LayerNorm, i.e. the RMS of the bridge's
+        outputs at initialisation. Set it to the LLM's token-embedding std
+        (SmolLM2-135M: 0.136; the audio markers start at that scale too):
+        with the default 1.0 the audio positions enter the LLM several times
+        louder than its text embeddings, and the gain moves only ~lr per step.
 
     Example
     -------
@@ -279,6 +293,7 @@ class SoftMoABridge(nn.Module):
         bottleneck=64,
         slots_per_expert=1,
         implementation="auto",
+        output_scale=1.0,
     ):
         super().__init__()
         fused_size = output_size if fused_size is None else fused_size
@@ -293,6 +308,7 @@ class SoftMoABridge(nn.Module):
         )
         self.out_proj = nn.Linear(fused_size, output_size)
         self.norm = nn.LayerNorm(output_size)
+        nn.init.constant_(self.norm.weight, output_scale)
 
     def forward(self, x, mask=None):
         """Mixes the stacked frames through the soft slots (padded frames
