@@ -9,6 +9,11 @@ Notation (as in ``docs/design.md``)::
     E_i(x) = W_up[i]^T act(W_down[:, i]^T x + b_down[i]) + b_up[i]
     W_down [d, N, r]   b_down [N, r]   W_up [N, r, d_out]   b_up [N, d_out]
 
+With ``bias=False`` the bank holds no ``b_down`` / ``b_up`` (both attributes
+are ``None``), and with ``activation=nn.Identity`` each expert is the
+low-rank product ``W_up[i]^T W_down[:, i]^T x``: the LoRA experts of
+:mod:`speechbrain_moe.adapters.lora_experts` are this bank.
+
 The bank offers the three ways a router calls its experts, each computed for
 all experts at once:
 
@@ -92,6 +97,10 @@ class ExpertBank(nn.Module):
         ``"auto"``, ``"plain"`` or ``"kernel"``: which implementation
         :meth:`dense`, :meth:`routed` and :meth:`grouped` run (see
         :mod:`speechbrain_moe.kernels`; same values either way).
+    bias : bool
+        Give every expert its two biases (``down_bias`` ``[N, r]``,
+        ``up_bias`` ``[N, d_out]``); False: no biases (both attributes are
+        ``None``), as in LoRA experts.
 
     Example
     -------
@@ -113,6 +122,7 @@ class ExpertBank(nn.Module):
         activation=nn.GELU,
         zero_init_up=True,
         implementation="auto",
+        bias=True,
     ):
         super().__init__()
         check_positive(
@@ -132,9 +142,16 @@ class ExpertBank(nn.Module):
         self.down_weight = nn.Parameter(
             torch.empty(input_size, num_experts, bottleneck)
         )
-        self.down_bias = nn.Parameter(torch.zeros(num_experts, bottleneck))
+        # (Registered in this order: down_weight, down_bias, up_weight, up_bias.)
+        self.register_parameter(
+            "down_bias",
+            nn.Parameter(torch.zeros(num_experts, bottleneck)) if bias else None,
+        )
         self.up_weight = nn.Parameter(torch.empty(num_experts, bottleneck, output_size))
-        self.up_bias = nn.Parameter(torch.zeros(num_experts, output_size))
+        self.register_parameter(
+            "up_bias",
+            nn.Parameter(torch.zeros(num_experts, output_size)) if bias else None,
+        )
         self.activation = activation()
         self.zero_init_up = zero_init_up
         self.reset_parameters()
@@ -151,13 +168,14 @@ class ExpertBank(nn.Module):
         """
         bound = 1.0 / math.sqrt(self.input_size)
         nn.init.uniform_(self.down_weight, -bound, bound)
-        nn.init.zeros_(self.down_bias)
         if self.zero_init_up:
             nn.init.zeros_(self.up_weight)
         else:
             bound = 1.0 / math.sqrt(self.bottleneck)
             nn.init.uniform_(self.up_weight, -bound, bound)
-        nn.init.zeros_(self.up_bias)
+        for bias in (self.down_bias, self.up_bias):
+            if bias is not None:
+                nn.init.zeros_(bias)
 
     def expert(self, i, x):
         """Applies expert ``i`` alone: ``E_i(x)``.
@@ -181,8 +199,11 @@ class ExpertBank(nn.Module):
         """
         # Biases in the product's dtype, as nn.Linear adds them under autocast.
         pre = x @ self.down_weight[:, i]
-        hidden = self.activation(pre + self.down_bias[i].to(pre.dtype))
-        out = hidden @ self.up_weight[i]
+        if self.down_bias is not None:
+            pre = pre + self.down_bias[i].to(pre.dtype)
+        out = self.activation(pre) @ self.up_weight[i]
+        if self.up_bias is None:
+            return out
         return out + self.up_bias[i].to(out.dtype)
 
     def dense(self, x, gates=None):
@@ -214,13 +235,19 @@ class ExpertBank(nn.Module):
         # h_i = act(W_down_i x + b_down_i) for every expert i: [..., N, r]
         # (Biases in the product's dtype, as nn.Linear adds them under autocast.)
         pre = torch.einsum("...d,dnr->...nr", x, self.down_weight)
-        hidden = self.activation(pre + self.down_bias.to(pre.dtype))
+        if self.down_bias is not None:
+            pre = pre + self.down_bias.to(pre.dtype)
+        hidden = self.activation(pre)
         if gates is None:  # y = sum_i E_i(x)
             out = torch.einsum("...nr,nro->...o", hidden, self.up_weight)
+            if self.up_bias is None:
+                return out
             return out + self.up_bias.sum(0).to(out.dtype)
         # y = sum_i g_i (W_up_i h_i + b_up_i)
         gates = gates.to(hidden.dtype)
         out = torch.einsum("...nr,nro->...o", hidden * gates[..., None], self.up_weight)
+        if self.up_bias is None:
+            return out
         return out + (gates @ self.up_bias.to(gates.dtype)).to(out.dtype)
 
     def per_expert(self, x):
@@ -245,8 +272,11 @@ class ExpertBank(nn.Module):
         True
         """
         pre = torch.einsum("bnpd,dnr->bnpr", x, self.down_weight)
-        hidden = self.activation(pre + self.down_bias.unsqueeze(1).to(pre.dtype))
-        out = torch.einsum("bnpr,nro->bnpo", hidden, self.up_weight)
+        if self.down_bias is not None:
+            pre = pre + self.down_bias.unsqueeze(1).to(pre.dtype)
+        out = torch.einsum("bnpr,nro->bnpo", self.activation(pre), self.up_weight)
+        if self.up_bias is None:
+            return out
         return out + self.up_bias.unsqueeze(1).to(out.dtype)
 
     def routed(self, x, experts, weights, counts=None):
@@ -343,9 +373,12 @@ class ExpertBank(nn.Module):
         -------
         >>> ExpertBank(2, 8, 4).extra_repr()
         'num_experts=2, input_size=8, bottleneck=4, output_size=8, implementation=auto'
+        >>> ExpertBank(2, 8, 4, bias=False).extra_repr()
+        'num_experts=2, input_size=8, bottleneck=4, output_size=8, implementation=auto, bias=False'
         """
-        return (
+        text = (
             f"num_experts={self.num_experts}, input_size={self.input_size}, "
             f"bottleneck={self.bottleneck}, output_size={self.output_size}, "
             f"implementation={self.implementation}"
         )
+        return text if self.up_bias is not None else text + ", bias=False"

@@ -33,9 +33,13 @@ SETTINGS = {
     "dense_moa": {"num_experts": 3, "bottleneck": 2},
     "soft_moa": {"num_experts": 3, "bottleneck": 2, "slots_per_expert": 2},
     "moe_adapter": {"num_experts": 3, "top_k": 2, "hidden_size": 4},
+    "dense_lora": {"num_experts": 3, "rank": 2, "alpha": 4.0},
+    "soft_lora": {"num_experts": 3, "rank": 2, "slots_per_expert": 2},
+    "moe_lora": {"num_experts": 3, "top_k": 2, "rank": 2},
 }
 ADAPTERS = ("adapter", "convpass", "dense_moa", "soft_moa", "moe_adapter")
-FUNCTION_PRESERVING = ADAPTERS + ("lora", "bitfit", "linear", "full_ft")
+LORA_MIXTURES = ("dense_lora", "soft_lora", "moe_lora")
+FUNCTION_PRESERVING = ADAPTERS + LORA_MIXTURES + ("lora", "bitfit", "linear", "full_ft")
 
 # (method, extra settings) cases: every method with its default placement, and
 # the placement variants of the adapter methods.
@@ -45,6 +49,8 @@ CASES = [(m, {}) for m in sorted(SETTINGS)] + [
     ("dense_moa", {"mode": "sequential"}),
     ("convpass", {"placement": "houlsby", "mode": "sequential"}),
     ("moe_adapter", {"placement": "pfeiffer_ffn"}),
+    ("moe_lora", {"target_layers": ["*q_proj", "*fc1"]}),
+    ("soft_lora", {"target_layers": ["*fc2"]}),
 ]
 
 
@@ -83,6 +89,8 @@ def expected_trainable(name, method, placement="pfeiffer_attention"):
         return name.endswith(".bias")
     if method == "lora":
         return "adapter_down_proj" in name or "adapter_up_proj" in name
+    if method in LORA_MIXTURES:  # the router and expert bank of each layer
+        return ".mixture." in name
     if method == "prompt":
         return name.endswith(".prompts")
     if method == "prefix":

@@ -14,6 +14,7 @@ Authors
 from speechbrain_moe.adapters.bottleneck import BottleneckAdapter
 from speechbrain_moe.adapters.convpass import Convpass
 from speechbrain_moe.adapters.dense_moa import DenseMoA
+from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.adapters.moe import SparseMoE, update_selection_biases
 from speechbrain_moe.adapters.soft_moa import SoftMoA
 
@@ -21,6 +22,7 @@ __all__ = [
     "BottleneckAdapter",
     "Convpass",
     "DenseMoA",
+    "LoRAExperts",
     "SoftMoA",
     "SparseMoE",
     "update_selection_biases",

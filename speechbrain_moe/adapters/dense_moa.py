@@ -49,6 +49,9 @@ class DenseMoA(RoutedModule):
     implementation : str
         ``"auto"``, ``"plain"`` or ``"kernel"`` (see
         :mod:`speechbrain_moe.kernels`; same values either way).
+    expert_bias : bool
+        Give the experts their biases (False: bias-free experts, as the LoRA
+        experts of :mod:`speechbrain_moe.adapters.lora_experts`).
 
     Example
     -------
@@ -65,6 +68,7 @@ class DenseMoA(RoutedModule):
         output_size=None,
         activation=nn.GELU,
         implementation="auto",
+        expert_bias=True,
     ):
         check_positive("DenseMoA", num_experts=num_experts, bottleneck=bottleneck)
         super().__init__(num_experts)
@@ -77,6 +81,7 @@ class DenseMoA(RoutedModule):
             output_size,
             activation=activation,
             implementation=implementation,
+            bias=expert_bias,
         )
 
     def forward(self, x, mask=None):

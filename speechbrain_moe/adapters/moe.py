@@ -180,6 +180,9 @@ class SparseMoE(_TopKRouting, RoutedModule):
     implementation : str
         ``"auto"``, ``"plain"`` or ``"kernel"``: the experts'
         implementation (see :mod:`speechbrain_moe.kernels`; same values).
+    expert_bias : bool
+        Give the experts (routed and shared) their biases (False: bias-free experts, as the LoRA
+        experts of :mod:`speechbrain_moe.adapters.lora_experts`).
 
     Example
     -------
@@ -209,6 +212,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
         activation=nn.SiLU,
         dispatch="auto",
         implementation="auto",
+        expert_bias=True,
     ):
         check_positive(
             "SparseMoE", num_experts=num_experts, top_k=top_k, hidden_size=hidden_size
@@ -255,6 +259,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
             activation=activation,
             zero_init_up=zero_init_output,
             implementation=implementation,
+            bias=expert_bias,
         )
         self.shared = None
         if num_shared_experts:
@@ -266,6 +271,7 @@ class SparseMoE(_TopKRouting, RoutedModule):
                 activation=activation,
                 zero_init_up=zero_init_output,
                 implementation=implementation,
+                bias=expert_bias,
             )
         self.register_buffer("selection_bias", torch.zeros(num_experts))
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)

@@ -61,6 +61,9 @@ class SoftMoA(RoutedModule):
     implementation : str
         ``"auto"``, ``"plain"`` or ``"kernel"`` (see
         :mod:`speechbrain_moe.kernels`; same values either way).
+    expert_bias : bool
+        Give the experts their biases (False: bias-free experts, as the LoRA
+        experts of :mod:`speechbrain_moe.adapters.lora_experts`).
 
     Example
     -------
@@ -81,6 +84,7 @@ class SoftMoA(RoutedModule):
         output_size=None,
         activation=nn.GELU,
         implementation="auto",
+        expert_bias=True,
     ):
         check_positive(
             "SoftMoA",
@@ -104,6 +108,7 @@ class SoftMoA(RoutedModule):
             output_size,
             activation=activation,
             implementation=implementation,
+            bias=expert_bias,
         )
 
     def logits(self, x):

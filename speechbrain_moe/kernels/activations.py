@@ -30,7 +30,8 @@ def activation_grad(activation, grad, pre, out=None):
     ---------
     activation : torch.nn.Module
         The activation module (``nn.SiLU``, ``nn.GELU`` and ``nn.ReLU`` use
-        ATen's backward operators; any other module goes through autograd).
+        ATen's backward operators, ``nn.Identity`` passes ``grad`` through;
+        any other module goes through autograd).
     grad : torch.Tensor
         Gradient of the activation's output.
     pre : torch.Tensor
@@ -51,6 +52,8 @@ def activation_grad(activation, grad, pre, out=None):
     True
     """
     ops, kind = torch.ops.aten, type(activation)
+    if kind is nn.Identity:  # LoRA experts: the gradient passes through
+        return grad if out is None or out is grad else out.copy_(grad)
     if kind in (nn.SiLU, nn.GELU, nn.ReLU):
         op, args, kwargs = ops.silu_backward, (grad, pre), {}
         if kind is nn.GELU:

@@ -60,9 +60,12 @@ def mix(bank, pre, gates=None):
     hidden = bank.activation(pre)
     up = bank.up_weight.reshape(n * r, bank.output_size)
     if gates is None:
-        return F.linear(hidden, up.t(), bank.up_bias.sum(0))
+        bias = None if bank.up_bias is None else bank.up_bias.sum(0)
+        return F.linear(hidden, up.t(), bias)
     gates = gates.to(hidden.dtype)
     hidden = (hidden.unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
+    if bank.up_bias is None:  # a bank without biases (LoRA experts)
+        return hidden @ up
     # The gated output biases ride along as N extra columns: one product
     # writes the [..., output_size] result (and one reads its gradient).
     hidden = torch.cat([hidden, gates], dim=-1)
@@ -96,7 +99,8 @@ def dense(bank, x, gates=None):
     """
     n, r = bank.num_experts, bank.bottleneck
     down = bank.down_weight.reshape(bank.input_size, n * r)
-    return mix(bank, F.linear(x, down.t(), bank.down_bias.reshape(n * r)), gates)
+    bias = None if bank.down_bias is None else bank.down_bias.reshape(n * r)
+    return mix(bank, F.linear(x, down.t(), bias), gates)
 
 
 def dense_moa(router, bank, x):
@@ -130,7 +134,10 @@ def dense_moa(router, bank, x):
     n = bank.num_experts
     down = bank.down_weight.reshape(bank.input_size, -1).t()
     weight = torch.cat([router.weight, down.to(router.weight.dtype)])
-    bias = torch.cat([router.bias, bank.down_bias.reshape(-1)])
+    if bank.down_bias is None:  # a bank without biases (LoRA experts)
+        bias = torch.cat([router.bias, router.bias.new_zeros(down.shape[0])])
+    else:
+        bias = torch.cat([router.bias, bank.down_bias.reshape(-1)])
     logits, pre = F.linear(x, weight, bias).split([n, weight.shape[0] - n], -1)
     gates = torch.softmax(logits.float(), dim=-1)
     return mix(bank, pre, gates), gates

@@ -97,7 +97,11 @@ class RoutedExperts(torch.autograd.Function):
             block = torch.addmm(
                 down_b[i], x.index_select(0, rows), down[:, i], out=block
             )
-            hidden = activation(block).mul_(row_weights[start:end].unsqueeze(-1))
+            hidden = activation(block)
+            weight = row_weights[start:end].unsqueeze(-1)
+            # In place unless the activation returned its input (nn.Identity:
+            # LoRA experts), whose pre-activations the backward pass reads.
+            hidden = hidden * weight if hidden is block else hidden.mul_(weight)
             out.index_add_(0, rows, hidden @ up[i])
         return out, pre
 
@@ -221,7 +225,10 @@ def sorted_experts(bank, x, index, row_weights, counts):
     if autocast:
         dtype = torch.get_autocast_dtype(device)
     args = (x.to(dtype), index, row_weights.to(dtype), counts, bank.activation)
-    args += tuple(p.to(dtype) for p in (bank.down_weight, bank.down_bias))
+    down_bias = bank.down_bias
+    if down_bias is None:  # a bank without biases (LoRA experts): add zeros
+        down_bias = bank.down_weight.new_zeros(bank.num_experts, bank.bottleneck)
+    args += tuple(p.to(dtype) for p in (bank.down_weight, down_bias))
     args += (bank.up_weight.to(dtype),)
     with torch.autocast(device, enabled=False) if autocast else nullcontext():
         if torch.is_grad_enabled():
@@ -272,6 +279,8 @@ def routed(bank, x, experts, weights, counts=None):
     index = torch.div(order, k, rounding_mode="floor")
     row_weights = weights.reshape(-1).index_select(0, order)
     out = sorted_experts(bank, x, index, row_weights, counts.tolist())
+    if bank.up_bias is None:  # a bank without biases (LoRA experts)
+        return out
     # The output biases, weighted: one [tokens, N] x [N, out] product.
     return torch.addmm(out, gates.to(out.dtype), bank.up_bias.to(out.dtype))
 
@@ -309,6 +318,8 @@ def grouped(bank, x, counts, row_weights=None):
         row_weights = x.new_ones(x.shape[0])
     index = torch.arange(x.shape[0], device=x.device)
     out = sorted_experts(bank, x, index, row_weights, list(counts))
+    if bank.up_bias is None:  # a bank without biases (LoRA experts)
+        return out
     owner = torch.repeat_interleave(
         torch.arange(len(counts), device=x.device),
         torch.as_tensor(list(counts), device=x.device),

@@ -39,6 +39,13 @@ NOT_MERGEABLE = {
     "gate, a function of the token, weights the experts",
     "moe_adapter": "a mixture with input-dependent routing: each token goes to "
     "the top-k experts it picks",
+    "dense_lora": "a mixture of LoRA experts with input-dependent routing: "
+    "each token's softmax gate, a function of the token, weights the experts' "
+    "low-rank updates, so no single weight update equals them",
+    "soft_lora": "a mixture of LoRA experts with input-dependent routing: the "
+    "experts read slots, softmax mixes of the sequence's tokens",
+    "moe_lora": "a mixture of LoRA experts with input-dependent routing: each "
+    "token goes to the top-k experts it picks",
     "adapter": "the adapter's GELU between its projections is not linear",
     "convpass": "the adapter's GELU is not linear and its convolution mixes "
     "neighbouring tokens",

@@ -8,6 +8,7 @@ import re
 import torch
 from speechbrain.nnet.adapters import AdaptedModel, LoRA
 
+from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.placement import PLACEMENT_MODES
 from speechbrain_moe.targets import petl_root
 
@@ -112,9 +113,10 @@ LORA_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3
 
 def _adapts_linear_only(adapter_class):
     """Whether ``adapter_class`` (or the callable a partial wraps) is
-    SpeechBrain's ``LoRA``, which adapts :data:`LORA_LAYERS` only."""
+    SpeechBrain's ``LoRA``, which adapts :data:`LORA_LAYERS` only, or a
+    mixture of LoRA experts (linear layers only)."""
     target = getattr(adapter_class, "func", adapter_class)
-    return isinstance(target, type) and issubclass(target, LoRA)
+    return isinstance(target, type) and issubclass(target, (LoRA, LoRAExperts))
 
 
 def _check_linear_targets(root, patterns):
