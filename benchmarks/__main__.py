@@ -18,10 +18,12 @@ from benchmarks.core import AUTOCAST_DTYPES
 from benchmarks.report import (
     describe,
     format_table,
+    implementation_table,
     plot_report,
 )
 from benchmarks.runner import run_suite, run_worker
 from benchmarks.suites import SUITES
+from benchmarks.targets import baseline_record, targets_table
 
 
 def parse_args(argv=None):
@@ -62,7 +64,25 @@ def parse_args(argv=None):
         "--markdown", action="store_true", help="Print a Markdown table too."
     )
     parser.add_argument("--warmup", type=int, help="Warm-up steps per case.")
-    parser.add_argument("--repeats", type=int, help="Timed interleaved rounds.")
+    parser.add_argument(
+        "--repeats", type=int, help="Timed interleaved rounds of every group."
+    )
+    parser.add_argument(
+        "--rounds",
+        action="append",
+        metavar="GROUP=N",
+        default=[],
+        help="Timed rounds of one group (repeatable; e.g. --rounds frames=1000=7 "
+        "--rounds experts=5); --repeats overrides it. The groups of a suite are "
+        "listed by --estimate.",
+    )
+    parser.add_argument(
+        "--estimate",
+        metavar="PREVIOUS_JSON",
+        help="Print the estimated wall time of this run (suite, --warmup, "
+        "--repeats, --rounds, --no-memory) from the step times of an earlier "
+        "report of the suite, and exit without running anything.",
+    )
     parser.add_argument(
         "--no-memory",
         action="store_true",
@@ -77,8 +97,90 @@ def parse_args(argv=None):
         help="Re-run a timed step during which other processes used more than "
         "this share of the CPUs (default 0.15; 1 keeps every step; --quick: 1).",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="EARLIER_JSON",
+        help="Report whose target values this run is compared with (the 3 %% "
+        "rule of benchmarks/targets.py; default: the --json file being replaced, "
+        "when it holds a full report of the same suite, device and autocast).",
+    )
     parser.add_argument("--memory-worker", metavar="SPEC", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def parse_rounds(values):
+    """``GROUP=N`` options as a dict (the group name may contain ``=``).
+
+    Arguments
+    ---------
+    values : list of str
+        The ``--rounds`` values.
+
+    Returns
+    -------
+    dict
+        ``group -> rounds``.
+
+    Example
+    -------
+    >>> parse_rounds(["frames=1000=7", "experts=5"])
+    {'frames=1000': 7, 'experts': 5}
+    """
+    out = {}
+    for value in values:
+        group, _, count = value.rpartition("=")
+        if not group or not count.isdigit() or int(count) < 1:
+            raise SystemExit(
+                f"error: --rounds {value!r}: write GROUP=N with N a positive "
+                "integer, e.g. --rounds frames=1000=7."
+            )
+        out[group] = int(count)
+    return out
+
+
+def load_baseline(args):
+    """The earlier report a run is compared with, or None.
+
+    ``--baseline`` if given (it must hold a report of the same suite);
+    else the ``--json`` file about to be replaced, when it holds a full
+    (not ``--quick``) report of the same suite, device and autocast.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Parsed command line.
+
+    Returns
+    -------
+    dict or None
+
+    Example
+    -------
+    >>> load_baseline(parse_args(["--suite", "bridge", "--json", "/nonexistent.json"])) is None
+    True
+    """
+    path = args.baseline or args.json
+    if not path or not os.path.exists(path):
+        if args.baseline:
+            raise SystemExit(f"error: --baseline {path}: no such file.")
+        return None
+    with open(path) as handle:
+        previous = json.load(handle)
+    same = (
+        isinstance(previous, dict)
+        and previous.get("suite") == args.suite
+        and previous.get("device") == args.device
+        and previous.get("config", {}).get("autocast") == args.autocast
+    )
+    if args.baseline and not same:
+        raise SystemExit(
+            f"error: --baseline {path} holds no {args.suite} report on "
+            f"{args.device} (autocast {args.autocast}); give the earlier JSON of "
+            "the same suite and device."
+        )
+    if not same or previous["config"].get("quick"):
+        return None
+    return previous
 
 
 def main(argv=None):
@@ -116,6 +218,24 @@ def main(argv=None):
         )
         return 2
 
+    rounds = parse_rounds(args.rounds)
+    if args.estimate:
+        from benchmarks.runner import estimate_seconds
+
+        with open(args.estimate) as handle:
+            previous = json.load(handle)
+        warmup = 2 if args.warmup is None else args.warmup
+        estimate = estimate_seconds(
+            args.suite, previous, warmup, args.repeats, rounds, not args.no_memory
+        )
+        for group, (cases, n_rounds, seconds) in estimate["groups"].items():
+            print(f"{group}: {cases} cases, {n_rounds} rounds, ~{seconds / 60:.1f} min")
+        print(f"memory workers: ~{estimate['memory_s'] / 60:.1f} min")
+        print(f"total (with margin): ~{estimate['total_min']} min")
+        return 0
+
+    baseline = None if args.quick else load_baseline(args)
+
     def log(message):
         """Progress line on stderr."""
         print(message, file=sys.stderr, flush=True)
@@ -136,15 +256,28 @@ def main(argv=None):
         max_others=max_others,
         command=list(sys.argv[1:] if argv is None else argv),
         autocast=args.autocast,
+        rounds=rounds,
     )
     if args.threads:
         report["config"]["threads"] = args.threads
+    if baseline is not None:
+        report["baseline"] = baseline_record(baseline)
     print(format_table(report))
+    side_by_side = implementation_table(report)
+    if side_by_side:
+        print()
+        print(side_by_side)
     if args.markdown:
         print()
         print(describe(report))
         print()
         print(format_table(report, markdown=True))
+        if side_by_side:
+            print()
+            print(implementation_table(report, markdown=True))
+    if not args.quick:
+        print()
+        print(targets_table([report]))
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)

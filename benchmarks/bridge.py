@@ -232,7 +232,8 @@ def build_bridge_modules(config, only=None):
     Arguments
     ---------
     config : dict
-        A ``bridge`` case config (widths, experts, top-k).
+        A ``bridge`` case config (widths, experts, top-k; ``implementation``
+        of the MoE-Adapter, default ``auto``).
     only : str, optional
         ``moe_adapter`` or ``dense``: return only that one (the other is
         None), and never hold the weights of both, so that a memory worker's
@@ -262,6 +263,7 @@ def build_bridge_modules(config, only=None):
         top_k=config["top_k"],
         expert_hidden=config["expert_hidden"],
         aggregation_hidden=config["aggregation_hidden"],
+        implementation=config.get("implementation", "auto"),
     )
     total = sum(p.numel() for p in moe.parameters())
     hidden = dense_hidden_for(total, config["input_size"], config["output_size"])

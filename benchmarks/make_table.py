@@ -18,7 +18,12 @@ import json
 import os
 import sys
 
-from benchmarks.report import SUITE_ORDER, describe, format_table
+from benchmarks.report import (
+    SUITE_ORDER,
+    describe,
+    format_table,
+    implementation_table,
+)
 from benchmarks.targets import targets_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,6 +61,13 @@ def render(results_dir):
         blocks.append(
             f"### {report['suite']} (`{name}`)\n\n{describe(report)}\n\n{format_table(report, markdown=True)}"
         )
+        side_by_side = implementation_table(report, markdown=True)
+        if side_by_side:
+            blocks.append(
+                f"Kernel and plain path side by side ({report['suite']}): what "
+                "`implementation: auto` ran here, and the cost of "
+                "`implementation: plain` in the same rounds.\n\n" + side_by_side
+            )
     return "\n\n".join(blocks)
 
 

@@ -26,6 +26,17 @@ TARGETS = {
 }
 #: Order of the suites in rendered documents.
 SUITE_ORDER = {"table1": 0, "scaling": 1, "bridge": 2}
+#: Methods with a plain and a kernel path (an ``implementation`` setting):
+#: the mixtures of adapters and the mixtures of LoRA experts (those
+#: registered; ``benchmarks.suites`` gives each case of them a plain peer).
+MIXTURE_METHODS = (
+    "dense_moa",
+    "soft_moa",
+    "moe_adapter",
+    "dense_lora",
+    "soft_lora",
+    "moe_lora",
+)
 #: Paper Table 1 ratios to the single adapter (GPU, ms 513 / 626 / 1689).
 PAPER_RATIOS = {"adapter": 1.0, "soft_moa": 1.22, "dense_moa": 3.29, "lora": 1.02}
 
@@ -101,7 +112,40 @@ def _row_label(row):
         extra.append(f"frames={cfg['frames']}")
     if cfg.get("implementation") == "naive_loop":
         extra.append("naive loop")
+    elif cfg.get("implementation") == "plain":
+        extra.append("plain")
     return row["method"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def implementation_ran(row):
+    """Which code a row ran: ``kernel``, ``plain``, ``naive loop`` or ``-``.
+
+    Reports written before the plain paths existed have no ``implementation``
+    field: their mixture rows ran the kernels (the only path then).
+
+    Arguments
+    ---------
+    row : dict
+        A result row.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> implementation_ran({"method": "soft_moa", "implementation": "plain", "config": {}})
+    'plain'
+    >>> implementation_ran({"method": "soft_moa", "config": {}})
+    'kernel'
+    >>> implementation_ran({"method": "adapter", "config": {}})
+    '-'
+    """
+    if row["config"].get("implementation") == "naive_loop":
+        return "naive loop"
+    if "implementation" in row:
+        return row["implementation"] or "-"
+    return "kernel" if row["method"] in MIXTURE_METHODS else "-"
 
 
 def _columns(report):
@@ -112,6 +156,7 @@ def _columns(report):
             ("shape", lambda r: r["config"].get("shape", "-")),
             ("step", lambda r: r["config"].get("mode", "train")),
             ("method", _row_label),
+            ("ran", implementation_ran),
             ("total params", lambda r: f"{r['total_params']:,}"),
             ("active / total", lambda r: _fmt(r.get("active_ratio"))),
             ("MAC limit", lambda r: _fmt(r.get("macs_ratio"))),
@@ -119,14 +164,17 @@ def _columns(report):
             ("peak MB", lambda r: _fmt(r["peak_mem_mb"], ".0f")),
             ("time / dense [IQR]", lambda r: _spread(r, "ratio_to_dense", ".3f")),
             ("mem / dense", lambda r: _fmt(r.get("mem_ratio_to_dense"), ".3f")),
+            ("plain / auto [IQR]", lambda r: _spread(r, "ratio_to_auto", ".3f")),
         ]
     cols = [
         ("method", _row_label),
+        ("ran", implementation_ran),
         ("trainable (no head)", lambda r: f"{r['trainable_params_no_head']:,}"),
         ("step ms [IQR]", _step_ms),
         ("peak MB", lambda r: _fmt(r["peak_mem_mb"], ".0f")),
         ("time / adapter [IQR]", lambda r: _spread(r, "ratio_to_adapter", ".3f")),
         ("mem / adapter", lambda r: _fmt(r.get("mem_ratio_to_adapter"), ".3f")),
+        ("plain / auto [IQR]", lambda r: _spread(r, "ratio_to_auto", ".3f")),
     ]
     if suite == "scaling":
         cols.append(("time / N=2 [IQR]", lambda r: _spread(r, "ratio_to_n2", ".3f")))
@@ -161,7 +209,7 @@ def format_table(report, markdown=False):
     ...        "step_ms_iqr": [0.9, 1.1], "step_ms_min": 0.9, "peak_mem_mb": None,
     ...        "ratio_to_adapter": None, "ratio_to_dense": 1.0}]}
     >>> print(format_table(rep, markdown=True).splitlines()[2])
-    | small | train | dense | 10 | 1.00 | 1.00 | 1.0 [0.9-1.1] | - | 1.000 | - |
+    | small | train | dense | - | 10 | 1.00 | 1.00 | 1.0 [0.9-1.1] | - | 1.000 | - | - |
     >>> print(format_table(rep).splitlines()[2].split()[:3])
     ['small', 'train', 'dense']
     """
@@ -178,6 +226,129 @@ def format_table(report, markdown=False):
         title += "  ** QUICK SMOKE RUN: tiny shapes, timings not comparable **"
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join([title] + lines)
+
+
+def implementation_pairs(report):
+    """The ``(auto row, plain row)`` pairs of a report: every mixture case
+    and its ``implementation: plain`` peer (same group, method and settings).
+
+    Arguments
+    ---------
+    report : dict
+        A report of :func:`benchmarks.run_suite`.
+
+    Returns
+    -------
+    list of tuple
+        In the order of the ``auto`` rows; empty for a report without plain
+        peers (written before they existed).
+
+    Example
+    -------
+    >>> auto = {"method": "soft_moa", "group": "g", "config": {"implementation": "auto"}}
+    >>> plain = {"method": "soft_moa", "group": "g", "config": {"implementation": "plain"}}
+    >>> implementation_pairs({"results": [auto, plain]}) == [(auto, plain)]
+    True
+    """
+
+    def key(row):
+        cfg = {k: v for k, v in row["config"].items() if k != "implementation"}
+        return row["group"], row["method"], repr(sorted(cfg.items()))
+
+    plain = {
+        key(r): r
+        for r in report["results"]
+        if r["config"].get("implementation") == "plain"
+    }
+    return [
+        (r, plain[key(r)])
+        for r in report["results"]
+        if r["config"].get("implementation") == "auto" and key(r) in plain
+    ]
+
+
+def implementation_table(report, markdown=False):
+    """Kernel and plain path side by side: one line per mixture case.
+
+    Each line gives what ``implementation: auto`` ran on the report's device,
+    both step times, the plain path's time relative to ``auto`` (median of
+    the per-round ratios, timed in the same rounds), each one's time and
+    peak memory relative to the suite's reference (the single adapter; the
+    dense projector in ``bridge``), so that a user on another device can see
+    what each path costs.
+
+    Arguments
+    ---------
+    report : dict
+        A report of :func:`benchmarks.run_suite`.
+    markdown : bool
+        Markdown rows instead of padded columns.
+
+    Returns
+    -------
+    str
+        The table; empty when the report has no plain peers.
+
+    Example
+    -------
+    >>> rows = [{"method": "soft_moa", "group": "g", "implementation": impl,
+    ...          "config": {"implementation": setting}, "step_ms_median": ms,
+    ...          "ratio_to_adapter": ratio, "mem_ratio_to_adapter": 1.0,
+    ...          "ratio_to_auto": None if setting == "auto" else 1.2}
+    ...         for impl, setting, ms, ratio in (("kernel", "auto", 10.0, 1.0),
+    ...                                          ("plain", "plain", 12.0, 1.2))]
+    >>> rep = {"suite": "table1", "device": "cpu", "results": rows}
+    >>> print(implementation_table(rep, markdown=True).splitlines()[2])
+    | soft_moa | kernel | 10.0 | 12.0 | 1.200 | 1.000 | 1.200 | 1.000 | 1.000 |
+    """
+    pairs = implementation_pairs(report)
+    if not pairs:
+        return ""
+    ref = "dense" if report["suite"] == "bridge" else "adapter"
+    field = f"ratio_to_{ref}"
+
+    def label(row):
+        cfg = row["config"]
+        if report["suite"] == "bridge":
+            return f"{cfg.get('shape')}/{cfg.get('mode')} {row['method']}"
+        return _row_label(row)
+
+    rows = [
+        [
+            "case",
+            "auto ran",
+            "auto ms",
+            "plain ms",
+            "plain / auto [IQR]",
+            f"auto / {ref}",
+            f"plain / {ref}",
+            f"auto mem / {ref}",
+            f"plain mem / {ref}",
+        ]
+    ]
+    for auto, plain in pairs:
+        rows.append(
+            [
+                label(auto),
+                implementation_ran(auto),
+                _fmt(auto["step_ms_median"], ".1f"),
+                _fmt(plain["step_ms_median"], ".1f"),
+                _spread(plain, "ratio_to_auto", ".3f"),
+                _fmt(auto.get(field), ".3f"),
+                _fmt(plain.get(field), ".3f"),
+                _fmt(auto.get("mem_" + field), ".3f"),
+                _fmt(plain.get("mem_" + field), ".3f"),
+            ]
+        )
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    title = f"{report['suite']}: kernel and plain path side by side"
+    return "\n".join(
+        [title] + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    )
 
 
 def describe(report):
@@ -221,6 +392,13 @@ def describe(report):
             parts.append(f"; forward under torch.autocast {cfg['autocast']}")
         if cfg.get("allocator"):
             parts.append(f"; timing allocator: {cfg['allocator']}")
+        if cfg.get("implementations"):
+            parts.append(
+                f"; `implementation: auto` ran the "
+                f"{cfg['implementations']['auto']} path on this device, and every "
+                "mixture was also timed with `implementation: plain` in the same "
+                "rounds (rows marked plain)"
+            )
         rows = report.get("results", [])
         if cfg.get("max_others") is not None and rows:
             retries = sum(r.get("retries", 0) for r in rows)
@@ -234,6 +412,12 @@ def describe(report):
             parts.append(" **(quick smoke run: shapes shrunk, timings meaningless)**")
     if prov.get("command"):
         parts.append(f". Command: `{prov['command']}`")
+    base = report.get("baseline")
+    if base:
+        parts.append(
+            f". Targets compared with the report this one replaced (code "
+            f"{base.get('git_commit')}, {str(base.get('date'))[:10]})"
+        )
     parts.append(
         f". Cells: median [first-third quartile]; ratios are medians of per-round "
         f"ratios. Target: {TARGETS.get(report['suite'], '-')}."
@@ -244,10 +428,11 @@ def describe(report):
 def plot_report(report, path):
     """Draws a report with matplotlib and saves it to ``path``.
 
-    ``table1`` and ``bridge``: one bar per method (median step time, with the
-    ratio to the reference written on each bar). ``scaling``: step time vs
-    number of experts (one line per method and bottleneck) and step time vs
-    frames.
+    ``table1`` and ``bridge``: one bar per case (median step time, with the
+    ratio to the reference written on each bar; mixtures in orange, their
+    ``implementation: plain`` peers in green). ``scaling``: step time vs
+    number of experts (one line per method, bottleneck and implementation,
+    dashed for the plain path) and step time vs frames.
 
     Arguments
     ---------
@@ -275,13 +460,19 @@ def plot_report(report, path):
         for r in rows:
             if r["config"].get("sweep") == "experts":
                 key = f"{r['method']} r={r['config']['bottleneck']}"
+                if r["config"].get("implementation") == "plain":
+                    key += " (plain)"
                 sweeps.setdefault(key, []).append(
                     (r["config"]["num_experts"], r["step_ms_median"])
                 )
         for key, points in sorted(sweeps.items()):
             points.sort()
             ax_n.plot(
-                [p[0] for p in points], [p[1] for p in points], marker="o", label=key
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="o",
+                label=key,
+                linestyle="--" if key.endswith("(plain)") else "-",
             )
         ax_n.set_xscale("log", base=2)
         ax_n.set_xlabel("number of experts N")
@@ -291,13 +482,20 @@ def plot_report(report, path):
         lengths = {}
         for r in rows:
             if r["config"].get("sweep") == "frames":
-                lengths.setdefault(r["method"], []).append(
+                name = r["method"]
+                if r["config"].get("implementation") == "plain":
+                    name += " (plain)"
+                lengths.setdefault(name, []).append(
                     (r["config"]["frames"], r["step_ms_median"])
                 )
         for key, points in sorted(lengths.items()):
             points.sort()
             ax_f.plot(
-                [p[0] for p in points], [p[1] for p in points], marker="o", label=key
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="o",
+                label=key,
+                linestyle="--" if key.endswith("(plain)") else "-",
             )
         ax_f.set_xlabel("input frames (fbank)")
         ax_f.set_ylabel("training step time (ms, median)")
@@ -308,16 +506,21 @@ def plot_report(report, path):
         fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.2))
         names = [
             f"{r['config'].get('shape')}/{r['config'].get('mode')}\n{r['method']}"
+            + (" (plain)" if r["config"].get("implementation") == "plain" else "")
             if suite == "bridge"
             else _row_label(r)
             for r in rows
         ]
         values = [r["step_ms_median"] for r in rows]
+        # Mixtures: orange where auto ran (the kernels on the CPU), green for
+        # their plain-path peers; other methods blue.
         colors = [
-            "tab:orange"
-            if any(m in n for m in ("soft_moa", "dense_moa", "moe_adapter"))
+            "tab:green"
+            if r["config"].get("implementation") == "plain"
+            else "tab:orange"
+            if r["method"] in MIXTURE_METHODS
             else "tab:blue"
-            for n in names
+            for r in rows
         ]
         bars = ax.bar(names, values, color=colors)
         ratio_key = "ratio_to_dense" if suite == "bridge" else "ratio_to_adapter"

@@ -26,6 +26,7 @@ from benchmarks.suites import (
     CASE_LISTS,
     SUITES,
     build_step,
+    resolved_implementation,
     save_random_ast,
 )
 
@@ -96,18 +97,35 @@ def paired_ratio(times, reference):
     return median, q1, q3
 
 
+def _without_implementation(config):
+    """``config`` without its ``implementation`` entry (to pair peers)."""
+    return {k: v for k, v in config.items() if k != "implementation"}
+
+
 def _reference(row, rows):
-    """The row ``row`` is compared with, and the name of its ratio field."""
-    cfg = row["config"]
+    """The row ``row`` is compared with, and the name of its ratio field.
+
+    A naive-loop peer is compared with the ``auto`` case of its method
+    (``ratio_to_ours``), a plain-path peer with the ``auto`` case of the same
+    method and settings (``ratio_to_auto``); other rows have no peer.
+    """
+    implementation = row["config"].get("implementation")
+    if implementation not in ("naive_loop", "plain"):
+        return None, None
     same_group = [r for r in rows if r["group"] == row["group"] and r is not row]
-    if cfg.get("implementation") == "naive_loop":
-        ours = [
-            r
-            for r in same_group
-            if r["method"] == row["method"] and "implementation" not in r["config"]
-        ]
-        return ours[0] if ours else None, "ratio_to_ours"
-    return None, None
+    ours = [
+        r
+        for r in same_group
+        if r["method"] == row["method"]
+        and r["config"].get("implementation", "auto") == "auto"
+        and (
+            implementation == "naive_loop"
+            or _without_implementation(r["config"])
+            == _without_implementation(row["config"])
+        )
+    ]
+    name = "ratio_to_ours" if implementation == "naive_loop" else "ratio_to_auto"
+    return (ours[0] if ours else None), name
 
 
 def _set_ratio(row, name, ref):
@@ -129,9 +147,13 @@ def add_ratios(results, suite):
     the same interleaved group (with its quartiles in ``<field>_iqr``):
     ``ratio_to_adapter`` (to the ``adapter`` row with the same frames; null in
     ``bridge``), ``ratio_to_dense`` (``bridge``), ``ratio_to_ours`` (a
-    naive-loop peer to our implementation of the same method) and
+    naive-loop peer to our implementation of the same method, with
+    ``implementation: auto``), ``ratio_to_auto`` (a plain-path peer to the
+    ``auto`` case of the same method and settings: on a device where
+    ``auto`` runs the kernels, the plain path's cost relative to them) and
     ``ratio_to_n2`` (the expert sweep of ``scaling``, to N = 2 of the same
-    method and bottleneck). Memory ratios (``mem_<field>``) divide peaks.
+    method, bottleneck and implementation). Memory ratios (``mem_<field>``)
+    divide peaks.
 
     Arguments
     ---------
@@ -189,11 +211,172 @@ def add_ratios(results, suite):
                     and r["config"].get("sweep") == "experts"
                     and r["config"]["bottleneck"] == cfg["bottleneck"]
                     and r["config"]["num_experts"] == 2
+                    and r["config"].get("implementation") == cfg.get("implementation")
                 ),
                 None,
             )
             _set_ratio(row, "ratio_to_n2", n2)
     return results
+
+
+#: Rough allowances of :func:`estimate_seconds` (not measured, chosen wide):
+#: seconds to start a memory worker (Python, torch and transformers imports,
+#: building the case) per case kind, to build a case in the timing process,
+#: and to save the random AST checkpoint once per suite.
+WORKER_START_S = {"ast": 12.0, "bridge": 6.0}
+BUILD_S = {"ast": 1.5, "bridge": 0.5}
+CHECKPOINT_S = 10.0
+#: Safety margin of an estimate (plain peers are costed at their ``auto``
+#: sibling's step time, which the committed reports hold).
+ESTIMATE_MARGIN = 1.15
+
+
+def group_repeats(cases, quick=False, repeats=None, rounds=None):
+    """Timed rounds of every group of a suite.
+
+    Arguments
+    ---------
+    cases : list of dict
+        The suite's case specs (each with ``group`` and ``rounds``).
+    quick : bool
+        Smoke run: 2 rounds everywhere (unless ``repeats`` says otherwise).
+    repeats : int, optional
+        Rounds of every group (``--repeats``), overriding everything else.
+    rounds : dict, optional
+        ``group -> rounds`` for some groups (``--rounds GROUP=N``).
+
+    Returns
+    -------
+    dict
+        ``group -> rounds``, in the order the groups are timed.
+
+    Example
+    -------
+    >>> cases = [{"group": "a", "rounds": 21}, {"group": "b", "rounds": 11}]
+    >>> group_repeats(cases, rounds={"b": 5})
+    {'a': 21, 'b': 5}
+    >>> group_repeats(cases, rounds={"c": 5})
+    Traceback (most recent call last):
+        ...
+    ValueError: --rounds names an unknown group 'c'; this suite's groups are: a, b.
+    """
+    groups = list(dict.fromkeys(c["group"] for c in cases))
+    for group in rounds or {}:
+        if group not in groups:
+            raise ValueError(
+                f"--rounds names an unknown group {group!r}; this suite's groups "
+                f"are: {', '.join(groups)}."
+            )
+    out = {}
+    for group in groups:
+        if repeats:
+            out[group] = repeats
+        elif quick:
+            out[group] = 2
+        elif rounds and group in rounds:
+            out[group] = rounds[group]
+        else:
+            out[group] = next(c["rounds"] for c in cases if c["group"] == group)
+    return out
+
+
+def _step_key(row):
+    """What pairs a case with a row of an earlier report: its group, method
+    and settings except ``implementation`` (a plain peer is costed at its
+    ``auto`` sibling's step), naive-loop peers apart."""
+    cfg = {
+        k: v
+        for k, v in row["config"].items()
+        if k not in ("implementation", "dense_hidden")
+    }
+    naive = row["config"].get("implementation") == "naive_loop"
+    return row["group"], row["method"], repr(sorted(cfg.items())), naive
+
+
+def estimate_seconds(suite, previous, warmup=2, repeats=None, rounds=None, memory=True):
+    """Estimated wall time of a full run of ``suite``, from an earlier report.
+
+    Timing: per group, the sum of the earlier median step times of its cases
+    times (warm-up + rounds), plus :data:`BUILD_S` per case; memory: per
+    measured case, :data:`WORKER_START_S` plus three steps (one warm-up, two
+    measured); plus :data:`CHECKPOINT_S`; all times :data:`ESTIMATE_MARGIN`.
+    A case the earlier report lacks (a new plain peer) is costed at the
+    matching row without ``implementation`` (its ``auto`` sibling), else at
+    the median step of its group.
+
+    Arguments
+    ---------
+    suite : str
+        Suite name.
+    previous : dict
+        An earlier full report of the same suite on the same machine.
+    warmup : int
+        Warm-up steps per case.
+    repeats : int, optional
+        As ``--repeats``.
+    rounds : dict, optional
+        As ``--rounds``.
+    memory : bool
+        Whether the memory workers run.
+
+    Returns
+    -------
+    dict
+        ``groups`` (``group -> [cases, rounds, seconds]``), ``memory_s``,
+        ``total_s`` and ``total_min``.
+
+    Example
+    -------
+    >>> from benchmarks.suites import bridge_suite_cases
+    >>> rows = [dict(c, step_ms_median=100.0) for c in bridge_suite_cases()
+    ...         if c["config"].get("implementation") != "plain"]
+    >>> out = estimate_seconds("bridge", {"suite": "bridge", "results": rows},
+    ...                        memory=False, repeats=8)
+    >>> out["groups"]["small/train"]
+    [3, 8, 4.5]
+    """
+    if previous.get("suite") != suite:
+        raise ValueError(
+            f"--estimate needs an earlier {suite} report (got a "
+            f"{previous.get('suite')!r} report)."
+        )
+    cases = CASE_LISTS[suite](quick=False)
+    known = {_step_key(r): r["step_ms_median"] / 1000.0 for r in previous["results"]}
+    by_group = {}
+    for r in previous["results"]:
+        by_group.setdefault(r["group"], []).append(r["step_ms_median"] / 1000.0)
+    step_s = []
+    for case in cases:
+        key = _step_key(case)
+        if key in known:
+            step_s.append(known[key])
+        else:
+            times = sorted(by_group.get(case["group"], [1.0]))
+            step_s.append(times[len(times) // 2])
+    plan = group_repeats(cases, False, repeats, rounds)
+    groups = {}
+    for group, n_rounds in plan.items():
+        members = [i for i, c in enumerate(cases) if c["group"] == group]
+        seconds = sum(step_s[i] for i in members) * (warmup + n_rounds)
+        seconds += sum(BUILD_S[cases[i]["kind"]] for i in members)
+        groups[group] = [len(members), n_rounds, round(seconds, 1)]
+    memory_s = 0.0
+    if memory:
+        memory_s = sum(
+            WORKER_START_S[c["kind"]] + 3 * step_s[i]
+            for i, c in enumerate(cases)
+            if c.get("memory", True)
+        )
+    checkpoint = CHECKPOINT_S if any(c["kind"] == "ast" for c in cases) else 0.0
+    total = ESTIMATE_MARGIN * (
+        sum(g[2] for g in groups.values()) + memory_s + checkpoint
+    )
+    return {
+        "groups": groups,
+        "memory_s": round(memory_s, 1),
+        "total_s": round(total, 1),
+        "total_min": round(total / 60.0, 1),
+    }
 
 
 def provenance(command=None):
@@ -283,6 +466,7 @@ def run_suite(
     max_others=None,
     command=None,
     autocast=None,
+    rounds=None,
 ):
     """Runs one suite and returns its report (the JSON document).
 
@@ -311,12 +495,18 @@ def run_suite(
     autocast : str, optional
         ``bf16`` or ``fp16``: every case's forward pass and loss run under
         ``torch.autocast`` (see :func:`benchmarks.core.forward_context`).
+    rounds : dict, optional
+        ``group -> timed rounds`` for some groups (``--rounds GROUP=N``);
+        ``repeats`` overrides it, and it overrides the suite's own rounds.
 
     Returns
     -------
     dict
         ``suite``, ``device``, ``torch``, ``machine``, ``provenance``,
-        ``config``, ``results``.
+        ``config``, ``results``; ``config["implementations"]`` says what
+        ``implementation: auto`` ran on this device, and every row's
+        ``implementation`` which code it ran (``kernel``, ``plain``,
+        ``naive_loop``; null for a method without mixture code).
     """
     if suite not in SUITES:
         raise ValueError(f"Unknown suite {suite!r}; choose one of {', '.join(SUITES)}.")
@@ -328,6 +518,7 @@ def run_suite(
     fixed_repeats = repeats
     check_autocast(autocast)  # before any memory worker starts
     cases = [dict(c, autocast=autocast) for c in CASE_LISTS[suite](quick=quick)]
+    group_rounds = group_repeats(cases, quick, repeats, rounds)
     origin = provenance(command)  # the code that is measured, before it runs
     checkpoint = None
     if any(c["kind"] == "ast" for c in cases):
@@ -351,7 +542,7 @@ def run_suite(
             # other groups' cases.
             steps, group_counts = _build_steps(cases, members, checkpoint, device)
             counts.update(group_counts)
-            repeats = fixed_repeats or (2 if quick else cases[members[0]]["rounds"])
+            repeats = group_rounds[group]
             log(
                 f"[{suite}] timing group {group}: {len(members)} cases interleaved, "
                 f"{warmup} warm-up, {repeats} rounds"
@@ -371,7 +562,7 @@ def run_suite(
         if checkpoint is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)
     results = [
-        _row(spec, timings[i], memories.get(i, {}), counts[i])
+        _row(spec, timings[i], memories.get(i, {}), counts[i], device)
         for i, spec in enumerate(cases)
     ]
     add_ratios(results, suite)
@@ -379,11 +570,7 @@ def run_suite(
     config = {
         "quick": quick,
         "warmup": warmup,
-        "repeats": fixed_repeats
-        or {
-            g: 2 if quick else next(c["rounds"] for c in cases if c["group"] == g)
-            for g in groups
-        },
+        "repeats": fixed_repeats or group_rounds,
         "memory": (
             "subprocess VmHWM (ru_maxrss), glibc mmap threshold 64 KiB"
             if torch.device(device).type == "cpu"
@@ -397,6 +584,12 @@ def run_suite(
         "autocast": autocast,
         "allocator": allocator
         or ("system default" if cpu else "PyTorch CUDA caching allocator"),
+        "implementations": {
+            "auto": resolved_implementation("auto", device),
+            "note": "implementation: auto runs the kernels of speechbrain_moe.kernels "
+            "on the devices of KERNEL_DEVICES, the plain PyTorch path elsewhere; "
+            "each row's 'implementation' is the code it ran",
+        },
     }
     if first["kind"] == "ast":
         config.update(
@@ -421,10 +614,13 @@ def run_suite(
     }
 
 
-def _row(spec, timing, memory_row, count):
+def _row(spec, timing, memory_row, count, device="cpu"):
     """The JSON row of one case."""
     row = {
         "method": spec["method"],
+        "implementation": resolved_implementation(
+            spec["config"].get("implementation"), device
+        ),
         "group": spec["group"],
         "config": spec["config"],
         "settings": spec.get("settings", {}),
@@ -460,4 +656,6 @@ def _label(spec):
     ]
     if spec.get("naive"):
         parts.append("(naive loop)")
+    elif cfg.get("implementation") == "plain":
+        parts.append("(plain)")
     return " ".join(parts)

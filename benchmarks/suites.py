@@ -12,6 +12,17 @@ in a fresh process):
 Cases that are compared with each other share a ``group``: a group is timed
 in interleaved rounds of its own (see :func:`benchmarks.core.time_interleaved`).
 
+Every mixture case (:data:`MIXTURES`: Dense-MoA, Soft-MoA, the sparse
+MoE-Adapter and the mixtures of LoRA experts, in ``table1`` and
+``scaling``; the MoE-Adapter bridge in ``bridge``) runs twice in its group: with ``implementation: auto`` (the
+package's default: the hand-written kernels of :mod:`speechbrain_moe.kernels`
+on the devices where they were measured faster, the plain PyTorch path
+elsewhere) and with ``implementation: plain`` (the plain path everywhere),
+so that a report gives each path's own cost, measured in the same rounds.
+``config["implementation"]`` of a case holds the setting it ran with; the
+JSON row adds what ``auto`` resolved to on the device (see
+:func:`resolved_implementation`).
+
 Authors
  * speechbrain-moe contributors 2026
 """
@@ -26,6 +37,8 @@ import torch.nn.functional as F
 from benchmarks.bridge import bridge_cases, build_bridge_step
 from benchmarks.core import forward_context
 from benchmarks.naive import swap_in_naive
+from benchmarks.report import MIXTURE_METHODS
+from speechbrain_moe.kernels import use_kernel
 from speechbrain_moe.lobes.base import masked_mean
 from speechbrain_moe.routing import routing_context, token_mask
 from speechbrain_moe.summary import count_parameters
@@ -61,6 +74,84 @@ PAPER_SETTINGS = {
 
 #: Methods that get a naive-loop peer in ``table1`` (see :mod:`benchmarks.naive`).
 NAIVE_PEERS = ("dense_moa", "soft_moa")
+
+#: Methods with a plain path and a kernel path (``implementation`` setting):
+#: each of their cases gets an ``implementation: plain`` peer in its group.
+MIXTURES = MIXTURE_METHODS
+
+
+def resolved_implementation(setting, device="cpu"):
+    """Which code a case with this ``implementation`` setting runs on ``device``.
+
+    Arguments
+    ---------
+    setting : str or None
+        ``config["implementation"]`` of a case: ``"auto"``, ``"plain"``,
+        ``"kernel"``, ``"naive_loop"`` (the :mod:`benchmarks.naive` peers), or
+        None for a method without mixture code.
+    device : str
+        The benchmark device.
+
+    Returns
+    -------
+    str or None
+        ``"kernel"`` or ``"plain"`` for ``auto`` (the choice of
+        :func:`speechbrain_moe.kernels.use_kernel` on ``device``), else
+        ``setting`` itself.
+
+    Example
+    -------
+    >>> resolved_implementation("auto", "cpu"), resolved_implementation("plain")
+    ('kernel', 'plain')
+    >>> resolved_implementation(None) is None
+    True
+    """
+    if setting != "auto":
+        return setting
+    probe = torch.empty(0, device=torch.device(device).type)
+    return "kernel" if use_kernel("auto", probe) else "plain"
+
+
+def with_plain_peers(cases):
+    """Adds an ``implementation: plain`` peer after every mixture case.
+
+    The case itself is marked ``implementation: auto`` (in its ``config``,
+    and in its ``settings`` for an AST case, which the PETL method reads);
+    the peer is a copy with ``plain`` in both places, in the same ``group``
+    (so it is timed in the same interleaved rounds) and with the same
+    ``rounds`` and ``memory`` options. Naive-loop peers (already marked
+    ``naive_loop``) and methods outside :data:`MIXTURES` are left alone.
+
+    Arguments
+    ---------
+    cases : list of dict
+        Case specs.
+
+    Returns
+    -------
+    list of dict
+        The cases, each mixture case followed by its plain peer.
+
+    Example
+    -------
+    >>> cases = [{"kind": "ast", "method": "soft_moa", "settings": {}, "config": {}},
+    ...          {"kind": "ast", "method": "adapter", "settings": {}, "config": {}}]
+    >>> [(c["method"], c["config"].get("implementation")) for c in with_plain_peers(cases)]
+    [('soft_moa', 'auto'), ('soft_moa', 'plain'), ('adapter', None)]
+    """
+    out = []
+    for case in cases:
+        if case["method"] not in MIXTURES or "implementation" in case["config"]:
+            out.append(case)
+            continue
+        for implementation in ("auto", "plain"):
+            peer = dict(
+                case, config=dict(case["config"], implementation=implementation)
+            )
+            if "settings" in case:
+                peer["settings"] = dict(case["settings"], implementation=implementation)
+            out.append(peer)
+    return out
 
 
 def petl(backbone=None, method=None, settings=None):
@@ -114,6 +205,10 @@ def table1_cases(quick=False):
     ['adapter', 'bitfit', 'convpass']
     >>> [c["method"] for c in table1_cases(quick=True) if c.get("naive")]
     ['dense_moa', 'soft_moa']
+    >>> plain = [c["method"] for c in table1_cases(quick=True)
+    ...          if c["config"].get("implementation") == "plain"]
+    >>> {"dense_moa", "moe_adapter", "soft_moa"} <= set(plain)
+    True
     """
     model = AST_TINY if quick else AST_BASE
     cases = []
@@ -133,7 +228,7 @@ def table1_cases(quick=False):
             case["naive"] = True
             case["config"] = dict(config, implementation="naive_loop")
         cases.append(case)
-    return cases
+    return with_plain_peers(cases)
 
 
 def scaling_cases(quick=False):
@@ -153,6 +248,8 @@ def scaling_cases(quick=False):
     >>> cases = scaling_cases(quick=True)
     >>> sorted({c["config"]["num_experts"] for c in cases if c["method"] == "soft_moa"})
     [2, 4, 14]
+    >>> sorted({c["config"].get("implementation") for c in cases if c["method"] != "adapter"})
+    ['auto', 'plain']
     """
     model = AST_TINY if quick else AST_BASE
     batch = 2 if quick else 8
@@ -193,10 +290,36 @@ def scaling_cases(quick=False):
                 case = _ast_case(method, settings, config, model, "experts")
                 case["memory"] = False  # the sweep's target is time only
                 cases.append(case)
-    return cases
+    return with_plain_peers(cases)
 
 
-CASE_LISTS = {"table1": table1_cases, "scaling": scaling_cases, "bridge": bridge_cases}
+def bridge_suite_cases(quick=False):
+    """The ``bridge`` suite: :func:`benchmarks.bridge.bridge_cases` with a
+    plain-path peer of the MoE-Adapter bridge in every group.
+
+    Arguments
+    ---------
+    quick : bool
+        One small shape (smoke test).
+
+    Returns
+    -------
+    list of dict
+
+    Example
+    -------
+    >>> [(c["method"], c["config"].get("implementation"))
+    ...  for c in bridge_suite_cases(quick=True)][:3]
+    [('moe_adapter', 'auto'), ('moe_adapter', 'plain'), ('dense', None)]
+    """
+    return with_plain_peers(bridge_cases(quick=quick))
+
+
+CASE_LISTS = {
+    "table1": table1_cases,
+    "scaling": scaling_cases,
+    "bridge": bridge_suite_cases,
+}
 
 
 def _ast_case(method, settings, config, model, group):

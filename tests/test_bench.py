@@ -25,7 +25,7 @@ from benchmarks.bridge import (
 from benchmarks.bridge_params import bridge_parameter_report
 from benchmarks.make_table import END, START, render
 from benchmarks.naive import PEERS
-from benchmarks.report import format_table
+from benchmarks.report import format_table, implementation_table
 from speechbrain_moe.adapters import DenseMoA, SoftMoA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,13 +44,37 @@ def _run(tmp_path, suite, *extra):
 def test_table1_quick(tmp_path):
     plot = tmp_path / "table1.png"
     report = _run(tmp_path, "table1", "--no-memory", "--plot", str(plot))
+    ran = {r["config"].get("implementation"): set() for r in report["results"]}
+    for r in report["results"]:
+        ran[r["config"].get("implementation")].add(r["method"])
     rows = {
-        r["method"]: r for r in report["results"] if "implementation" not in r["config"]
+        r["method"]: r
+        for r in report["results"]
+        if r["config"].get("implementation") in (None, "auto")
     }
     naive = {
-        r["method"]: r for r in report["results"] if "implementation" in r["config"]
+        r["method"]: r
+        for r in report["results"]
+        if r["config"].get("implementation") == "naive_loop"
+    }
+    plain = {
+        r["method"]: r
+        for r in report["results"]
+        if r["config"].get("implementation") == "plain"
     }
     assert set(naive) == {"dense_moa", "soft_moa"}
+    # Every mixture ran twice in the same rounds: auto (the kernels on the
+    # CPU, said in the JSON) and plain, with the plain path's own ratios.
+    assert {"dense_moa", "soft_moa", "moe_adapter"} <= ran["auto"] == set(plain)
+    assert report["config"]["implementations"]["auto"] == "kernel"
+    for method, row in plain.items():
+        assert row["implementation"] == "plain"
+        assert rows[method]["implementation"] == "kernel"
+        assert row["settings"]["implementation"] == "plain"
+        assert row["ratio_to_auto"] > 0 and row["ratio_to_adapter"] > 0
+        assert row["trainable_params"] == rows[method]["trainable_params"]
+        assert len(row["step_ms_all"]) == len(rows[method]["step_ms_all"])
+    assert rows["adapter"]["implementation"] is None
     for method, row in naive.items():
         assert row["config"]["implementation"] == "naive_loop"
         assert row["ratio_to_ours"] > 0 and len(row["ratio_to_ours_iqr"]) == 2
@@ -78,8 +102,21 @@ def test_scaling_quick(tmp_path):
     sweep = [r for r in report["results"] if r["config"]["sweep"] == "experts"]
     assert {r["method"] for r in sweep} == {"soft_moa", "dense_moa"}
     assert all(r["ratio_to_n2"] is not None for r in sweep)
+    # A plain row's N=2 reference is the plain N=2 row (not the kernel one).
+    by_key = {
+        (r["method"], r["config"]["num_experts"], r["implementation"]): r for r in sweep
+    }
+    assert {impl for _, _, impl in by_key} == {"kernel", "plain"}
+    for (method, n, impl), row in by_key.items():
+        if n == 2:
+            assert row["ratio_to_n2"] == 1.0
+        else:
+            ref = by_key[(method, 2, impl)]["step_ms_all"]
+            ratios = sorted(t / r for t, r in zip(row["step_ms_all"], ref))
+            assert ratios[0] <= row["ratio_to_n2"] <= ratios[-1]
     frames = [r for r in report["results"] if r["config"]["sweep"] == "frames"]
     assert {r["method"] for r in frames} == {"adapter", "soft_moa"}
+    assert {r["implementation"] for r in frames} == {None, "kernel", "plain"}
     assert len({r["config"]["frames"] for r in frames}) > 1
     assert plot.stat().st_size > 0
 
@@ -88,10 +125,15 @@ def test_bridge_quick_with_memory(tmp_path):
     report = _run(tmp_path, "bridge")
     groups = {}
     for row in report["results"]:
-        groups.setdefault(row["group"], {})[row["method"]] = row
+        name = row["method"] + (" (plain)" if row["implementation"] == "plain" else "")
+        groups.setdefault(row["group"], {})[name] = row
     assert {g.split("/")[1] for g in groups} == {"train", "train_input_grad", "forward"}
     for rows in groups.values():
-        assert set(rows) == {"moe_adapter", "dense"}
+        assert set(rows) == {"moe_adapter", "moe_adapter (plain)", "dense"}
+        plain = rows["moe_adapter (plain)"]
+        assert rows["moe_adapter"]["implementation"] == "kernel"
+        assert plain["ratio_to_auto"] > 0 and plain["ratio_to_dense"] > 0
+        assert plain["total_params"] == rows["moe_adapter"]["total_params"]
         moe, dense = rows["moe_adapter"], rows["dense"]
         assert moe["active_params"] < moe["total_params"]
         assert moe["active_ratio"] < 1 and moe["macs_ratio"] < 1
@@ -103,7 +145,11 @@ def test_bridge_quick_with_memory(tmp_path):
         assert dense["ratio_to_dense"] == 1.0
         for row in rows.values():  # measured in a (shared) fresh subprocess
             assert row["peak_mem_mb"] > 0 and row["mem_ratio_to_dense"] > 0
-    assert "| moe_adapter |" in format_table(report, markdown=True)
+    assert "| moe_adapter | kernel |" in format_table(report, markdown=True)
+    assert "| moe_adapter (plain) | plain |" in format_table(report, markdown=True)
+    side_by_side = implementation_table(report, markdown=True).splitlines()
+    assert len(side_by_side) == 2 + len(groups)
+    assert side_by_side[2].startswith("| quick/train moe_adapter | kernel |")
     assert report["provenance"]["date"] and "--quick" in report["provenance"]["command"]
 
 
@@ -306,3 +352,101 @@ def test_profile_step_compares_two_cases(capsys):
     out = capsys.readouterr().out
     assert out.startswith("self CPU ms of one step: moe_adapter")
     assert "aten::" in out and len(out.splitlines()) == 7
+
+
+def test_rounds_per_group_and_estimate(tmp_path, capsys):
+    """``--rounds GROUP=N`` sets one group's rounds (recorded in the JSON);
+    ``--estimate`` costs a run from an earlier report without running it."""
+    report = _run(tmp_path, "bridge", "--no-memory", "--repeats", "3")
+    assert report["config"]["repeats"] == 3
+    assert all(len(r["step_ms_all"]) == 3 for r in report["results"])
+    from benchmarks.runner import estimate_seconds, group_repeats
+    from benchmarks.suites import bridge_suite_cases
+
+    cases = bridge_suite_cases()
+    plan = group_repeats(cases, rounds={"paper/train": 4})
+    assert plan["paper/train"] == 4 and plan["small/train"] == 15
+    with pytest.raises(ValueError, match="unknown group 'papr/train'"):
+        group_repeats(cases, rounds={"papr/train": 4})
+    committed = os.path.join(ROOT, "benchmarks", "results", "bridge.json")
+    with open(committed) as handle:
+        previous = json.load(handle)
+    few = estimate_seconds("bridge", previous, rounds={"paper/train": 3})
+    many = estimate_seconds("bridge", previous, rounds={"paper/train": 30})
+    assert many["groups"]["paper/train"][:2] == [3, 30]
+    assert many["total_s"] > few["total_s"] > few["memory_s"] > 0
+    assert main(["--suite", "bridge", "--estimate", committed, "--repeats", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "paper/train: 3 cases, 5 rounds" in out and "total (with margin)" in out
+
+
+def test_targets_say_the_verdict_against_the_replaced_report():
+    """Each target is compared with the report it replaces: a ratio more than
+    3 % higher than before fails the verdict, one within 3 % is kept; the
+    plain peers are listed beside the targets, without a limit."""
+    from benchmarks.targets import baseline_record, target_checks, targets_table
+
+    def report(soft, dense, plain):
+        rows = []
+        for method, ratio, impl in (
+            ("adapter", 1.0, None),
+            ("soft_moa", soft, "auto"),
+            ("soft_moa", plain, "plain"),
+            ("dense_moa", dense, "auto"),
+        ):
+            cfg = {"frames": 100} if impl is None else {"implementation": impl}
+            rows.append(
+                {
+                    "method": method,
+                    "config": cfg,
+                    "ratio_to_adapter": ratio,
+                    "mem_ratio_to_adapter": 1.0,
+                    "ratio_to_auto": plain / soft if impl == "plain" else None,
+                }
+            )
+        return {"suite": "table1", "device": "cpu", "config": {}, "results": rows}
+
+    old = report(soft=1.00, dense=1.00, plain=1.20)
+    new = report(soft=1.02, dense=1.05, plain=1.30)
+    new["baseline"] = baseline_record(old)
+    checks = {c["what"]: c for c in target_checks(new)}
+    assert checks["table1 soft_moa (plain) / adapter time"]["met"] is None
+    assert checks["table1 soft_moa / adapter time"]["met"] is True
+    lines = {
+        line.split(" | ")[0][2:]: line for line in targets_table([new]).splitlines()
+    }
+    assert lines["table1 soft_moa / adapter time"].endswith("| 1.000 | +2.0 % | kept |")
+    assert lines["table1 dense_moa / adapter time"].endswith(
+        "| 1.000 | +5.0 % | **worse by more than 3 %** |"
+    )
+    assert lines["table1 soft_moa (plain) / adapter time"].endswith("| +8.3 % | - |")
+    # Without a baseline the verdict columns stay empty.
+    assert targets_table([old]).splitlines()[2].endswith("| - | - | - |")
+
+
+def test_plain_peer_runs_the_plain_path(monkeypatch):
+    """The plain peer of a case is built with implementation plain: the
+    Soft-MoA modules of its model ask for the plain path (so the JSON's
+    label is what ran), those of the auto case for auto."""
+    import speechbrain_moe.adapters.soft_moa as soft_moa_module
+    from benchmarks.suites import AST_TINY, build_step, save_random_ast, table1_cases
+    from speechbrain_moe.kernels import use_kernel
+
+    folder = save_random_ast(AST_TINY)
+    specs = [
+        s
+        for s in table1_cases(quick=True)
+        if s["method"] == "soft_moa" and not s.get("naive")
+    ]
+    assert [s["config"]["implementation"] for s in specs] == ["auto", "plain"]
+    for spec in specs:
+        seen = []
+
+        def spy(implementation, tensor, seen=seen):
+            seen.append(implementation)
+            return use_kernel(implementation, tensor)
+
+        monkeypatch.setattr(soft_moa_module, "use_kernel", spy)
+        step, _ = build_step(spec, folder)
+        step()
+        assert seen and set(seen) == {spec["config"]["implementation"]}
