@@ -19,6 +19,8 @@ from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ClassificationStats
 
 from speechbrain_moe.adapters.moe import update_selection_biases
+from speechbrain_moe.lobes.base import adaptation_of
+
 from speechbrain_moe.recoverables import RandomState
 from speechbrain_moe.routing import LoadCounter, routing_context
 from speechbrain_moe.summary import count_parameters, format_parameters
@@ -106,12 +108,13 @@ class PETLClassifierBrain(sb.Brain):
             self.checkpointer.add_recoverable(
                 "random_state", self.random_state, optional_load=True
             )
-        backbone = self.modules["backbone"]
+        method, settings = adaptation_of(self.modules["backbone"])
         logger.info(
             "PETL method %s %s\n%s",
-            getattr(backbone, "petl_method", None),
-            getattr(backbone, "petl_settings", None),
+            method,
+            settings,
             format_parameters(count_parameters(self.modules)),
+
         )
 
     def compute_forward(self, batch, stage):

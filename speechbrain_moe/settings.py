@@ -283,6 +283,13 @@ RECIPE_SETTINGS = {
     "llm_lora_layers": Setting("patterns"),
     "lora_rank": integer(1, "LoRA rank"),
     "lora_alpha": number(0, exclusive=True, meaning="LoRA scale numerator"),
+    "llm_lora_method": choice(
+        "lora",
+        "dense_lora",
+        "moe_lora",
+        meaning="what adapts the LLM's llm_lora_layers (soft_lora is refused: "
+        "Soft-MoE slots mix future tokens of a causal LLM)",
+    ),
     "encoder_dtype": choice(*DTYPE_NAMES, meaning="dtype of the frozen encoder"),
     "llm_dtype": choice(*DTYPE_NAMES, meaning="dtype of the frozen LLM"),
     "select_n_sentences": integer(1, "utterances kept per split"),

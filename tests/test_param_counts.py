@@ -2,8 +2,11 @@
 AST-base-shaped model (d=768, 12 layers, 12 heads, FFN 3072), excluding the
 classifier head and counting the LayerNorms the adapters read from."""
 
+import os
+
 import pytest
 import torch
+from conftest import REPO
 
 from speechbrain_moe.lobes.ast import AST
 from speechbrain_moe.petl import apply_method
@@ -79,3 +82,36 @@ def test_dense_moa_costs_what_an_adapter_of_bottleneck_14_costs(ast_base_folder)
     n_single = count_parameters(single)["trainable"]
     # Extra: the router (d*N + N) and one output bias per expert instead of one.
     assert n_dense - n_single == 12 * (768 * 14 + 14 + 13 * 768)
+
+
+#: The mixtures of LoRA experts at their method files' defaults (4 experts of
+#: rank 4 on the query and value projections of every layer).
+LORA_MIXTURES = ("dense_lora", "soft_lora", "moe_lora")
+
+
+def readme_count(method):
+    """The AST-base trainable count the README's method table states."""
+    import re
+
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as fin:
+        for line in fin:
+            if line.startswith(f"| `{method}` |"):
+                found = re.search(r"([\d,]+) trainable on AST-base", line)
+                assert found, line
+                return int(found.group(1).replace(",", ""))
+    raise AssertionError(f"no row for {method} in the README's method table")
+
+
+@pytest.mark.parametrize("method", LORA_MIXTURES)
+def test_lora_mixture_counts_are_the_readme_table(ast_base_folder, method):
+    """Measured with the counter of the tables, equal to the README's row and
+    to the count by hand: per adapted layer (2 x 12 layers) a bank of 4 rank-4
+    experts (no biases) plus the router (dense: W_r and b_r; top-k: W_g;
+    soft: the slot embeddings)."""
+    backbone = load(ast_base_folder)
+    apply_method(backbone, method)
+    counts = count_parameters({"backbone": backbone})
+    bank = 4 * (768 * 4 + 4 * 768)
+    router = {"dense_lora": 768 * 4 + 4, "soft_lora": 768 * 4, "moe_lora": 768 * 4}
+    assert counts["trainable"] == 24 * (bank + router[method])
+    assert counts["trainable"] == readme_count(method)

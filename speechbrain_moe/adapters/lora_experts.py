@@ -254,3 +254,88 @@ class LoRAExperts(nn.Module):
         'rank=2, scaling=2.0'
         """
         return f"rank={self.rank}, scaling={self.scaling}"
+
+
+#: The methods that can adapt the linear layers of the bridge recipe's causal
+#: LLM (its setting ``llm_lora_method``).
+LLM_METHODS = ("lora", "dense_lora", "moe_lora")
+
+#: Why ``soft_lora`` cannot adapt a causal LLM.
+NOT_CAUSAL = (
+    "Soft-MoE slots are weighted means of every token of the sequence, so a "
+    "position's update would read the tokens after it (the answer being "
+    "predicted) and generation token by token would compute something else"
+)
+
+
+def llm_lora_adapter(method="lora", rank=8, alpha=16.0):
+    """The ``adapter_class`` and ``adapter_kwargs`` that SpeechBrain's
+    ``AdaptedModel`` puts on an LLM's linear layers for ``method``.
+
+    ``lora`` is SpeechBrain's ``LoRA``; ``dense_lora`` and ``moe_lora`` are
+    mixtures of LoRA experts built from their packaged method files (or a
+    user's own file with a ``LoRAExperts`` adapter class), with ``rank`` and
+    ``alpha`` set from the arguments. ``soft_lora`` is refused: its slots
+    mix the whole sequence, which a causal LM cannot allow.
+
+    Arguments
+    ---------
+    method : str
+        ``lora``, ``dense_lora``, ``moe_lora`` or the path of a method file
+        whose ``petl`` wraps linear layers with ``LoRAExperts``.
+    rank : int
+        Rank of LoRA (of each expert).
+    alpha : float
+        Scale numerator: updates are scaled by ``alpha / rank``.
+
+    Returns
+    -------
+    adapter_class : callable
+        ``adapter_class(linear, **adapter_kwargs)`` wraps one linear layer.
+    adapter_kwargs : dict
+
+    Example
+    -------
+    >>> adapter, kwargs = llm_lora_adapter("moe_lora", rank=2, alpha=4.0)
+    >>> layer = adapter(nn.Linear(8, 8), **kwargs)
+    >>> type(layer.mixture).__name__, layer.scaling
+    ('SparseMoE', 2.0)
+    >>> llm_lora_adapter("soft_lora")
+    Traceback (most recent call last):
+    ...
+    ValueError: llm_lora_method 'soft_lora' cannot adapt a causal LLM: ...
+    """
+    from speechbrain.nnet.adapters import LoRA
+
+    from speechbrain_moe.hparams_files import load_hparams
+
+    if method == "lora":
+        return LoRA, {"rank": rank, "alpha": alpha}
+    fix = (
+        f"Set llm_lora_method to one of {', '.join(LLM_METHODS)} in "
+        "hparams/bridge.yaml (or on the command line)."
+    )
+    if method == "soft_lora":
+        raise ValueError(
+            f"llm_lora_method 'soft_lora' cannot adapt a causal LLM: {NOT_CAUSAL}. "
+            f"{fix}"
+        )
+    hparams, _ = load_hparams("petl", method)
+    adapter = getattr(hparams["petl"], "keywords", {}).get("adapter_class")
+    target = getattr(adapter, "func", adapter)
+    if not (isinstance(target, type) and issubclass(target, LoRAExperts)):
+        raise ValueError(
+            f"llm_lora_method {method!r} does not wrap linear layers with LoRA "
+            f"experts (its petl builds {getattr(target, '__name__', target)!r}), "
+            f"so it cannot adapt the LLM's linear layers. {fix}"
+        )
+    # The recipe's lora_rank and lora_alpha set every expert's rank and scale.
+    hparams, _ = load_hparams("petl", method, {"rank": rank, "alpha": alpha})
+    adapter = hparams["petl"].keywords["adapter_class"]
+    router = adapter.keywords.get("router")
+    if _router_class(router) is SoftMoA:
+        raise ValueError(
+            f"llm_lora_method {method!r} routes with Soft-MoE slots, which cannot "
+            f"adapt a causal LLM: {NOT_CAUSAL}. {fix}"
+        )
+    return adapter, {}

@@ -21,6 +21,8 @@ import ruamel.yaml
 import torch
 
 from speechbrain_moe.inference.export import verify_package
+from speechbrain_moe.lobes.base import adaptation_of
+
 from speechbrain_moe.petl import apply_method
 from speechbrain_moe.recoverables import DESCRIPTION_KEY
 
@@ -173,7 +175,9 @@ def load_adapters(folder, backbone, check_source=True):
     -------
     torch.nn.Module
         The adapted backbone, as the folder's ``PETLAudioClassifier`` has
-        it (``petl_method`` and ``petl_settings`` recorded on it).
+        it (``petl_method`` and ``petl_settings`` recorded in it by
+        :func:`~speechbrain_moe.petl.apply_method`).
+
 
     Example
     -------
@@ -191,8 +195,9 @@ def load_adapters(folder, backbone, check_source=True):
             "source=<output_folder>)), or a copy of it."
         )
     verify_package(folder)
-    method = getattr(backbone, "petl_method", None)
+    method, _ = adaptation_of(backbone)
     if method is not None:
+
         raise ValueError(
             f"This {type(backbone).__name__} is already adapted (petl_method "
             f"{method!r}); load_adapters adapts a plain backbone. Build one from "

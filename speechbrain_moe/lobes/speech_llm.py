@@ -7,14 +7,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from speechbrain.lobes.downsampling import ConcatDownsampler
-from speechbrain.nnet.adapters import AdaptedModel, LoRA
+from speechbrain.nnet.adapters import AdaptedModel
 
+from speechbrain_moe.adapters.lora_experts import llm_lora_adapter
 from speechbrain_moe.hparams_files import load_hparams
 from speechbrain_moe.lobes.base import lengths_to_mask, quiet_loading, unwrap
 from speechbrain_moe.lobes.dtypes import load_dtype, log_loaded
 from speechbrain_moe.petl.wrap import check_target_patterns
 from speechbrain_moe.recoverables import TrainableState
-from speechbrain_moe.routing import routing_context
+from speechbrain_moe.routing import routing_context, token_mask
 
 
 def relative_to_mask(lens, max_len):
@@ -82,6 +83,7 @@ def load_llm(
     lora_alpha=16.0,
     attn_implementation="sdpa",
     dtype="float32",
+    lora_method="lora",
 ):
     """Loads a causal LM (transformers' weight-loading bar silenced, during
     the load only), frozen, with SpeechBrain's ``LoRA`` on its linear layers
@@ -106,6 +108,12 @@ def load_llm(
         LoRA scale numerator (> 0): updates are scaled by alpha / rank.
     attn_implementation : str
         transformers' attention implementation.
+    lora_method : str
+        What adapts the ``lora_layers`` (the recipe setting
+        ``llm_lora_method``): ``lora`` (SpeechBrain's ``LoRA``, the default),
+        or a mixture of LoRA experts, ``dense_lora`` or ``moe_lora`` (rank
+        ``lora_rank`` and scale ``lora_alpha / lora_rank`` for every expert;
+        see :func:`speechbrain_moe.adapters.lora_experts.llm_lora_adapter`).
     dtype : str
         The weights' dtype (the recipe setting ``llm_dtype``): ``float32``
         (default: CPUs, and GPUs with ``--precision=bf16``), ``bfloat16``,
@@ -134,6 +142,7 @@ def load_llm(
 
     if isinstance(lora_layers, str) or not isinstance(lora_layers, (list, tuple)):
         check_target_patterns(nn.Module(), lora_layers, "llm_lora_layers")
+    adapter_class, adapter_kwargs = llm_lora_adapter(lora_method, lora_rank, lora_alpha)
     torch_dtype = load_dtype(dtype, "llm_dtype")
     with quiet_loading():
         stored = AutoConfig.from_pretrained(source, cache_dir=cache_dir).dtype
@@ -153,9 +162,9 @@ def load_llm(
     )
     return AdaptedModel(
         model,
-        LoRA,
+        adapter_class,
         target_layers=list(lora_layers),
-        adapter_kwargs={"rank": lora_rank, "alpha": lora_alpha},
+        adapter_kwargs=adapter_kwargs,
     )
 
 
@@ -451,18 +460,21 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
             and ``aux_loss`` (a scalar tensor).
         """
         target_mask = relative_to_mask(target_lens, target_ids.shape[1])
-        with routing_context(self.bridge) as routing:  # the bridge's aux losses
+        # The aux losses of the bridge and of mixtures of LoRA experts on the
+        # LLM (llm_lora_method), whose padded positions are not routed.
+        with routing_context(self) as routing:
             inputs = self._inputs(
                 wavs, wav_lens, prompt_ids, prompt_lens, target_ids, target_mask
             )
-        length = target_ids.shape[1]
-        out = self.llm(
-            inputs_embeds=inputs["inputs_embeds"],
-            attention_mask=inputs["attention_mask"].long(),
-            position_ids=inputs["position_ids"],
-            use_cache=False,
-            logits_to_keep=length + 1,
-        )
+            length = target_ids.shape[1]
+            with token_mask(inputs["attention_mask"].bool()):
+                out = self.llm(
+                    inputs_embeds=inputs["inputs_embeds"],
+                    attention_mask=inputs["attention_mask"].long(),
+                    position_ids=inputs["position_ids"],
+                    use_cache=False,
+                    logits_to_keep=length + 1,
+                )
         aux = routing.aux_loss
         return {
             "logits": out.logits[:, :length],

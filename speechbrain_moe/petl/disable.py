@@ -20,7 +20,9 @@ import contextlib
 import torch
 from speechbrain.nnet.adapters import HoulsbyAdapterLinear, LoRA, replace_module
 
+from speechbrain_moe.lobes.base import adaptation_of
 from speechbrain_moe.petl.prefix import PrefixAttention
+
 from speechbrain_moe.petl.prompt import DeepPromptLayer
 from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
 
@@ -135,7 +137,8 @@ def disable_adapters(model, pretrained=None):
     in_place = trained_in_place(model)
     missing = [n for n in in_place if plain_name(n) not in (pretrained or {})]
     if missing:
-        method = getattr(model, "petl_method", None)
+        method, _ = adaptation_of(model)
+
         raise ValueError(
             f"Cannot disable the adapters of this {type(model).__name__} "
             f"(petl_method {method!r}): training changed {len(missing)} of the "

@@ -27,7 +27,9 @@ from speechbrain.nnet.adapters import (
     replace_module,
 )
 
+from speechbrain_moe.lobes.base import adaptation_of
 from speechbrain_moe.petl.prefix import PrefixAttention
+
 from speechbrain_moe.petl.prompt import DeepPromptLayer
 from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
 from speechbrain_moe.routing import RoutedModule
@@ -118,14 +120,17 @@ def check_mergeable(model):
     Arguments
     ---------
     model : torch.nn.Module
-        An adapted model (``petl_method`` recorded on it, if any).
+        An adapted model (a backbone's recorded ``petl_method`` is read with
+        :func:`speechbrain_moe.lobes.base.adaptation_of`).
+
 
     Example
     -------
     >>> check_mergeable(torch.nn.Linear(2, 2))
     """
-    method = getattr(model, "petl_method", None)
-    fix = "Use the model unmerged (merge=False); lora and bitfit merge."
+    method, _ = adaptation_of(model)
+    fix =
+ "Use the model unmerged (merge=False); lora and bitfit merge."
     if method in NOT_MERGEABLE:
         raise ValueError(
             f"petl_method {method!r} cannot be merged into the backbone's "
@@ -286,12 +291,17 @@ def merge_and_unload(model):
     Example
     -------
     >>> from speechbrain.nnet.adapters import AdaptedModel
-    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    >>> model.petl_method = "lora"
-    >>> model[0] = AdaptedModel(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoRA,
-    ...                         target_layers=["0"], adapter_kwargs={"rank": 2})
+    >>> from speechbrain_moe.lobes.base import Backbone
+    >>> class Tiny(Backbone):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> model = Tiny()
+    >>> model.petl_method = "lora"  # what apply_method records
+    >>> model.model[0] = AdaptedModel(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoRA,
+    ...                               target_layers=["0"], adapter_kwargs={"rank": 2})
     >>> model = merge_and_unload(model)
-    >>> model
+    >>> model.model
     Sequential(
       (0): Sequential(
         (0): Linear(in_features=4, out_features=4, bias=True)
@@ -299,6 +309,7 @@ def merge_and_unload(model):
     )
     >>> model.petl_method = "soft_moa"
     >>> merge_and_unload(model)
+
     Traceback (most recent call last):
     ...
     ValueError: petl_method 'soft_moa' cannot be merged into the backbone's weights: ...
