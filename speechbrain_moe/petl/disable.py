@@ -20,6 +20,7 @@ import contextlib
 import torch
 from speechbrain.nnet.adapters import HoulsbyAdapterLinear, LoRA, replace_module
 
+from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.lobes.base import adaptation_of
 from speechbrain_moe.petl.prefix import PrefixAttention
 
@@ -29,6 +30,7 @@ from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
 # Wrappers around a pretrained module (``pretrained_module``).
 WRAPPERS = (
     LoRA,
+    LoRAExperts,
     HoulsbyAdapterLinear,
     ParallelAdapter,
     SequentialAdapter,
