@@ -3,7 +3,10 @@
 * :class:`PETLAudioClassifier` (``recipes/*/PETL``): ``classify_file`` /
   ``classify_batch``, as SpeechBrain's ``EncoderClassifier``;
 * :class:`SpeechLLMTranscriber` (``recipes/LibriSpeech/LLM_bridge``):
-  ``transcribe_file`` / ``transcribe_batch``.
+  ``transcribe_file`` / ``transcribe_batch``;
+* :class:`MultiTaskClassifier`: several ``recipes/*/PETL`` runs of one
+  backbone source on one frozen backbone, ``classify_batch(wavs, task=...)``
+  or ``tasks=[...]`` (one task per clip).
 
 Both load with ``from_hparams(source=..., hparams_file="inference.yaml")``
 where ``source`` is a recipe's output folder (its best checkpoint is packaged
@@ -25,9 +28,11 @@ from speechbrain_moe.inference.export import (
     export_inference_hparams,
     package_experiment,
 )
+from speechbrain_moe.inference.multitask import MultiTaskClassifier
 from speechbrain_moe.inference.transcriber import SpeechLLMTranscriber
 
 __all__ = [
+    "MultiTaskClassifier",
     "PETLAudioClassifier",
     "SpeechLLMTranscriber",
     "export_inference_hparams",
