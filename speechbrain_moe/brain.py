@@ -20,7 +20,6 @@ from speechbrain.utils.metric_stats import ClassificationStats
 
 from speechbrain_moe.adapters.moe import update_selection_biases
 from speechbrain_moe.lobes.base import adaptation_of
-
 from speechbrain_moe.recoverables import RandomState
 from speechbrain_moe.routing import LoadCounter, routing_context
 from speechbrain_moe.summary import count_parameters, format_parameters
@@ -114,7 +113,6 @@ class PETLClassifierBrain(sb.Brain):
             method,
             settings,
             format_parameters(count_parameters(self.modules)),
-
         )
 
     def compute_forward(self, batch, stage):

@@ -22,7 +22,6 @@ import torch
 
 from speechbrain_moe.inference.export import verify_package
 from speechbrain_moe.lobes.base import adaptation_of
-
 from speechbrain_moe.petl import apply_method
 from speechbrain_moe.recoverables import DESCRIPTION_KEY
 
@@ -178,7 +177,6 @@ def load_adapters(folder, backbone, check_source=True):
         it (``petl_method`` and ``petl_settings`` recorded in it by
         :func:`~speechbrain_moe.petl.apply_method`).
 
-
     Example
     -------
     >>> load_adapters("/no/such/folder", torch.nn.Linear(2, 2))
@@ -197,7 +195,6 @@ def load_adapters(folder, backbone, check_source=True):
     verify_package(folder)
     method, _ = adaptation_of(backbone)
     if method is not None:
-
         raise ValueError(
             f"This {type(backbone).__name__} is already adapted (petl_method "
             f"{method!r}); load_adapters adapts a plain backbone. Build one from "

@@ -138,11 +138,57 @@ def unwrap(module):
     return module
 
 
+def adaptation_of(module):
+    """The PETL method and settings a backbone was adapted with.
+
+    The one place that reads what :func:`speechbrain_moe.petl.apply_method`
+    recorded (the ``petl_method`` / ``petl_settings`` attributes a
+    :class:`Backbone` declares).
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        A backbone lobe (possibly inside ``AdaptedModel`` or DDP wrappers),
+        or any other module.
+
+    Returns
+    -------
+    tuple
+        ``(petl_method, petl_settings)``; ``(None, None)`` for a backbone
+        not adapted yet and for a module that is not a :class:`Backbone`.
+
+    Example
+    -------
+    >>> class Tiny(Backbone):
+    ...     output_size = 4
+    >>> tiny = Tiny()
+    >>> adaptation_of(tiny), adaptation_of(torch.nn.Linear(2, 2))
+    ((None, None), (None, None))
+    >>> tiny.petl_method, tiny.petl_settings = "bitfit", {}
+    >>> adaptation_of(tiny)
+    ('bitfit', {})
+    """
+    module = unwrap(getattr(module, "module", module))  # DDP keeps it in .module
+    if not isinstance(module, Backbone):
+        return None, None
+    return module.petl_method, module.petl_settings
+
+
 class Backbone(TrainableState, nn.Module):
     """Base class of backbone lobes: each loads its Hugging Face model into the
     attribute named by ``petl_root_name``, sets ``petl_targets``,
     ``output_size``, ``sample_rate``, ``max_duration`` and ``max_samples``
     (None: no cap), and implements :meth:`encode`.
+
+    The PETL method a backbone was adapted with is part of its interface:
+    ``petl_method`` (the method name or YAML path) and ``petl_settings``
+    (all its settings, defaults included) are declared here, None until
+    :func:`speechbrain_moe.petl.apply_method` adapts the backbone and
+    records them, and read through :func:`adaptation_of` (the Brain's log,
+    :meth:`describe` for checkpoints and packaged models, the merge and
+    disable checks). A backbone records the method itself because the
+    HyperPyYAML line ``backbone: !apply:...apply_method`` must yield the
+    adapted module, so a separate record would have no place to live.
 
     Arguments
     ---------
@@ -178,6 +224,9 @@ class Backbone(TrainableState, nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLINGS}.")
         self.pooling = pooling
+        # Recorded by speechbrain_moe.petl.apply_method (see the class docstring).
+        self.petl_method = None
+        self.petl_settings = None
 
     @staticmethod
     def _load_config(source, save_path, model_types, lobe):
@@ -317,12 +366,12 @@ class Backbone(TrainableState, nn.Module):
         """
         targets = self.petl_targets
         layers = getattr(targets, "layers", None)
-        settings = getattr(self, "petl_settings", None)
+        method, settings = adaptation_of(self)
         return {
             "model": type(self).__name__,
             "hidden_size": getattr(targets, "hidden_size", None) or self.output_size,
             "num_layers": len(layers) if layers else None,
-            "petl_method": getattr(self, "petl_method", None),
+            "petl_method": method,
             "petl_settings": dict(settings) if settings is not None else None,
         }
 

@@ -10,6 +10,7 @@ key adapts a backbone lobe in place and returns it. In a recipe::
 """
 
 from speechbrain_moe.hparams_files import load_hparams, packaged_names
+from speechbrain_moe.lobes.base import Backbone, adaptation_of
 from speechbrain_moe.petl.wrap import insert_adapters, wrap_modules
 
 __all__ = ["apply_method", "available_methods", "insert_adapters", "wrap_modules"]
@@ -37,7 +38,9 @@ def apply_method(backbone, method, overrides=None):
     Arguments
     ---------
     backbone : speechbrain_moe.lobes.base.Backbone
-        A backbone lobe (any module with ``petl_targets``), not yet adapted.
+        A backbone lobe (a :class:`~speechbrain_moe.lobes.base.Backbone`:
+        it declares ``petl_targets`` and the ``petl_method`` /
+        ``petl_settings`` record), not yet adapted.
     method : str
         A packaged method name (:func:`available_methods`) or the path of a
         method YAML file.
@@ -46,20 +49,37 @@ def apply_method(backbone, method, overrides=None):
 
     Returns
     -------
-    torch.nn.Module
-        The backbone, ``petl_method`` and ``petl_settings`` recorded on it.
+    speechbrain_moe.lobes.base.Backbone
+        The backbone, with the method and its settings recorded in its
+        declared ``petl_method`` and ``petl_settings`` (read them with
+        :func:`speechbrain_moe.lobes.base.adaptation_of`).
 
     Example
     -------
     >>> import torch
-    >>> model = apply_method(torch.nn.Linear(2, 2), "linear")
-    >>> any(p.requires_grad for p in model.parameters()), model.petl_method
+    >>> from speechbrain_moe.lobes.base import Backbone, adaptation_of
+    >>> class Tiny(Backbone):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.model = torch.nn.Linear(2, 2)
+    >>> model = apply_method(Tiny(), "linear")
+    >>> any(p.requires_grad for p in model.parameters()), adaptation_of(model)[0]
     (False, 'linear')
     >>> apply_method(model, "bitfit")
     Traceback (most recent call last):
-    ValueError: This Linear is already adapted with petl_method 'linear'; ...
+    ValueError: This Tiny is already adapted with petl_method 'linear'; ...
+    >>> apply_method(torch.nn.Linear(2, 2), "linear")
+    Traceback (most recent call last):
+    TypeError: apply_method adapts a backbone lobe, not a Linear: ...
     """
-    previous = getattr(backbone, "petl_method", None)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(
+            f"apply_method adapts a backbone lobe, not a {type(backbone).__name__}: "
+            "give a speechbrain_moe.lobes lobe (AST, Whisper, WavLM, ...) or your "
+            "own subclass of speechbrain_moe.lobes.base.Backbone (it says where "
+            "the adapters go, petl_targets, and records the method)."
+        )
+    previous, _ = adaptation_of(backbone)
     if previous is not None:
         raise ValueError(
             f"This {type(backbone).__name__} is already adapted with petl_method "

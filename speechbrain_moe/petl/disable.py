@@ -23,7 +23,6 @@ from speechbrain.nnet.adapters import HoulsbyAdapterLinear, LoRA, replace_module
 from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.lobes.base import adaptation_of
 from speechbrain_moe.petl.prefix import PrefixAttention
-
 from speechbrain_moe.petl.prompt import DeepPromptLayer
 from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
 
@@ -140,7 +139,6 @@ def disable_adapters(model, pretrained=None):
     missing = [n for n in in_place if plain_name(n) not in (pretrained or {})]
     if missing:
         method, _ = adaptation_of(model)
-
         raise ValueError(
             f"Cannot disable the adapters of this {type(model).__name__} "
             f"(petl_method {method!r}): training changed {len(missing)} of the "

@@ -29,7 +29,6 @@ from speechbrain.nnet.adapters import (
 
 from speechbrain_moe.lobes.base import adaptation_of
 from speechbrain_moe.petl.prefix import PrefixAttention
-
 from speechbrain_moe.petl.prompt import DeepPromptLayer
 from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
 from speechbrain_moe.routing import RoutedModule
@@ -123,14 +122,12 @@ def check_mergeable(model):
         An adapted model (a backbone's recorded ``petl_method`` is read with
         :func:`speechbrain_moe.lobes.base.adaptation_of`).
 
-
     Example
     -------
     >>> check_mergeable(torch.nn.Linear(2, 2))
     """
     method, _ = adaptation_of(model)
-    fix =
- "Use the model unmerged (merge=False); lora and bitfit merge."
+    fix = "Use the model unmerged (merge=False); lora and bitfit merge."
     if method in NOT_MERGEABLE:
         raise ValueError(
             f"petl_method {method!r} cannot be merged into the backbone's "
@@ -309,7 +306,6 @@ def merge_and_unload(model):
     )
     >>> model.petl_method = "soft_moa"
     >>> merge_and_unload(model)
-
     Traceback (most recent call last):
     ...
     ValueError: petl_method 'soft_moa' cannot be merged into the backbone's weights: ...
