@@ -20,6 +20,7 @@ AST_TASKS = {
     "houlsby": ("adapter", {"placement": "houlsby", "mode": "sequential"}),
     "topk": ("moe_adapter", {"num_experts": 4, "top_k": 2}),
     "probe": ("linear", {}),
+    "lora_moe": ("moe_lora", {}),
 }
 WHISPER_TASKS = {
     "lora": ("lora", {"rank": 4}),
@@ -96,7 +97,7 @@ def assert_per_clip(model, task_folders, wavs, lens, tasks, tmp_path):
 
 def test_mixed_ast_batch_equals_each_single_task_model(ast_model, ast_tasks, tmp_path):
     wavs, lens = batch(7)
-    tasks = ["esc", "kws", "houlsby", "topk", "probe", "esc", "kws"]
+    tasks = ["esc", "kws", "houlsby", "topk", "probe", "lora_moe", "kws"]
     assert_per_clip(ast_model, ast_tasks, wavs, lens, tasks, tmp_path)
     # a task with no clips in the batch (houlsby, probe), and one task only
     assert_per_clip(

@@ -10,8 +10,9 @@ backbone's (so the task costs its trained tensors only), and every place
 where the task differs becomes a :class:`TaskSwitch` in the shared backbone:
 
 * an adapter placement (:class:`~speechbrain_moe.placement.ParallelAdapter`,
-  :class:`~speechbrain_moe.placement.SequentialAdapter`) or SpeechBrain's
-  ``LoRA`` around a module: the frozen module runs once for the whole batch,
+  :class:`~speechbrain_moe.placement.SequentialAdapter`), SpeechBrain's
+  ``LoRA`` or a mixture of LoRA experts
+  (:class:`~speechbrain_moe.adapters.lora_experts.LoRAExperts`) around a module: the frozen module runs once for the whole batch,
   the task's adapter (or LoRA update) only on the task's rows, its output
   added to theirs;
 * a normalisation layer the task trained (``train_norms``): the task's copy
@@ -45,6 +46,7 @@ import torch
 import torch.nn as nn
 from speechbrain.nnet.adapters import AdaptedModel, LoRA
 
+from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.petl.prefix import PrefixAttention
 from speechbrain_moe.petl.prompt import DeepPromptLayer
 from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
@@ -56,7 +58,11 @@ _TASK_ROWS = contextvars.ContextVar("speechbrain_moe_task_rows", default=None)
 
 #: The wrappers whose output is ``frozen output + update`` (what a switch can
 #: compute once for the batch and then per task).
-WRAPPER_KINDS = ((ParallelAdapter, "parallel"), (SequentialAdapter, "sequential"))
+WRAPPER_KINDS = (
+    (ParallelAdapter, "parallel"),
+    (SequentialAdapter, "sequential"),
+    (LoRAExperts, "lora_experts"),
+)
 
 #: Layers a task may own a trained copy of (``train_norms``).
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
@@ -72,6 +78,9 @@ UNSHAREABLE = {
         "the frozen attention computes something else for its clips"
     ),
 }
+
+#: What a switch can hold for a task.
+KINDS = ("parallel", "sequential", "lora", "lora_experts", "module")
 
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -227,7 +236,7 @@ class TaskSwitch(nn.Module):
     ``tasks[name]`` is the task's wrapper (a placement or ``LoRA`` around its
     own tied copy of the frozen module, whose adapter part is used) or its
     trained copy of a normalisation layer; ``kinds[name]`` says which
-    (``parallel``, ``sequential``, ``lora`` or ``module``). The forward reads
+    (``parallel``, ``sequential``, ``lora``, ``lora_experts`` or ``module``). The forward reads
     the rows of each task from :func:`current_task_rows`: the frozen module
     runs once on the whole batch, then each task present here changes its
     own rows only. A task without an entry gets the frozen output.
@@ -249,7 +258,7 @@ class TaskSwitch(nn.Module):
     >>> with torch.no_grad(), task_rows(rows_of(["kws", "esc50", "kws"])):
     ...     y = switch(x)
     >>> with torch.no_grad():
-    ...     torch.allclose(y[[0, 2]], lora(x[[0, 2]])), torch.equal(y[1], frozen(x[1]))
+    ...     torch.allclose(y[[0, 2]], lora(x[[0, 2]])), torch.allclose(y[1], frozen(x[1]))
     (True, True)
     """
 
@@ -267,7 +276,7 @@ class TaskSwitch(nn.Module):
         task : str
             The task name.
         kind : str
-            ``parallel``, ``sequential``, ``lora`` or ``module``.
+            One of :data:`KINDS`.
         module : torch.nn.Module
             The task's wrapper, or its trained copy of the module.
 
@@ -278,10 +287,9 @@ class TaskSwitch(nn.Module):
         >>> switch.kinds
         {'kws': 'module'}
         """
-        if kind not in ("parallel", "sequential", "lora", "module"):
+        if kind not in KINDS:
             raise ValueError(
-                f"Unknown TaskSwitch kind {kind!r}; choose parallel, sequential, "
-                "lora or module."
+                f"Unknown TaskSwitch kind {kind!r}; choose one of {list(KINDS)}."
             )
         self.tasks[task] = module
         self.kinds[task] = kind
@@ -360,6 +368,8 @@ class TaskSwitch(nn.Module):
         elif kind == "sequential":
             hidden = first if whole else first.index_select(0, rows)
             delta = module.adapter(hidden, mask=mask)
+        elif kind == "lora_experts":  # as LoRAExperts.forward computes it
+            delta = module.scaling * module.mixture(inputs, mask=mask).to(inputs.dtype)
         else:  # SpeechBrain's LoRA: its update, as LoRA.forward computes it
             delta = module.adapter_up_proj(module.adapter_down_proj(inputs))
             delta = delta * module.scaling
