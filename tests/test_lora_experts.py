@@ -116,6 +116,21 @@ def test_kernel_equals_plain_values_and_gradients(router):
 
 
 @pytest.mark.parametrize("router", sorted(ROUTERS))
+def test_autocast_keeps_the_wrapped_layers_dtype(router):
+    """Under bf16 autocast the output has the dtype of the wrapped layer's
+    (as SpeechBrain's LoRA), and the kernel path stays near the plain one."""
+    plain = perturb(layer(router, "plain"))
+    kernel = layer(router, "kernel")
+    kernel.load_state_dict(plain.state_dict())
+    x, mask = tokens()
+    with token_mask(mask), torch.autocast("cpu", dtype=torch.bfloat16):
+        with routing_context():
+            y_p, y_k = plain(x), kernel(x)
+    assert y_p.dtype == y_k.dtype == torch.bfloat16
+    torch.testing.assert_close(y_k.float(), y_p.float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("router", sorted(ROUTERS))
 def test_each_expert_is_the_low_rank_update_and_gets_gradient(router):
     """Every expert is ``B_i A_i x`` (checked against a loop for the dense
     router), and every expert's weights get a non-zero gradient."""
@@ -420,3 +435,38 @@ def test_bridge_debug_run_with_lora_experts_on_the_llm(tmp_path):
     with open(out / "test-clean.csv", newline="") as fin:
         row = next(csv.DictReader(fin))
     assert isinstance(asr.transcribe_file(row["wav"]), str)
+
+
+def test_disabling_gives_the_frozen_backbone_back(adapted, tiny_ast_folder):
+    from speechbrain_moe.petl.disable import disable_adapters
+
+    backbone = perturb(adapted("moe_lora")).eval()
+    frozen = AST(tiny_ast_folder, max_frames=100).eval()
+    wavs = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(backbone(wavs), frozen(wavs), atol=1e-4)
+        with disable_adapters(backbone):
+            torch.testing.assert_close(backbone(wavs), frozen(wavs))
+
+
+@pytest.mark.parametrize(
+    "method, settings, words",
+    [
+        ("moe_lora", {"top_k": 5}, ["top_k", "num_experts"]),
+        ("dense_lora", {"rank": 0}, ["rank", "integer >= 1"]),
+        ("soft_lora", {"alpha": 0}, ["alpha", "> 0"]),
+        ("dense_lora", {"target_layers": "*q_proj"}, ["target_layers", "list"]),
+    ],
+)
+def test_bad_settings_are_refused_naming_them(adapted, method, settings, words):
+    with pytest.raises(ValueError) as err:
+        adapted(method, **settings)
+    assert all(word in str(err.value) for word in words), str(err.value)
+
+
+def test_bridge_setting_is_checked():
+    from speechbrain_moe.settings import RECIPE_SETTINGS
+
+    problem = RECIPE_SETTINGS["llm_lora_method"].problem("soft_lora")
+    assert "lora, dense_lora, moe_lora" in problem
+    assert RECIPE_SETTINGS["llm_lora_method"].problem("moe_lora") is None

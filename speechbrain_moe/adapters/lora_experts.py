@@ -196,8 +196,8 @@ class LoRAExperts(nn.Module):
                 "mixtures of LoRA experts on layers that read the encoder's "
                 "tokens (query/value projections, FFN): narrow target_layers."
             )
-        delta = self.mixture(x, mask=mask)
-        return self.pretrained_module(x) + self.scaling * delta.to(x.dtype)
+        out = self.pretrained_module(x)  # in autocast's dtype under autocast
+        return out + self.scaling * self.mixture(x, mask=mask).to(out.dtype)
 
     @torch.no_grad()
     def load_lora_expert(self, i, lora):
