@@ -42,6 +42,56 @@ def relative_to_mask(lens, max_len):
     return lengths_to_mask(torch.round(lens * max_len).long(), max_len)
 
 
+class BridgeBuilder:
+    """Builds the bridge of a bridge YAML file, and says which one it is.
+
+    :class:`SpeechLLM` calls it with the widths it knows only once the
+    encoder and the LLM are loaded, and records ``bridge_name`` and
+    ``bridge_settings`` in its checkpoint description.
+
+    Arguments
+    ---------
+    build : callable
+        ``build(input_size, output_size) -> Module`` (the YAML's ``bridge``
+        key: a ``!name:`` partial).
+    bridge_name : str
+        The bridge's name or YAML path, as given to :func:`load_bridge`.
+    bridge_settings : dict
+        Every setting of the bridge file (defaults included).
+
+    Example
+    -------
+    >>> builder = BridgeBuilder(torch.nn.Linear, "linear", {})
+    >>> builder(4, 2), builder.bridge_name
+    (Linear(in_features=4, out_features=2, bias=True), 'linear')
+    """
+
+    def __init__(self, build, bridge_name, bridge_settings):
+        self.build = build
+        self.bridge_name = bridge_name
+        self.bridge_settings = bridge_settings
+
+    def __call__(self, input_size, output_size):
+        """Builds the bridge.
+
+        Arguments
+        ---------
+        input_size : int
+            Width of the stacked encoder frames.
+        output_size : int
+            The LLM's embedding width.
+
+        Returns
+        -------
+        torch.nn.Module
+            The bridge.
+        """
+        return self.build(input_size, output_size)
+
+    def __repr__(self):
+        return f"BridgeBuilder({self.bridge_name!r}, {self.bridge_settings!r})"
+
+
 def load_bridge(bridge, overrides=None):
     """The bridge builder of a bridge YAML file, for :class:`SpeechLLM`.
 
@@ -55,9 +105,10 @@ def load_bridge(bridge, overrides=None):
 
     Returns
     -------
-    functools.partial
-        ``(input_size, output_size) -> Module``; ``bridge_name``,
-        ``bridge_settings`` attributes.
+    BridgeBuilder
+        ``(input_size, output_size) -> Module``, with the name
+        (``bridge_name``) and settings (``bridge_settings``) it was loaded
+        with.
 
     Example
     -------
@@ -69,10 +120,7 @@ def load_bridge(bridge, overrides=None):
     (4, 1)
     """
     hparams, settings = load_hparams("bridges", bridge, overrides)
-    builder = hparams["bridge"]
-    builder.bridge_name = bridge
-    builder.bridge_settings = settings
-    return builder
+    return BridgeBuilder(hparams["bridge"], bridge, settings)
 
 
 def load_llm(
@@ -295,7 +343,10 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
     llm : torch.nn.Module
         Causal LM taking ``inputs_embeds``, frozen (or an ``AdaptedModel``).
     bridge : callable
-        ``bridge(input_size, output_size)`` builds the bridge.
+        ``bridge(input_size, output_size)`` builds the bridge: a
+        :class:`BridgeBuilder` (:func:`load_bridge`, whose name and settings
+        are recorded in :meth:`describe`), or any callable (recorded by the
+        built module's class name, without settings).
     downsampling_factor : int
         Frames stacked by the ConcatDownsampler (>= 1). A clip shorter than
         that many encoder frames (Whisper: under about 60 ms at 4) is padded
@@ -358,8 +409,11 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         self.downsampling_factor = downsampling_factor
         self.downsampler = ConcatDownsampler(downsampling_factor)
         self.bridge = bridge(encoder.output_size * downsampling_factor, self.llm_size)
-        self.bridge_name = getattr(bridge, "bridge_name", type(self.bridge).__name__)
-        self.bridge_settings = getattr(bridge, "bridge_settings", None)
+        if isinstance(bridge, BridgeBuilder):
+            self.bridge_name = bridge.bridge_name
+            self.bridge_settings = bridge.bridge_settings
+        else:
+            self.bridge_name, self.bridge_settings = type(self.bridge).__name__, None
         std = float(self.embed_tokens.weight.detach().float().std())
         self.audio_start = nn.Parameter(torch.randn(self.llm_size) * std)
         self.audio_end = nn.Parameter(torch.randn(self.llm_size) * std)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from speechbrain.nnet.adapters import replace_module
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
 from speechbrain_moe.lobes.base import Backbone, lengths_to_mask, quiet_loading, unwrap
@@ -19,22 +20,112 @@ logger = logging.getLogger(__name__)
 MODEL_TYPES = ("wavlm", "hubert", "wav2vec2", "wav2vec2-conformer", "data2vec-audio")
 
 
+def rebuilt_with_parameters(module, cls, *args, **kwargs):
+    """A ``cls(*args, **kwargs)`` that holds ``module``'s own parameters,
+    buffers and sub-modules (the same tensors, not copies).
+
+    The new module is built on the meta device (nothing allocated or
+    initialised), then given every direct parameter, buffer and child of
+    ``module`` under the same names, so its ``state_dict`` has the same keys
+    and tensors; a parameter or buffer of ``cls`` that ``module`` lacks is
+    refused. Used to give a Hugging Face block a subclass of ours without
+    assigning ``__class__``.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module whose tensors the new one takes.
+    cls : type
+        Class of the new module (usually a subclass of ``type(module)``).
+    *args, **kwargs
+        ``cls``'s constructor arguments (the same shapes as ``module``).
+
+    Returns
+    -------
+    torch.nn.Module
+        The new module, in ``module``'s training mode.
+
+    Example
+    -------
+    >>> old = nn.Linear(3, 2)
+    >>> new = rebuilt_with_parameters(old, nn.Linear, 3, 2)
+    >>> new.weight is old.weight, list(new.state_dict()) == list(old.state_dict())
+    (True, True)
+    """
+    with torch.device("meta"):
+        new = cls(*args, **kwargs)
+    for name, child in module.named_children():
+        setattr(new, name, child)
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, param)
+    for name, buffer in module.named_buffers(recurse=False):
+        setattr(new, name, buffer)
+    missing = [
+        name
+        for name, tensor in [*new.named_parameters(), *new.named_buffers()]
+        if tensor.is_meta
+    ]
+    if missing:
+        raise RuntimeError(
+            f"Cannot rebuild this {type(module).__name__} as {cls.__name__}: "
+            f"{cls.__name__} has {missing}, which the module lacks (a "
+            "transformers release changed the block). Pin transformers to the "
+            "tested range of pyproject.toml."
+        )
+    return new.train(module.training)
+
+
 class ModularWavLMAttention(WavLMAttention):
     """``WavLMAttention`` calling its projections as modules (LoRA-wrappable).
 
     Hugging Face's hands ``q_proj.weight`` etc. to
     ``F.multi_head_attention_forward``, which bypasses LoRA wrappers. The lobe
-    swaps the class of existing blocks (the weights stay in place).
+    replaces every ``WavLMAttention`` of its model by the one
+    :meth:`from_attention` builds around the same weights (same parameter
+    names, so checkpoints are unchanged).
 
     Example
     -------
     >>> attn = WavLMAttention(embed_dim=8, num_heads=2, num_buckets=8, max_distance=16)
     >>> x = torch.randn(2, 5, 8)
-    >>> ref = attn(x)[0]
-    >>> attn.__class__ = ModularWavLMAttention
-    >>> torch.allclose(attn(x)[0], ref, atol=1e-6)
+    >>> modular = ModularWavLMAttention.from_attention(attn)
+    >>> torch.allclose(modular(x)[0], attn(x)[0], atol=1e-6)
+    True
+    >>> modular.q_proj is attn.q_proj
     True
     """
+
+    @classmethod
+    def from_attention(cls, attention):
+        """The modular attention holding ``attention``'s weights.
+
+        Arguments
+        ---------
+        attention : WavLMAttention
+            A Hugging Face WavLM attention block.
+
+        Returns
+        -------
+        ModularWavLMAttention
+            Same settings, same parameter objects and names.
+
+        Example
+        -------
+        >>> attn = WavLMAttention(embed_dim=8, num_heads=2, has_relative_position_bias=False)
+        >>> modular = ModularWavLMAttention.from_attention(attn)
+        >>> modular.gru_rel_pos_const is attn.gru_rel_pos_const
+        True
+        """
+        return rebuilt_with_parameters(
+            attention,
+            cls,
+            embed_dim=attention.embed_dim,
+            num_heads=attention.num_heads,
+            dropout=attention.dropout,
+            num_buckets=attention.num_buckets,
+            max_distance=attention.max_distance,
+            has_relative_position_bias=hasattr(attention, "rel_attn_embed"),
+        )
 
     def torch_multi_head_self_attention(
         self, hidden_states, attention_mask, gated_position_bias
@@ -79,21 +170,47 @@ class ModularWavLMAttention(WavLMAttention):
 class MaskedGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` over ``[batch, channels, time]`` whose statistics
     cover each clip's first ``valid_frames`` frames only (None: plain
-    ``nn.GroupNorm``). The lobe swaps the class of the first convolution's
-    norm of "base" models and sets ``valid_frames`` for each forward pass.
+    ``nn.GroupNorm``). The lobe replaces the first convolution's norm of
+    "base" models by the one :meth:`from_group_norm` builds around the same
+    weight and bias, and sets ``valid_frames`` for each forward pass.
 
     Example
     -------
-    >>> norm = nn.GroupNorm(2, 4)
+    >>> plain = nn.GroupNorm(2, 4)
     >>> x = torch.randn(2, 4, 9)
-    >>> alone = norm(x[:1, :, :5])
-    >>> norm.__class__ = MaskedGroupNorm
+    >>> alone = plain(x[:1, :, :5])
+    >>> norm = MaskedGroupNorm.from_group_norm(plain)
     >>> norm.valid_frames = torch.tensor([5, 9])
     >>> torch.allclose(norm(x)[:1, :, :5], alone, atol=1e-5)
     True
     """
 
     valid_frames = None
+
+    @classmethod
+    def from_group_norm(cls, norm):
+        """The masked norm holding ``norm``'s weight and bias.
+
+        Arguments
+        ---------
+        norm : torch.nn.GroupNorm
+            The norm to replace.
+
+        Returns
+        -------
+        MaskedGroupNorm
+            Same groups, channels, epsilon and affine parameters (the same
+            objects).
+
+        Example
+        -------
+        >>> plain = nn.GroupNorm(2, 4)
+        >>> MaskedGroupNorm.from_group_norm(plain).weight is plain.weight
+        True
+        """
+        return rebuilt_with_parameters(
+            norm, cls, norm.num_groups, norm.num_channels, norm.eps, norm.affine
+        )
 
     def forward(self, x):
         """Normalises ``x``; padded frames come out as the bias.
@@ -273,13 +390,16 @@ class SSLEncoder(Backbone):
                 f"({self.min_samples} samples); set it to the longest clip to "
                 "encode (e.g. 30), or None for no cap."
             )
-        for module in self.model.modules():
+        # Our subclasses replace two kinds of Hugging Face blocks, through
+        # their parents, holding the same tensors under the same names.
+        for name, module in list(self.model.named_modules()):
             if type(module) is WavLMAttention:
-                module.__class__ = ModularWavLMAttention
+                modular = ModularWavLMAttention.from_attention(module)
+                replace_module(self.model, name, modular)
         first = getattr(self.model, "feature_extractor", None)
         first = first.conv_layers[0] if hasattr(first, "conv_layers") else None
         if type(getattr(first, "layer_norm", None)) is nn.GroupNorm:
-            first.layer_norm.__class__ = MaskedGroupNorm
+            first.layer_norm = MaskedGroupNorm.from_group_norm(first.layer_norm)
         attention_interface = not any(
             isinstance(m, WavLMAttention) for m in self.model.modules()
         )
