@@ -70,6 +70,10 @@ class PETLClassifierBrain(sb.Brain):
         epoch (e.g. :class:`~speechbrain_moe.schedules.CosineLR`).
     tensorboard : speechbrain.utils.train_logger.TensorboardLogger, optional
         Also receives the statistics, and the routers' per-expert loads.
+    init_from : speechbrain_moe.upcycling.Upcycling, optional
+        Initialises the backbone's mixtures and the head from a source run
+        (``--petl_init_from``) when the fit starts, unless a checkpoint was
+        recovered (a resumed run continues from its own checkpoint).
     **kwargs
         As :class:`speechbrain.Brain`.
 
@@ -94,11 +98,18 @@ class PETLClassifierBrain(sb.Brain):
     """
 
     def __init__(
-        self, *args, train_logger=None, lr_schedule=None, tensorboard=None, **kwargs
+        self,
+        *args,
+        train_logger=None,
+        lr_schedule=None,
+        tensorboard=None,
+        init_from=None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.train_logger, self.tensorboard = train_logger, tensorboard
         self.lr_schedule = lr_schedule
+        self.init_from = init_from
         # Per-expert loads of the routers, summed over a stage for logging.
         self.loads = LoadCounter(self.modules)
         self.random_state = RandomState()
@@ -114,6 +125,21 @@ class PETLClassifierBrain(sb.Brain):
             settings,
             format_parameters(count_parameters(self.modules)),
         )
+
+    def on_fit_start(self):
+        """SpeechBrain's start of fit (DDP wrapping, optimizer, recovery of
+        the latest checkpoint); then, for a run that recovered nothing (no
+        optimizer step and no epoch done), the upcycling of ``init_from``.
+
+        Every rank recovers the same checkpoint, so all take the same branch;
+        the upcycled tensors are the same on every rank (no collective).
+        """
+        super().on_fit_start()
+        fresh = self.optimizer_step == 0 and self.hparams.epoch_counter.current == 0
+        if self.init_from is not None and fresh:
+            self.init_from.apply(
+                unwrap(self.modules["backbone"]), unwrap(self.modules["classifier"])
+            )
 
     def compute_forward(self, batch, stage):
         """Log-probabilities ``[batch, classes]``, which clips are finite (a

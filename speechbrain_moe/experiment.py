@@ -20,6 +20,10 @@ for, from the recipe YAML and its overrides, without building anything:
 * ``<key>_config_sha256`` of every ``*_source`` key: the SHA-256 of the
   ``config.json`` of a local model folder (None for a hub id, whose name is
   already part of the identity);
+* ``petl_init_from_sha256``: the SHA-256 of the weights an upcycled run
+  starts from (:func:`speechbrain_moe.upcycling.source_sha256`), beside the
+  source folder ``petl_init_from`` itself: another source, or the same
+  folder trained further, is another experiment;
 * the run options that change training: ``precision``,
   ``grad_accumulation_factor``, ``max_grad_norm``, ``optimizer_step_limit``,
   ``remove_vector_weight_decay`` (from the command line, else the YAML, else
@@ -313,7 +317,18 @@ def _json_values(value):
 #: Key endings of the recipes' path settings (``data_folder``,
 #: ``backbone_source``, ``train_csv``, ...): a relative value of such a key is
 #: made absolute when it exists.
-PATH_KEY_ENDINGS = ("_folder", "_source", "_file", "_csv", "_path", "_dir", "_json")
+PATH_KEY_ENDINGS = (
+    "_folder",
+    "_source",
+    "_file",
+    "_csv",
+    "_path",
+    "_dir",
+    "_json",
+    "_from",
+)
+#: Keys naming a run whose weights a run starts from (upcycling).
+INIT_KEYS = ("petl_init_from",)
 
 
 def _names_a_path(key, value):
@@ -409,6 +424,11 @@ def experiment_identity(hparams_file, overrides, run_opts=None):
     for key, value in settings.items():
         if key.endswith("_source") and isinstance(value, str):
             identity[f"{key}_config_sha256"] = _config_sha256(value)
+    for key in INIT_KEYS:
+        if settings.get(key) is not None:
+            from speechbrain_moe.upcycling import source_sha256
+
+            identity[f"{key}_sha256"] = source_sha256(settings[key])
     return _json_values(identity), settings
 
 

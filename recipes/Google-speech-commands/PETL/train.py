@@ -39,6 +39,7 @@ from speechbrain_moe.experiment import Experiment, merge_overrides
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.labels import training_classes
 from speechbrain_moe.tensorboard import open_tensorboard
+from speechbrain_moe.upcycling import plan_upcycling
 
 
 def dataio_prep(hparams):
@@ -101,6 +102,16 @@ if __name__ == "__main__":
     overrides = merge_overrides(overrides, {"n_classes": len(label_encoder)})
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    # --petl_init_from: the mixture starts from a finished single-adapter
+    # run (checked here, before the run is recorded; applied when the fit
+    # starts, unless a checkpoint is resumed: speechbrain_moe/upcycling.py).
+    upcycling = plan_upcycling(
+        hparams["petl_init_from"],
+        hparams["backbone"],
+        hparams["classifier"],
+        labels=[label_encoder.ind2lab[i] for i in range(len(label_encoder))],
+        options=hparams["petl_init_options"],
+    )
     datasets = dataio_prep(hparams)
     run_once_per_node(
         export_inference_hparams,
@@ -131,6 +142,7 @@ if __name__ == "__main__":
         train_logger=hparams["train_logger"],
         lr_schedule=hparams["lr_schedule"],
         tensorboard=tensorboard,
+        init_from=upcycling,
     )
     brain.fit(
         brain.hparams.epoch_counter,
