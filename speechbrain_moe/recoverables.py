@@ -255,6 +255,22 @@ class RandomState:
     exactly what an uninterrupted one would. From an intra-epoch checkpoint it
     is restored by :meth:`apply_pending`, before the next training batch.
 
+    Why a pending state (the one value here that is kept to be read and
+    cleared later): SpeechBrain recovers checkpoints in ``on_fit_start``,
+    before the epoch's training loop starts iterating its data loader, and
+    creating that iterator draws from the torch generator (PyTorch's
+    ``DataLoader`` draws its base seed, a shuffling sampler its permutation).
+    The state saved by an intra-epoch checkpoint was captured *after* those
+    draws, so restoring it in the loader hook (:meth:`recover`) would let
+    the resumed run's iterator draw on top of it and shift every later draw.
+    SpeechBrain's public hooks have no point between "iterator created" and
+    "first batch", other than ``on_fit_batch_start`` (and ``on_stage_start``
+    of the VALID stage, when the checkpoint was written after the epoch's
+    last batch), so the Brain calls :meth:`apply_pending` there; the state
+    is restored at most once, and an end-of-epoch checkpoint (captured
+    before the next epoch's iterator) is restored at once, leaving nothing
+    pending.
+
     Example
     -------
     >>> import tempfile

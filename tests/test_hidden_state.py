@@ -145,3 +145,29 @@ def test_wavlm_checkpoint_keys_and_values_are_hugging_faces(tmp_path, stable):
     kinds = {type(m) for m in lobe.model.modules()}
     assert ModularWavLMAttention in kinds and WavLMAttention not in kinds
     assert (MaskedGroupNorm in kinds) is not stable
+
+
+def test_wavlm_settings_reach_the_config_as_it_loads(tmp_path, monkeypatch):
+    """``layerdrop`` and ``apply_spec_augment`` are given to
+    ``AutoConfig.from_pretrained`` (HF's overrides), not assigned on the
+    loaded config afterwards (item "config fields mutated on load")."""
+    import transformers
+
+    folder = make_tiny_wavlm(str(tmp_path))
+    calls, original = [], transformers.AutoConfig.from_pretrained
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        config = original(*args, **kwargs)
+        before = dict(vars(config))
+        loaded.append((config, before))
+        return config
+
+    loaded = []
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
+    lobe = WavLM(folder, layerdrop=0.05)
+    assert calls[0]["layerdrop"] == 0.05 and calls[0]["apply_spec_augment"] is False
+    config, before = loaded[0]
+    assert (config.layerdrop, config.apply_spec_augment) == (0.05, False)
+    assert before["layerdrop"] == 0.05  # already set when the config was returned
+    assert lobe.model.config.layerdrop == 0.05

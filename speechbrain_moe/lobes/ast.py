@@ -103,6 +103,10 @@ class AST(Backbone):
                 emb.position_embeddings.data, self.freq_patches, old_time, new_time
             )
             emb.position_embeddings = torch.nn.Parameter(resized)
+            # The model now holds position embeddings for max_frames: its
+            # config says so (save_pretrained then writes a folder that
+            # loads). The one config field changed after loading, since the
+            # checkpoint's embeddings must load at their stored size first.
             config.max_length = max_frames
         self.time_patches = new_time
         # Longest clip that fits max_frames fbank frames: Kaldi's 25 ms window

@@ -229,9 +229,12 @@ class Backbone(TrainableState, nn.Module):
         self.petl_settings = None
 
     @staticmethod
-    def _load_config(source, save_path, model_types, lobe):
+    def _load_config(source, save_path, model_types, lobe, overrides=None):
         """The Hugging Face config of ``source`` (a folder or a hub id), with
-        clear errors when it is missing or of another model type."""
+        clear errors when it is missing or of another model type;
+        ``overrides`` (attribute -> value) are applied by
+        ``AutoConfig.from_pretrained`` itself, as it is loaded, rather than
+        by assigning fields of the loaded config afterwards."""
         from transformers import AutoConfig
 
         source = str(source)
@@ -242,7 +245,9 @@ class Backbone(TrainableState, nn.Module):
                 "the model's config.json, or give a hub id."
             )
         try:
-            config = AutoConfig.from_pretrained(source, cache_dir=save_path)
+            config = AutoConfig.from_pretrained(
+                source, cache_dir=save_path, **(overrides or {})
+            )
         except (OSError, ValueError) as err:
             raise OSError(
                 f"Cannot load the model config of backbone_source {source!r} ({err}). "

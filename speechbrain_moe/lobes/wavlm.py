@@ -344,10 +344,15 @@ class SSLEncoder(Backbone):
         from transformers import AutoFeatureExtractor, AutoModel
 
         config = self._load_config(
-            source, save_path, MODEL_TYPES, "WavLM/HuBERT/wav2vec2"
+            source,
+            save_path,
+            MODEL_TYPES,
+            "WavLM/HuBERT/wav2vec2",
+            overrides={
+                "layerdrop": layerdrop,
+                "apply_spec_augment": apply_spec_augment,
+            },
         )
-        config.layerdrop = layerdrop
-        config.apply_spec_augment = apply_spec_augment
         with quiet_loading():
             self.model = AutoModel.from_pretrained(
                 source, config=config, cache_dir=save_path
