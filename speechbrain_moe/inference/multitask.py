@@ -22,6 +22,7 @@ Authors
  * speechbrain-moe contributors 2026
 """
 
+import gc
 import importlib
 import json
 import os
@@ -345,6 +346,10 @@ class MultiTaskClassifier(ExperimentInterface):
         self.mods.backbone.to(self.device).eval()
         self.folders[task] = folder
         self.sites[task] = paths
+        # The task's own copy of the frozen weights (a memory-mapped file
+        # when loaded from safetensors) is released now, not at some later
+        # collection of the loaded model's reference cycles.
+        gc.collect()
 
     def unload_task(self, task):
         """Removes one task (peft's ``delete_adapter``): its adapters leave
@@ -422,6 +427,11 @@ class MultiTaskClassifier(ExperimentInterface):
                     f"{'both' if task is not None else 'neither'}; the loaded tasks "
                     f"are {self.tasks}."
                 )
+        if isinstance(tasks, str):
+            raise ValueError(
+                f"tasks={tasks!r} is one name: give task={tasks!r} for every clip, or "
+                "tasks=[...] with one name per clip."
+            )
         per_clip = tasks is not None
         tasks = list(tasks) if per_clip else [task] * batch
         if len(tasks) != batch:

@@ -456,6 +456,12 @@ def _compare(task, mine, shared, path, sites):
             f"task unmerged (merge=False). {FIX}"
         )
     if trained:
+        for name in trained:  # its own memory: nothing keeps the copy's source
+            what, tensor = _tensors(mine)[name]
+            copy = tensor.detach().clone()
+            if what == "parameter":
+                copy = nn.Parameter(copy, requires_grad=tensor.requires_grad)
+            setattr(mine, name, copy)
         sites.append((path, "module", mine))
         return None
     mine_children = dict(mine.named_children())
