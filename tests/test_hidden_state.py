@@ -171,3 +171,34 @@ def test_wavlm_settings_reach_the_config_as_it_loads(tmp_path, monkeypatch):
     assert (config.layerdrop, config.apply_spec_augment) == (0.05, False)
     assert before["layerdrop"] == 0.05  # already set when the config was returned
     assert lobe.model.config.layerdrop == 0.05
+
+
+def test_classes_split_for_the_old_size_cap_are_whole_again():
+    """Issue 22 item 3: SparseMoE's routing and SpeechLLM's input layout were
+    mixins (``_TopKRouting``, ``SpeechPromptLayout``) reading their host's
+    attributes; each class now defines its own methods, and no class of the
+    package derives from a private helper that is not a module."""
+    import importlib
+    import pkgutil
+
+    import speechbrain_moe
+    from speechbrain_moe.adapters.moe import SparseMoE
+    from speechbrain_moe.lobes.speech_llm import SpeechLLM
+
+    for name in ("route", "_aux_loss", "_report_routing", "update_bias"):
+        assert name in vars(SparseMoE), name
+    for name in ("build_inputs", "embed_tokens"):
+        assert name in vars(SpeechLLM), name
+    offenders = []
+    for info in pkgutil.walk_packages(speechbrain_moe.__path__, "speechbrain_moe."):
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if not isinstance(cls, type) or cls.__module__ != info.name:
+                continue
+            for base in cls.__bases__:
+                private = base.__name__.startswith("_") and base.__module__.startswith(
+                    "speechbrain_moe"
+                )
+                if private and not issubclass(base, nn.Module):
+                    offenders.append(f"{cls.__name__}({base.__name__})")
+    assert offenders == []

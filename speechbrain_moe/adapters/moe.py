@@ -34,95 +34,7 @@ ROUTINGS = ("topk_softmax", "softmax_topk")
 DISPATCHES = ("auto", "grouped", "dense")
 
 
-class _TopKRouting:
-    """Routing, auxiliary losses and bias balancing of :class:`SparseMoE`."""
-
-    def route(self, logits):
-        """Selects ``top_k`` experts per token and their weights.
-
-        Arguments
-        ---------
-        logits : torch.Tensor
-            Router logits ``[tokens, num_experts]`` (float32).
-
-        Returns
-        -------
-        weights : torch.Tensor
-            ``[tokens, top_k]`` (rows sum to one with ``topk_softmax``, to at
-            most one with ``softmax_topk``).
-        experts : torch.Tensor
-            ``[tokens, top_k]`` expert indices.
-
-        Example
-        -------
-        >>> moe = SparseMoE(4, num_experts=3, top_k=2)
-        >>> w, i = moe.route(torch.tensor([[0.0, 2.0, 1.0]]))
-        >>> i.tolist(), [round(v, 4) for v in w[0].tolist()]
-        ([[1, 2]], [0.7311, 0.2689])
-        """
-        selection = logits + self.selection_bias if self.bias_balancing else logits
-        experts = selection.topk(self.top_k, dim=-1).indices
-        if self.routing == "topk_softmax":
-            weights = torch.softmax(logits.gather(-1, experts), dim=-1)
-        else:
-            weights = torch.softmax(logits, dim=-1).gather(-1, experts)
-        return weights, experts
-
-    def _aux_loss(self, logits, counts):
-        """Switch balance loss plus router z-loss (None when both are off)."""
-        loss = None
-        if self.balance_loss_weight and logits.shape[0] > 0:
-            share = counts.float() / counts.sum().clamp(min=1)
-            mean_prob = torch.softmax(logits, dim=-1).mean(0)
-            loss = (
-                self.balance_loss_weight * self.num_experts * (share * mean_prob).sum()
-            )
-        if self.z_loss_weight and logits.shape[0] > 0:
-            z = self.z_loss_weight * torch.logsumexp(logits, dim=-1).pow(2).mean()
-            loss = z if loss is None else loss + z
-        return loss
-
-    def _report_routing(self, weights, experts, mask, batch, length):
-        """Scatters the routing back to ``[batch, time, experts]`` for recorders."""
-        dense_w = weights.new_zeros(weights.shape[0], self.num_experts)
-        dense_w.scatter_(-1, experts, weights)
-        selected = torch.zeros_like(dense_w).scatter_(-1, experts, 1.0)
-        if mask is None:
-            shape = (batch, length, self.num_experts)
-            self.report(dense_w.reshape(shape), None, selected=selected.reshape(shape))
-            return
-        full_w = dense_w.new_zeros(batch, length, self.num_experts)
-        full_s = torch.zeros_like(full_w)
-        full_w[mask], full_s[mask] = dense_w, selected
-        self.report(full_w, mask, selected=full_s)
-
-    @torch.no_grad()
-    def update_bias(self):
-        """Nudges the selection bias towards uniform load (one optimizer step).
-
-        Counts since the last call are summed over DDP ranks first, so every
-        rank applies the same update.
-
-        Example
-        -------
-        >>> moe = SparseMoE(4, num_experts=2, top_k=1, bias_balancing=True)
-        >>> moe.step_counts.copy_(torch.tensor([3.0, 1.0]))
-        tensor([3., 1.])
-        >>> moe.update_bias()
-        >>> moe.selection_bias.tolist()
-        [-0.0010000000474974513, 0.0010000000474974513]
-        """
-        counts = self.step_counts.clone()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-        if counts.sum() > 0:
-            self.selection_bias += self.bias_update_rate * torch.sign(
-                counts.mean() - counts
-            )
-        self.step_counts.zero_()
-
-
-class SparseMoE(_TopKRouting, RoutedModule):
+class SparseMoE(RoutedModule):
     """Top-k routed experts ``E_i(x) = W2_i SiLU(W1_i LN(x))``, dropless.
 
     Router logits ``l = W_g LN(x)``; each token goes to its ``top_k`` experts,
@@ -324,6 +236,92 @@ class SparseMoE(_TopKRouting, RoutedModule):
         full = out.new_zeros(batch, length, self.output_size)
         full[mask] = out
         return full
+
+    # Routing, auxiliary losses and bias balancing.
+
+    def route(self, logits):
+        """Selects ``top_k`` experts per token and their weights.
+
+        Arguments
+        ---------
+        logits : torch.Tensor
+            Router logits ``[tokens, num_experts]`` (float32).
+
+        Returns
+        -------
+        weights : torch.Tensor
+            ``[tokens, top_k]`` (rows sum to one with ``topk_softmax``, to at
+            most one with ``softmax_topk``).
+        experts : torch.Tensor
+            ``[tokens, top_k]`` expert indices.
+
+        Example
+        -------
+        >>> moe = SparseMoE(4, num_experts=3, top_k=2)
+        >>> w, i = moe.route(torch.tensor([[0.0, 2.0, 1.0]]))
+        >>> i.tolist(), [round(v, 4) for v in w[0].tolist()]
+        ([[1, 2]], [0.7311, 0.2689])
+        """
+        selection = logits + self.selection_bias if self.bias_balancing else logits
+        experts = selection.topk(self.top_k, dim=-1).indices
+        if self.routing == "topk_softmax":
+            weights = torch.softmax(logits.gather(-1, experts), dim=-1)
+        else:
+            weights = torch.softmax(logits, dim=-1).gather(-1, experts)
+        return weights, experts
+
+    def _aux_loss(self, logits, counts):
+        """Switch balance loss plus router z-loss (None when both are off)."""
+        loss = None
+        if self.balance_loss_weight and logits.shape[0] > 0:
+            share = counts.float() / counts.sum().clamp(min=1)
+            mean_prob = torch.softmax(logits, dim=-1).mean(0)
+            loss = (
+                self.balance_loss_weight * self.num_experts * (share * mean_prob).sum()
+            )
+        if self.z_loss_weight and logits.shape[0] > 0:
+            z = self.z_loss_weight * torch.logsumexp(logits, dim=-1).pow(2).mean()
+            loss = z if loss is None else loss + z
+        return loss
+
+    def _report_routing(self, weights, experts, mask, batch, length):
+        """Scatters the routing back to ``[batch, time, experts]`` for recorders."""
+        dense_w = weights.new_zeros(weights.shape[0], self.num_experts)
+        dense_w.scatter_(-1, experts, weights)
+        selected = torch.zeros_like(dense_w).scatter_(-1, experts, 1.0)
+        if mask is None:
+            shape = (batch, length, self.num_experts)
+            self.report(dense_w.reshape(shape), None, selected=selected.reshape(shape))
+            return
+        full_w = dense_w.new_zeros(batch, length, self.num_experts)
+        full_s = torch.zeros_like(full_w)
+        full_w[mask], full_s[mask] = dense_w, selected
+        self.report(full_w, mask, selected=full_s)
+
+    @torch.no_grad()
+    def update_bias(self):
+        """Nudges the selection bias towards uniform load (one optimizer step).
+
+        Counts since the last call are summed over DDP ranks first, so every
+        rank applies the same update.
+
+        Example
+        -------
+        >>> moe = SparseMoE(4, num_experts=2, top_k=1, bias_balancing=True)
+        >>> moe.step_counts.copy_(torch.tensor([3.0, 1.0]))
+        tensor([3., 1.])
+        >>> moe.update_bias()
+        >>> moe.selection_bias.tolist()
+        [-0.0010000000474974513, 0.0010000000474974513]
+        """
+        counts = self.step_counts.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        if counts.sum() > 0:
+            self.selection_bias += self.bias_update_rate * torch.sign(
+                counts.mean() - counts
+            )
+        self.step_counts.zero_()
 
 
 def update_selection_biases(model):

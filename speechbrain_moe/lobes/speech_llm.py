@@ -255,86 +255,17 @@ def _layout(embed, prefixes, target_ids=None, target_mask=None):
     }
 
 
-class SpeechPromptLayout:
-    """Mixin laying out :class:`SpeechLLM`'s LLM input: the prefix ``[<bos>]
-    <audio start> audio <audio end> prompt`` left-padded (all prefixes end in
-    the same column), then ``target <eos>`` right-padded; positions follow the
-    attention mask, so padding never changes a result. The host holds ``llm``,
-    ``bos_index`` and the trainable ``audio_start`` / ``audio_end`` markers.
-
-    Example
-    -------
-    >>> class LLM(nn.Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.embed = nn.Embedding(10, 4)
-    ...     def get_input_embeddings(self):
-    ...         return self.embed
-    >>> class Host(SpeechPromptLayout):
-    ...     llm, bos_index = LLM(), 1
-    ...     audio_start, audio_end = torch.zeros(4), torch.ones(4)
-    >>> audio = torch.randn(2, 3, 4)
-    >>> audio_mask = torch.tensor([[True, True, True], [True, False, False]])
-    >>> ids = torch.tensor([[5, 6], [7, 0]])
-    >>> prompt_mask = torch.tensor([[True, True], [True, False]])
-    >>> inputs = Host().build_inputs(audio, audio_mask, ids, prompt_mask)
-    >>> inputs["inputs_embeds"].shape  # <bos> <start> 3 frames <end> 2 prompt ids
-    torch.Size([2, 8, 4])
-    >>> inputs["attention_mask"].int().tolist()  # the shorter prefix, left-padded
-    [[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1]]
-    >>> inputs["position_ids"].tolist()
-    [[0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 1, 2, 3, 4]]
-    """
-
-    @property
-    def embed_tokens(self):
-        """The LLM's (frozen) input embedding table."""
-        return unwrap(self.llm).get_input_embeddings()
-
-    def build_inputs(
-        self,
-        audio,
-        audio_mask,
-        prompt_ids,
-        prompt_mask,
-        target_ids=None,
-        target_mask=None,
-    ):
-        """Lays out ``[<bos>] <audio start> audio <audio end> prompt | target``.
-
-        Arguments
-        ---------
-        audio, audio_mask : torch.Tensor
-            ``[batch, frames, llm_size]`` bridge outputs and their bool mask.
-        prompt_ids, prompt_mask : torch.Tensor
-            ``[batch, prompt_len]`` token ids and bool mask.
-        target_ids, target_mask : torch.Tensor, optional
-            ``[batch, target_len]`` ids ending with ``<eos>`` and bool mask.
-
-        Returns
-        -------
-        dict
-            ``inputs_embeds`` ``[B, S, d]``, ``prefix_length`` and ``[B, S]``
-            ``attention_mask``, ``position_ids``, ``labels`` (-100 but at text
-            tokens), ``loss_mask`` (True where the *next* token is a target).
-        """
-        bos = []
-        if self.bos_index is not None:
-            bos = [torch.tensor([self.bos_index], device=audio.device)]
-        start, end = self.audio_start[None], self.audio_end[None]
-        prefixes = [
-            bos + [start, audio[i, : int(n)], end, prompt_ids[i, prompt_mask[i]]]
-            for i, n in enumerate(audio_mask.sum(1))
-        ]
-        return _layout(self.embed_tokens, prefixes, target_ids, target_mask)
-
-
-class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
+class SpeechLLM(TrainableState, nn.Module):
     """Frozen encoder -> ConcatDownsampler -> bridge -> frozen causal LM.
 
     The audio markers are LLM-width embeddings, so the frozen vocabulary is
     never resized; checkpoints hold what trains (bridge, markers, LoRA).
     Inputs: ``wavs`` and token ids ``[batch, len]``, with relative lengths.
+
+    The LLM input (:meth:`build_inputs`) is the prefix ``[<bos>] <audio
+    start> audio <audio end> prompt``, left-padded (all prefixes end in the
+    same column), then ``target <eos>``, right-padded; positions follow the
+    attention mask, so padding never changes a result.
 
     Arguments
     ---------
@@ -447,6 +378,68 @@ class SpeechLLM(TrainableState, SpeechPromptLayout, nn.Module):
         self.encoder.eval()
         self.llm.eval()
         return self
+
+    @property
+    def embed_tokens(self):
+        """The LLM's (frozen) input embedding table."""
+        return unwrap(self.llm).get_input_embeddings()
+
+    def build_inputs(
+        self,
+        audio,
+        audio_mask,
+        prompt_ids,
+        prompt_mask,
+        target_ids=None,
+        target_mask=None,
+    ):
+        """Lays out ``[<bos>] <audio start> audio <audio end> prompt | target``.
+
+        Arguments
+        ---------
+        audio, audio_mask : torch.Tensor
+            ``[batch, frames, llm_size]`` bridge outputs and their bool mask.
+        prompt_ids, prompt_mask : torch.Tensor
+            ``[batch, prompt_len]`` token ids and bool mask.
+        target_ids, target_mask : torch.Tensor, optional
+            ``[batch, target_len]`` ids ending with ``<eos>`` and bool mask.
+
+        Returns
+        -------
+        dict
+            ``inputs_embeds`` ``[B, S, d]``, ``prefix_length`` and ``[B, S]``
+            ``attention_mask``, ``position_ids``, ``labels`` (-100 but at text
+            tokens), ``loss_mask`` (True where the *next* token is a target).
+
+        Example
+        -------
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> encoder = torch.nn.Module()
+        >>> encoder.output_size = 4
+        >>> llm = LlamaForCausalLM(LlamaConfig(hidden_size=4, intermediate_size=8,
+        ...     num_hidden_layers=1, num_attention_heads=1, vocab_size=10))
+        >>> model = SpeechLLM(encoder, llm, torch.nn.Linear, 1, bos_index=1)
+        >>> audio = torch.randn(2, 3, 4)
+        >>> audio_mask = torch.tensor([[True, True, True], [True, False, False]])
+        >>> ids = torch.tensor([[5, 6], [7, 0]])
+        >>> prompt_mask = torch.tensor([[True, True], [True, False]])
+        >>> inputs = model.build_inputs(audio, audio_mask, ids, prompt_mask)
+        >>> inputs["inputs_embeds"].shape  # <bos> <start> 3 frames <end> 2 prompt ids
+        torch.Size([2, 8, 4])
+        >>> inputs["attention_mask"].int().tolist()  # the shorter prefix, left-padded
+        [[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1]]
+        >>> inputs["position_ids"].tolist()
+        [[0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 1, 2, 3, 4]]
+        """
+        bos = []
+        if self.bos_index is not None:
+            bos = [torch.tensor([self.bos_index], device=audio.device)]
+        start, end = self.audio_start[None], self.audio_end[None]
+        prefixes = [
+            bos + [start, audio[i, : int(n)], end, prompt_ids[i, prompt_mask[i]]]
+            for i, n in enumerate(audio_mask.sum(1))
+        ]
+        return _layout(self.embed_tokens, prefixes, target_ids, target_mask)
 
     def encode_audio(self, wavs, wav_lens=None):
         """Audio -> LLM-width embeddings ``[batch, frames / k, llm_size]`` of the
