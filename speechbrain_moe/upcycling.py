@@ -1,7 +1,10 @@
-"""Upcycling: a mixture that starts from a trained single adapter.
+"""Upcycling: a mixture that starts from a trained single adapter or LoRA.
 
 A user who has trained a good bottleneck adapter (``petl_method: adapter``)
-can grow it into a mixture (``dense_moa``, ``soft_moa``, ``moe_adapter``)::
+can grow it into a mixture of bottleneck experts (``dense_moa``,
+``soft_moa``, ``moe_adapter``), and a trained LoRA (``petl_method: lora``)
+into a mixture of LoRA experts (``dense_lora``, ``soft_lora``, ``moe_lora``,
+:mod:`speechbrain_moe.adapters.lora_experts`)::
 
     python train.py hparams/ast.yaml --petl_method=dense_moa \\
         --petl_overrides="{num_experts: 8, bottleneck: 24}" \\
@@ -17,7 +20,16 @@ upcycled model starts as good as the source.
 Notation (as in ``docs/design.md``): the source adapter at one place is
 ``A(x) = W2 act(W1 x + b1) + b2`` of bottleneck ``r``; the mixture has ``N``
 experts ``E_i`` of bottleneck ``r_e`` in an
-:class:`~speechbrain_moe.experts.ExpertBank`.
+:class:`~speechbrain_moe.experts.ExpertBank`. A LoRA is the same with no
+activation and no biases, ``A(x) = s B A x`` (``W1 = A = adapter_down_proj``,
+``W2 = B = adapter_up_proj``, ``s = alpha / rank``); a mixture of LoRA
+experts scales its sum by its own ``s_e = alpha_e / rank_e``, so the experts'
+up-projections are ``B * s / s_e`` (exact for any ``alpha_e``). A source
+expert at place ``P`` (the wrapper around a block for an adapter, the
+wrapped linear layer for LoRA) seeds the bank of the mixture at ``P``
+(``P.adapter.experts`` / ``P.mixture.experts``); the bank layout is
+``down_weight[:, i] = W1^T`` ``[d, r]``, ``up_weight[i] = W2^T``
+``[r, d_out]``, ``down_bias[i] = b1``, ``up_bias[i] = b2``.
 
 Constructions (``--petl_init_options="{construction: copy}"``):
 
@@ -27,8 +39,8 @@ Constructions (``--petl_init_options="{construction: copy}"``):
     up-projection, so they add nothing at step 0 and still learn). The
     routers keep their random initialisation. At step 0:
 
-    * Dense-MoA: ``y = sum_i g_i A(x) = A(x)`` since the gates sum to one:
-      **exact**;
+    * Dense-MoA and ``dense_lora``: ``y = sum_i g_i A(x) = A(x)`` since
+      the gates sum to one: **exact**;
     * top-k MoE-Adapter with ``routing: topk_softmax`` (weights renormalised
       over the k chosen experts): ``y = sum_{i in S} w_i A(LN(x)) = A(LN(x))``:
       **exact** when its experts compute what the adapter computes, i.e. no
@@ -40,14 +52,17 @@ Constructions (``--petl_init_options="{construction: copy}"``):
       tokens no output while the adapter adapts every token, so the
       equality holds on unpadded inputs (a clip as long as ``max_frames``
       or longer); an encoder whose attention reads padded tokens (AST) sees
-      the difference through them;
-    * Soft-MoA: **not exact**. Each token's output is a combination of the
-      experts' outputs on the *slots*, ``y_t = sum_s C_ts A(xs_s)``, and
-      each slot ``xs_s = sum_t' D_t's x_t'`` averages many tokens; since
-      ``A`` is not linear, ``A(average) != average(A)``. It is exact only
-      for a sequence of one token (then every slot is that token). The
-      experts are still exact copies of ``A``, and the head and norms are
-      the source's.
+      the difference through them. ``moe_lora`` (no LayerNorm, identity
+      activation) is exact likewise;
+    * Soft-MoA and ``soft_lora``: **not exact**. Each token's output is a
+      combination of the experts' outputs on the *slots*, ``y_t = sum_s
+      C_ts A(xs_s)``, and each slot ``xs_s = sum_t' D_t's x_t'`` averages
+      many tokens. For a LoRA (``A`` linear) this is ``A(sum_s C_ts
+      xs_s)``: ``A`` of a mixture of token averages instead of ``A(x_t)``;
+      for a bottleneck adapter, in addition, ``A(average) != average(A)``.
+      It is exact only for a sequence of one token (then every slot is that
+      token). The experts are still exact copies of ``A``, and the head and
+      norms are the source's.
 
     Why identical experts still diverge in training: the gradient reaching
     expert ``i`` through token ``t`` is scaled by that token's gate ``g_ti``
@@ -83,10 +98,12 @@ Refused, with the reason and the fix: a source folder that is not a finished
 run (no complete checkpoint with a validation accuracy) or fails its
 ``MANIFEST.json`` check; a source of another backbone (lobe, source, config
 or lobe setting); another ``placement`` or ``mode`` than the target; a
-source that trained its LayerNorms when the target does not; a source method
-that is not a single bottleneck adapter (prompts, prefixes, BitFit, LoRA,
+source that trained its LayerNorms when the target does not; a LoRA source
+whose layers are not the target's (``target_layers``); a source method that
+is neither a single bottleneck adapter nor LoRA (prompts, prefixes, BitFit,
 Convpass (its experts would need the convolution), another mixture); a
-target method that is not a mixture of bottleneck experts; a head trained on
+target method that is not a mixture of the source's kind of experts (an
+adapter seeds bottleneck experts, a LoRA LoRA experts); a head trained on
 other classes.
 
 The source is part of the run's identity (:mod:`speechbrain_moe.experiment`:

@@ -39,8 +39,8 @@ TINY = [
     "--test_batch_size=4",
     "--device=cpu",
     "--noprogressbar",
-    "--number_of_epochs=1",
 ]
+ONE_EPOCH = ["--number_of_epochs=1"]
 
 
 def run_recipe(out_dir, methods, args, recipe_dir=RECIPE, hparams=HPARAMS, ok=True):
@@ -83,7 +83,7 @@ def sources(tmp_path_factory, tiny_ast_dir, esc50_data):
     ``lora`` (rank 8), at a learning rate that moves their weights."""
     out = tmp_path_factory.mktemp("sources")
     args = [f"--data_folder={esc50_data}", f"--backbone_source={tiny_ast_dir}"]
-    run_recipe(out, ["adapter", "lora"], args + TINY + ["--lr=0.05"])
+    run_recipe(out, ["adapter", "lora"], args + TINY + ONE_EPOCH + ["--lr=0.05"])
     return {"adapter": str(out / "adapter"), "lora": str(out / "lora"), "args": args}
 
 
@@ -372,7 +372,7 @@ def test_refuses_methods_that_cannot_seed_experts(tmp_path, tiny_ast_dir, esc50_
     """bitfit (no adapter), convpass (a convolution inside) and a mixture."""
     args = [f"--data_folder={esc50_data}", f"--backbone_source={tiny_ast_dir}"]
     methods = ["bitfit", "convpass", "dense_moa"]
-    run_recipe(tmp_path, methods, args + TINY)
+    run_recipe(tmp_path, methods, args + TINY + ONE_EPOCH)
     backbone, head = build_target(tiny_ast_dir, "dense_moa", {"bottleneck": 24})
     labels = labels_of(source_model(str(tmp_path / "bitfit")))
     for method, why in zip(methods, ["no single", "convolution", "already a mixture"]):
@@ -429,7 +429,9 @@ def test_recipe_upcycles_resumes_and_refuses_another_source(sources, tmp_path, w
     base = sources["args"] + TINY + mixture + up
     # step 0 through the recipe: at lr 1e-30 no weight can move in float32
     (tmp_path / "frozen").mkdir()
-    _, output = run_recipe(tmp_path / "frozen", ["dense_moa"], base + ["--lr=1e-30"])
+    _, output = run_recipe(
+        tmp_path / "frozen", ["dense_moa"], base + ONE_EPOCH + ["--lr=1e-30"]
+    )
     assert "Upcycled from" in output
     upcycled = source_model(str(tmp_path / "frozen" / "dense_moa"))
     source = source_model(sources["adapter"])
@@ -441,7 +443,7 @@ def test_recipe_upcycles_resumes_and_refuses_another_source(sources, tmp_path, w
     # resume: 1 epoch, then the same command for 2 epochs == 2 epochs at once
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    run_recipe(tmp_path / "a", ["dense_moa"], base)
+    run_recipe(tmp_path / "a", ["dense_moa"], base + ONE_EPOCH)
     _, output = run_recipe(
         tmp_path / "a", ["dense_moa"], base + ["--number_of_epochs=2"]
     )
@@ -460,7 +462,11 @@ def test_recipe_upcycles_resumes_and_refuses_another_source(sources, tmp_path, w
     code, output = run_recipe(
         tmp_path / "a",
         ["dense_moa"],
-        sources["args"] + TINY + mixture + [f"--petl_init_from={sources['lora']}"],
+        sources["args"]
+        + TINY
+        + ONE_EPOCH
+        + mixture
+        + [f"--petl_init_from={sources['lora']}"],
         ok=False,
     )
     assert code != 0
@@ -491,6 +497,7 @@ def test_debug_run_of_every_recipe_upcycles(
         f"--data_folder={synthetic_dataset(RECIPES[recipe])}",
         f"--backbone_source={tiny_ast_dir}",
         *TINY,
+        *ONE_EPOCH,
         *DEBUG,
     ]
     run_recipe(tmp_path, ["adapter"], args, recipe_dir, hparams)
