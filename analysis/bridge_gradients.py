@@ -165,9 +165,12 @@ def load_point(model, point, initial_state):
 
 
 def point_step(point):
-    """The optimizer step of a checkpoint folder (0 for ``init``), read from
-    the training loader's recovery file (intra-epoch checkpoints) or the epoch
-    counter; None when neither says.
+    """The optimizer step of a checkpoint folder (0 for ``init``): the step
+    count the optimizer's state holds (``optimizer.ckpt``), which runs on
+    across epochs; the epochs finished from the epoch counter; and the steps
+    into the epoch from the training loader's recovery file. ``step`` falls
+    back to the steps into the epoch when the folder has no optimizer state
+    (the same value within the first epoch only). None when nothing says.
 
     Arguments
     ---------
@@ -177,28 +180,52 @@ def point_step(point):
     Returns
     -------
     dict
-        ``step`` (steps into the epoch, or None) and ``epoch`` (epochs
-        finished, or None).
+        ``step`` (optimizer steps since the start of training, or None),
+        ``epoch`` (the epoch counter, or None) and ``epoch_step`` (steps into
+        the epoch, or None; absent for ``init``).
 
     Example
     -------
     >>> point_step("init")
     {'step': 0, 'epoch': 0}
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()  # no optimizer state: steps into the epoch
+    >>> _ = open(os.path.join(folder, "dataloader-TRAIN.ckpt"), "w").write("36")
+    >>> _ = open(os.path.join(folder, "counter.ckpt"), "w").write("2")
+    >>> point_step(folder)
+    {'step': 36, 'epoch': 2, 'epoch_step': 36}
     """
     if point == "init":
         return {"step": 0, "epoch": 0}
-    info = {"step": None, "epoch": None}
+    info = {"step": None, "epoch": None, "epoch_step": None}
     for name in os.listdir(point):
         path = os.path.join(point, name)
         if name.startswith("dataloader-TRAIN"):
             with open(path) as fin:
                 text = fin.read().strip()
-            info["step"] = int(text) if text.isdigit() else None
+            info["epoch_step"] = int(text) if text.isdigit() else None
         elif name == "counter.ckpt":
             with open(path) as fin:
                 text = fin.read().strip()
             info["epoch"] = int(text) if text.isdigit() else None
+    info["step"] = _optimizer_step(os.path.join(point, "optimizer.ckpt"))
+    if info["step"] is None:
+        info["step"] = info["epoch_step"]
     return info
+
+
+def _optimizer_step(path):
+    """The step count of an optimizer state file (the largest over its
+    parameters), or None when the file is absent or holds no step."""
+    if not os.path.isfile(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    steps = [
+        float(entry["step"])
+        for entry in state.get("state", {}).values()
+        if isinstance(entry, dict) and "step" in entry
+    ]
+    return int(max(steps)) if steps else None
 
 
 def task_batches(folder, settings, tokenizer, split="train", batch_size=8, batches=4):

@@ -15,6 +15,7 @@ from analysis.bridge_gradients import (
     bridge_loss,
     gradient_point,
     load_bridge_model,
+    point_step,
     run_settings,
     task_batches,
 )
@@ -166,3 +167,19 @@ def test_sound_manifests_limit_per_class_and_refuse_shared_folds(tmp_path):
     assert len(lines) == 1 + 4  # two cats, two dogs
     with pytest.raises(ValueError, match="a fold is in two splits"):
         sound_manifests(str(tmp_path), str(tmp_path / "m"), {"a": [1], "b": [1]})
+
+
+def test_point_step_counts_optimizer_steps_across_epochs(tmp_path):
+    """A checkpoint of the end of epoch 2 (36 steps per epoch) is step 72:
+    the training loader's recovery file counts steps into the epoch only
+    (every epoch-end checkpoint read 36, so the gradient driver measured
+    none after the first epoch)."""
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([param], lr=0.1)
+    for _ in range(72):
+        param.grad = torch.ones(3)
+        optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.ckpt")
+    (tmp_path / "dataloader-TRAIN.ckpt").write_text("36")
+    (tmp_path / "counter.ckpt").write_text("2")
+    assert point_step(str(tmp_path)) == {"step": 72, "epoch": 2, "epoch_step": 36}
