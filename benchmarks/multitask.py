@@ -8,12 +8,14 @@ Task folders: packaged folders in the layout ``package_experiment`` writes
 :func:`make_task_folder` through the real code (``apply_method`` on the
 backbone lobe, ``save_trainable``), with RANDOMLY INITIALISED trained tensors
 (no training: memory and speed do not depend on the values). The methods
-cycle through soft_moa, lora, adapter (Houlsby, sequential) and moe_adapter,
-so N = 4 mixes four methods and placements in one forward.
+cycle through soft_moa, lora, adapter (sequential) and moe_adapter,
+so N = 4 mixes four methods and both modes in one forward.
 
 Each configuration (``shared`` or ``separate``, N) runs in a fresh Python
-process: the resident set size (RSS) is read after the imports (baseline)
-and after loading, the peak RSS (``ru_maxrss``) at the end; the time is the
+process: the resident set size (RSS, split into anonymous and file-backed
+pages) is read after the imports (baseline), after loading and after the
+timed batches, the peak RSS (``ru_maxrss``) at the end, and the distinct
+tensors the model(s) hold are counted (what a GPU holds); the time is the
 median over ``--reps`` batches of ``--batch`` clips of 1 s (clip i for task
 i mod N: the shared model classifies the whole mixed batch in one call, the
 separate models each classify their own clips).
@@ -50,7 +52,7 @@ START, END = "<!-- multitask:start -->", "<!-- multitask:end -->"
 METHODS = (
     ("soft_moa", {"num_experts": 4}),
     ("lora", {"rank": 8}),
-    ("adapter", {"placement": "houlsby", "mode": "sequential"}),
+    ("adapter", {"mode": "sequential"}),
     ("moe_adapter", {}),
 )
 
@@ -178,15 +180,27 @@ def make_task_folder(
 
 
 def rss_mb():
-    """The resident set size of this process now, in MiB (Linux ``/proc``).
+    """The resident set size of this process now, in MiB (Linux ``/proc``),
+    in all and split into anonymous memory and file-backed pages (the
+    safetensors weights are memory-mapped: their pages are file-backed and
+    shared by every mapping of the same file).
 
     Returns
     -------
-    float
+    dict
+        ``rss``, ``anon`` and ``file``, in MiB.
     """
-    with open("/proc/self/statm") as fin:
-        pages = int(fin.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    values = {}
+    with open("/proc/self/status") as fin:
+        for line in fin:
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                values[key] = int(line.split()[1]) / 1024
+    return {
+        "rss": round(values["VmRSS"], 1),
+        "anon": round(values["RssAnon"], 1),
+        "file": round(values["RssFile"], 1),
+    }
 
 
 def peak_rss_mb():
@@ -215,9 +229,13 @@ def child(mode, folders, batch, reps, threads):
     Returns
     -------
     dict
-        ``baseline_rss_mb``, ``loaded_rss_mb``, ``peak_rss_mb``,
-        ``ms_per_batch`` (median), ``ms_all`` and ``parameters`` (unique
-        parameter elements held).
+        ``baseline_rss_mb`` (after the imports), ``loaded_rss_mb`` (after
+        loading), ``after_batches_rss_mb`` (after the timed batches: every
+        weight page touched), each as :func:`rss_mb` gives it;
+        ``peak_rss_mb``; ``ms_per_batch`` (median) and ``ms_all``;
+        ``tensor_elements`` and ``tensor_mb``: the distinct parameter and
+        buffer tensors the model(s) hold (what a GPU would hold: there each
+        model's weights are copied into device memory).
     """
     import torch
 
@@ -242,8 +260,8 @@ def child(mode, folders, batch, reps, threads):
     loaded = rss_mb()
     unique = {}
     for one in models:
-        for param in one.mods.parameters():
-            unique[param.data_ptr()] = param.numel()
+        for tensor in [*one.mods.parameters(), *one.mods.buffers()]:
+            unique[tensor.data_ptr()] = (tensor.numel(), tensor.element_size())
     torch.manual_seed(0)
     wavs = 0.1 * torch.randn(batch, 16000)
     tasks = [names[i % len(names)] for i in range(batch)]
@@ -263,14 +281,17 @@ def child(mode, folders, batch, reps, threads):
         start = time.perf_counter()
         step()
         times.append(1000 * (time.perf_counter() - start))
+    ran = rss_mb()
     shutil.rmtree(savedir, ignore_errors=True)
     return {
-        "baseline_rss_mb": round(baseline, 1),
-        "loaded_rss_mb": round(loaded, 1),
+        "baseline_rss_mb": baseline,
+        "loaded_rss_mb": loaded,
+        "after_batches_rss_mb": ran,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "ms_per_batch": round(statistics.median(times), 2),
         "ms_all": [round(t, 2) for t in times],
-        "parameters": sum(unique.values()),
+        "tensor_elements": sum(n for n, _ in unique.values()),
+        "tensor_mb": round(sum(n * size for n, size in unique.values()) / 2**20, 2),
     }
 
 
@@ -362,6 +383,7 @@ def measure(args):
             print(json.dumps(result), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     return {
+        "suite": "multitask",
         "backbone": described,
         "task_folders": (
             "packaged folders written by benchmarks.multitask.make_task_folder: "
@@ -393,32 +415,37 @@ def table(report):
 
     Example
     -------
-    >>> row = {"tasks": 1, "mode": "shared", "methods": ["lora"], "baseline_rss_mb": 1.0,
-    ...     "loaded_rss_mb": 3.0, "peak_rss_mb": 4.0, "ms_per_batch": 2.0,
-    ...     "parameters": 10}
+    >>> rss = {"rss": 710.0, "anon": 400.0, "file": 310.0}
+    >>> row = {"tasks": 1, "mode": "shared", "methods": ["lora"], "baseline_rss_mb": rss,
+    ...     "after_batches_rss_mb": {"rss": 760.0, "anon": 420.0, "file": 340.0},
+    ...     "peak_rss_mb": 770.0, "ms_per_batch": 2.0, "tensor_mb": 31.5}
     >>> print(table({"backbone": "b", "batch": 4, "threads": 1, "rows": [row]}))
     ... # doctest: +NORMALIZE_WHITESPACE
     Backbone: b; a batch of 4 clips of 1 s, clip i for task i mod N; 1 torch thread(s).
     <BLANKLINE>
-    | tasks N | methods | model(s) | parameters held | RSS after loading (MiB, over imports) | peak RSS (MiB) | ms per batch |
+    | tasks N | methods | model(s) | tensors held (MiB) | RSS after the batches, over the imports (MiB): all = anonymous + file-backed | peak RSS (MiB) | ms per batch |
     |---|---|---|---|---|---|---|
-    | 1 | lora | one backbone | 10 | 3.0 (+2.0) | 4.0 | 2.0 |
+    | 1 | lora | one backbone | 31.5 | +50.0 = +20.0 + 30.0 | 770.0 | 2.0 |
     """
     lines = [
         f"Backbone: {report['backbone']}; a batch of {report['batch']} clips of "
         "1 s, clip i for task i mod N; "
         f"{report['threads']} torch thread(s).",
         "",
-        "| tasks N | methods | model(s) | parameters held | RSS after loading "
-        "(MiB, over imports) | peak RSS (MiB) | ms per batch |",
+        "| tasks N | methods | model(s) | tensors held (MiB) | RSS after the "
+        "batches, over the imports (MiB): all = anonymous + file-backed | peak "
+        "RSS (MiB) | ms per batch |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        what = "one backbone" if row["mode"] == "shared" else f"{row['tasks']} models"
-        extra = row["loaded_rss_mb"] - row["baseline_rss_mb"]
+        what = f"{row['tasks']} model{'s' if row['tasks'] > 1 else ''}"
+        what = "one backbone" if row["mode"] == "shared" else what
+        base, ran = row["baseline_rss_mb"], row["after_batches_rss_mb"]
+        grown = {key: ran[key] - base[key] for key in ("rss", "anon", "file")}
         lines.append(
             f"| {row['tasks']} | {', '.join(row['methods'])} | {what} | "
-            f"{row['parameters']:,} | {row['loaded_rss_mb']:.1f} (+{extra:.1f}) | "
+            f"{row['tensor_mb']:.1f} | {grown['rss']:+.1f} = {grown['anon']:+.1f} "
+            f"{'+' if grown['file'] >= 0 else '-'} {abs(grown['file']):.1f} | "
             f"{row['peak_rss_mb']:.1f} | {row['ms_per_batch']} |"
         )
     if report.get("timing_note"):

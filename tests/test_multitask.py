@@ -293,3 +293,23 @@ def test_refuses_a_merged_lora(ast_tasks, tmp_path):
         attach_task(shared, "kws", merged.mods.backbone)
     assert "q_proj" in str(err.value) and "merge=False" in str(err.value)
     assert not any(isinstance(m, TaskSwitch) for m in shared.modules())
+
+
+def test_committed_multitask_table_is_rendered_from_its_json():
+    """The README table is what ``benchmarks.multitask --table`` makes of
+    ``benchmarks/results/multitask.json``, which holds every configuration."""
+    import json
+
+    from benchmarks.multitask import END, START, table
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "benchmarks", "results", "multitask.json")) as fin:
+        report = json.load(fin)
+    configurations = {(r["tasks"], r["mode"]) for r in report["rows"]}
+    assert configurations == {(n, m) for n in (1, 2, 4) for m in ("shared", "separate")}
+    with open(os.path.join(root, "README.md")) as fin:
+        block = fin.read().split(START, 1)[1].split(END, 1)[0]
+    assert block.strip() == table(report).strip(), (
+        "README.md is stale: python -m benchmarks.multitask --json "
+        "benchmarks/results/multitask.json --table"
+    )
