@@ -430,7 +430,7 @@ def plot_report(report, path):
 
     ``table1`` and ``bridge``: one bar per case (median step time, with the
     ratio to the reference written on each bar; mixtures in orange, their
-    ``implementation: plain`` peers in green). ``scaling``: step time vs
+    ``implementation: plain`` peers in green, naive-loop peers in grey). ``scaling``: step time vs
     number of experts (one line per method, bottleneck and implementation,
     dashed for the plain path) and step time vs frames.
 
@@ -517,12 +517,31 @@ def plot_report(report, path):
         colors = [
             "tab:green"
             if r["config"].get("implementation") == "plain"
+            else "tab:gray"
+            if r["config"].get("implementation") == "naive_loop"
             else "tab:orange"
             if r["method"] in MIXTURE_METHODS
             else "tab:blue"
             for r in rows
         ]
         bars = ax.bar(names, values, color=colors)
+        if "tab:green" in colors:
+            from matplotlib.patches import Patch
+
+            auto = report.get("config", {}).get("implementations", {}).get("auto")
+            ax.legend(
+                handles=[
+                    Patch(color="tab:orange", label=f"mixture, auto ({auto})"),
+                    Patch(color="tab:green", label="mixture, plain"),
+                    Patch(color="tab:blue", label="other"),
+                ]
+                + (
+                    [Patch(color="tab:gray", label="naive loop (reference-code style)")]
+                    if "tab:gray" in colors
+                    else []
+                ),
+                fontsize=8,
+            )
         ratio_key = "ratio_to_dense" if suite == "bridge" else "ratio_to_adapter"
         ref = "dense" if suite == "bridge" else "adapter"
         for bar, r in zip(bars, rows):
