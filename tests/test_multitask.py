@@ -28,6 +28,12 @@ WHISPER_TASKS = {
     "topk": ("moe_adapter", {"num_experts": 4, "top_k": 1}),
 }
 
+WAVLM_TASKS = {
+    "lora": ("lora", {"rank": 4}),
+    "adapter": ("adapter", {"bottleneck": 4}),
+    "probe": ("linear", {}),
+}
+
 
 def folders(root, lobe, lobe_args, tasks):
     """Packaged task folders with random trained tensors."""
@@ -53,6 +59,15 @@ def whisper_tasks(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("multitask_whisper"))
     source = make_tiny_whisper(os.path.join(root, "whisper"))
     return folders(root, "whisper", {"source": source}, WHISPER_TASKS)
+
+
+@pytest.fixture(scope="module")
+def wavlm_tasks(tmp_path_factory):
+    from synthetic.models import make_tiny_wavlm
+
+    root = str(tmp_path_factory.mktemp("multitask_wavlm"))
+    source = make_tiny_wavlm(os.path.join(root, "wavlm"))
+    return folders(root, "wavlm", {"source": source}, WAVLM_TASKS)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +141,21 @@ def test_mixed_whisper_batch_equals_each_single_task_model(whisper_tasks, tmp_pa
         tmp_path,
     )
     assert_per_clip(model, whisper_tasks, wavs, lens, ["topk"] * 4 + ["soft"], tmp_path)
+
+
+def test_mixed_wavlm_batch_equals_each_single_task_model(wavlm_tasks, tmp_path):
+    """WavLM: each clip padded to the batch's longest (masked front end and
+    attention), the tasks' adapters on their rows only."""
+    model = MultiTaskClassifier.from_hparams(
+        sources=wavlm_tasks, savedir=str(tmp_path / "saved")
+    )
+    wavs, lens = batch(5, seed=4)
+    tasks = ["adapter", "lora", "probe", "adapter", "lora"]
+    assert_per_clip(model, wavlm_tasks, wavs, lens, tasks, tmp_path)
+    clip = wavs[3:4, : int(round(float(lens[3]) * wavs.shape[1]))]
+    alone = model.classify_batch(clip, tasks=["adapter"])[0][0]
+    mixed = model.classify_batch(wavs, lens, tasks=tasks)[0][3]
+    assert torch.allclose(alone, mixed, atol=1e-5)
 
 
 def test_a_clip_does_not_depend_on_the_other_clips(ast_model):

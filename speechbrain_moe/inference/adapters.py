@@ -139,7 +139,10 @@ def backbone_differences(folder, backbone):
         from transformers import AutoConfig
 
         recorded = _config_dict(AutoConfig.from_pretrained(source))
-        current = _config_dict(config)
+        # The source's config.json, not the live config: lobes change
+        # training-only entries when they load (WavLM: spec augment, layerdrop).
+        live = AutoConfig.from_pretrained(used) if os.path.isdir(used) else config
+        current = _config_dict(live)
         differences += [
             f"config {key}: {recorded.get(key)!r} -> {current.get(key)!r}"
             for key in sorted(set(recorded) | set(current))

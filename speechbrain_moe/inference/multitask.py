@@ -332,12 +332,6 @@ class MultiTaskClassifier(ExperimentInterface):
 
     def _attach(self, task, folder, single):
         """Checks a loaded task and makes it one of this model's tasks."""
-        if single.merged is not None:
-            raise TaskMismatch(
-                f"Task {task!r} is merged (merge=True): its LoRA update is folded "
-                "into the frozen weights, which then differ from the other tasks'. "
-                "Load it unmerged (the default), or call its unmerge() first."
-            )
         self._check_backbone(task, folder, single)
         paths = attach_task(self.mods.backbone, task, single.mods.backbone)
         head = single.mods.classifier.to(self.device).eval()

@@ -45,6 +45,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 from speechbrain.nnet.adapters import AdaptedModel, LoRA
+from torch.nn.utils import parametrize
 
 from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.petl.prefix import PrefixAttention
@@ -386,6 +387,14 @@ def _kind(module):
     return None
 
 
+def _class(module):
+    """The class of a module, a parametrized one's own (``torch.nn.utils.
+    parametrize`` gives each parametrized module a class of its own)."""
+    if parametrize.is_parametrized(module):
+        return type(module).__bases__[0]
+    return type(module)
+
+
 def _unswitched(module):
     """The frozen module under a switch (``module`` when it is none)."""
     return module.shared if isinstance(module, TaskSwitch) else module
@@ -422,7 +431,7 @@ def _compare(task, mine, shared, path, sites):
                 f"Task {task!r} cannot share the backbone: at {where} it has a "
                 f"{cls.__name__}: {why}. {FIX}"
             )
-    if type(mine) is not type(shared):
+    if _class(mine) is not _class(shared):
         raise TaskMismatch(
             f"Task {task!r} cannot share the backbone: at {where} it has a "
             f"{type(mine).__name__} where the shared backbone has a "
@@ -491,41 +500,41 @@ def _parent(backbone, path):
 def attach_task(backbone, task, adapted):
     """Makes a shared backbone serve one more task.
 
-    ``adapted`` is the task's own adapted copy of the same backbone (e.g.
-    what :func:`~speechbrain_moe.inference.adapters.load_adapters` returns,
-    or the ``backbone`` of its ``PETLAudioClassifier``). Its frozen tensors
-    are tied to ``backbone``'s (freed, once nothing else holds the copy);
-    its adapters and trained norms are placed in ``backbone`` behind
-    :class:`TaskSwitch` modules. Nothing is changed when the task is
-    refused.
+        ``adapted`` is the task's own adapted copy of the same backbone (e.g.
+        what :func:`~speechbrain_moe.inference.adapters.load_adapters` returns,
+        or the ``backbone`` of its ``PETLAudioClassifier``). Its frozen tensors
+        are tied to ``backbone``'s (freed, once nothing else holds the copy);
+        its adapters and trained norms are placed in ``backbone`` behind
+        :class:`TaskSwitch` modules. Nothing is changed when the task is
+        refused.
 
-    Arguments
-    ---------
-    backbone : torch.nn.Module
-        The shared backbone lobe (not adapted by a method).
-    task : str
-        The task's name (:func:`check_task_name`).
-    adapted : torch.nn.Module
-        The task's adapted backbone, built from the same source.
+        Arguments
+        ---------
+        backbone : torch.nn.Module
+            The shared backbone lobe (not adapted by a method).
+        task : str
+            The task's name (:func:`check_task_name`).
+        adapted : torch.nn.Module
+            The task's adapted backbone, built from the same source.
 
-    Returns
-    -------
-    list of str
-        The module paths (in ``backbone``) where the task has a part; empty
-        for a linear probe.
+        Returns
+        -------
+        list of str
+            The module paths (in ``backbone``) where the task has a part; empty
+            for a linear probe.
 
-    Example
-    -------
-    >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
-    >>> _ = torch.manual_seed(0)
-    >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-    >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-    >>> _ = mine.load_state_dict(shared.state_dict())
-    >>> lora = AdaptedModel(mine, LoRA, target_layers=["0"])
-    >>> attach_task(shared, "kws", lora)
-    ['0']
-    >>> type(shared[0]).__name__, lora.adapted_model[0].pretrained_module.weight is shared[0].shared.weight
-    ('TaskSwitch', True)
+        Example
+        -------
+        >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
+        >>> _ = torch.manual_seed(0)
+        >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+        >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+        >>> _ = mine.load_state_dict(shared.state_dict())
+        >>> lora = AdaptedModel(mine, LoRA, target_layers=["0"])
+        >>> attach_task(shared, "kws", lora)
+        ['0']
+        >>> type(shared[0]).__name__, lora.adapted_model[0].pretrained_module.weight is shared[0].shared.weight
+        ('TaskSwitch', True)
     """
     check_task_name(task)
     sites = []
@@ -547,27 +556,27 @@ def attach_task(backbone, task, adapted):
 
 def detach_task(backbone, task, paths):
     """Takes a task's parts out of a shared backbone; a switch left without
-    tasks gives its place back to the frozen module.
+        tasks gives its place back to the frozen module.
 
-    Arguments
-    ---------
-    backbone : torch.nn.Module
-        The shared backbone.
-    task : str
-        The task's name.
-    paths : list of str
-        What :func:`attach_task` returned for it.
+        Arguments
+        ---------
+        backbone : torch.nn.Module
+            The shared backbone.
+        task : str
+            The task's name.
+        paths : list of str
+            What :func:`attach_task` returned for it.
 
-    Example
-    -------
-    >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
-    >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    >>> _ = mine.load_state_dict(shared.state_dict())
-    >>> paths = attach_task(shared, "kws", AdaptedModel(mine, LoRA, target_layers=["0"]))
-    >>> detach_task(shared, "kws", paths)
-    >>> type(shared[0]).__name__
-    'Linear'
+        Example
+        -------
+        >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
+        >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> _ = mine.load_state_dict(shared.state_dict())
+        >>> paths = attach_task(shared, "kws", AdaptedModel(mine, LoRA, target_layers=["0"]))
+        >>> detach_task(shared, "kws", paths)
+        >>> type(shared[0]).__name__
+        'Linear'
     """
     for path in paths:
         parent, name = _parent(backbone, path)
