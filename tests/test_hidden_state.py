@@ -202,3 +202,9 @@ def test_classes_split_for_the_old_size_cap_are_whole_again():
                 if private and not issubclass(base, nn.Module):
                     offenders.append(f"{cls.__name__}({base.__name__})")
     assert offenders == []
+
+
+def test_bridge_builder_passes_constructor_arguments():
+    """A ``BridgeBuilder`` is called like the partial it replaces."""
+    bridge = load_bridge("moe_adapter")(40, 16, fused_size=8, expert_hidden=4)
+    assert bridge.fuse.out_features == 8

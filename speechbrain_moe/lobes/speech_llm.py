@@ -71,7 +71,7 @@ class BridgeBuilder:
         self.bridge_name = bridge_name
         self.bridge_settings = bridge_settings
 
-    def __call__(self, input_size, output_size):
+    def __call__(self, input_size, output_size, **settings):
         """Builds the bridge.
 
         Arguments
@@ -80,13 +80,16 @@ class BridgeBuilder:
             Width of the stacked encoder frames.
         output_size : int
             The LLM's embedding width.
+        **settings
+            Constructor arguments that override the YAML's for this build
+            only (they are not recorded in ``bridge_settings``).
 
         Returns
         -------
         torch.nn.Module
             The bridge.
         """
-        return self.build(input_size, output_size)
+        return self.build(input_size, output_size, **settings)
 
     def __repr__(self):
         return f"BridgeBuilder({self.bridge_name!r}, {self.bridge_settings!r})"
