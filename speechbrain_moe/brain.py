@@ -135,8 +135,9 @@ class PETLClassifierBrain(sb.Brain):
         the upcycled tensors are the same on every rank (no collective).
         """
         super().on_fit_start()
-        fresh = self.optimizer_step == 0 and self.hparams.epoch_counter.current == 0
-        if self.init_from is not None and fresh:
+        if self.init_from is None:
+            return
+        if self.optimizer_step == 0 and self.hparams.epoch_counter.current == 0:
             self.init_from.apply(
                 unwrap(self.modules["backbone"]), unwrap(self.modules["classifier"])
             )

@@ -97,7 +97,9 @@ already make the experts diverge).
 Refused, with the reason and the fix: a source folder that is not a finished
 run (no complete checkpoint with a validation accuracy) or fails its
 ``MANIFEST.json`` check; a source of another backbone (lobe, source, config
-or lobe setting); another ``placement`` or ``mode`` than the target; a
+or lobe setting); a source run of another data split (``fold``,
+``valid_fold``: its training data holds this run's test clips); another
+``placement`` or ``mode`` than the target; a
 source that trained its LayerNorms when the target does not; a LoRA source
 whose layers are not the target's (``target_layers``); a source method that
 is neither a single bottleneck adapter nor LoRA (prompts, prefixes, BitFit,
@@ -121,6 +123,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import json
 import os
 
 import torch
@@ -747,7 +750,27 @@ def _head_state(files, classifier, labels):
     return state
 
 
-def plan_upcycling(folder, backbone, classifier, labels, options=None):
+#: The identity fields of a run's data split: a source trained on another
+#: split has seen this run's test (or validation) clips in training.
+SPLIT_KEYS = ("fold", "valid_fold")
+
+
+def _split_problems(files, identity):
+    """How the source's data split (its ``experiment.json``) differs from
+    this run's ``identity`` (empty for a packaged source, which has none)."""
+    path = os.path.join(files.folder, "experiment.json")
+    if identity is None or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as fin:
+        recorded = json.load(fin).get("identity", {})
+    return [
+        f"{key}: {recorded[key]!r} -> {identity[key]!r}"
+        for key in SPLIT_KEYS
+        if key in recorded and key in identity and recorded[key] != identity[key]
+    ]
+
+
+def plan_upcycling(folder, backbone, classifier, labels, options=None, identity=None):
     """Checks that a source run can seed ``backbone``'s mixtures and computes
     the tensors :meth:`Upcycling.apply` loads (see the module docstring).
 
@@ -763,6 +786,12 @@ def plan_upcycling(folder, backbone, classifier, labels, options=None):
         This run's classes, in the order of the head's outputs.
     options : dict, optional
         ``--petl_init_options`` (``construction``, ``noise``).
+    identity : dict, optional
+        This run's experiment identity
+        (:attr:`speechbrain_moe.experiment.Experiment.identity`): a source
+        run of another data split (:data:`SPLIT_KEYS`, e.g. another ESC-50
+        test fold) is refused, since its training data holds this run's
+        test clips.
 
     Returns
     -------
@@ -778,7 +807,7 @@ def plan_upcycling(folder, backbone, classifier, labels, options=None):
         return None
     options = check_init_options(options)
     try:
-        return _plan(str(folder), backbone, classifier, labels, options)
+        return _plan(str(folder), backbone, classifier, labels, options, identity)
     except UpcyclingError as err:
         message = str(err)
         if not message.startswith("petl_init_from"):
@@ -786,10 +815,18 @@ def plan_upcycling(folder, backbone, classifier, labels, options=None):
         raise UpcyclingError(message) from err
 
 
-def _plan(folder, backbone, classifier, labels, options):
+def _plan(folder, backbone, classifier, labels, options, identity):
     """:func:`plan_upcycling` once the options are checked."""
     files = find_source(folder)
     sha = source_sha256(folder)
+    split = _split_problems(files, identity)
+    if split:
+        raise UpcyclingError(
+            f"the source was trained on another data split ({'; '.join(split)}, "
+            "source -> this run): its training data holds clips this run "
+            "validates or tests on. Upcycle each fold from the source run of the "
+            "same fold (with cross_validate.py, one fold at a time)"
+        )
     saved = _load(files.backbone)
     description = saved.pop(DESCRIPTION_KEY, None) or {}
     differences = _backbone_problems(files, backbone)

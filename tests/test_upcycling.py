@@ -319,6 +319,16 @@ def test_refuses_other_classes_and_other_backbones(sources, tiny_ast_dir, tmp_pa
     with pytest.raises(UpcyclingError, match="same classes"):
         plan_upcycling(sources["adapter"], backbone, head, ["a", "b", "c"])
     model = source_model(sources["adapter"])
+    # another ESC-50 fold: the source trained on this run's test clips
+    identity = {"fold": 3, "valid_fold": None}
+    with pytest.raises(UpcyclingError, match=r"another data split \(fold: 1 -> 3"):
+        plan_upcycling(
+            sources["adapter"], backbone, head, labels_of(model), identity=identity
+        )
+    identity["fold"] = 1
+    assert plan_upcycling(
+        sources["adapter"], backbone, head, labels_of(model), identity=identity
+    ).exact
     other = make_tiny_ast(str(tmp_path / "other"), intermediate_size=48)
     backbone = apply_method(AST(other, max_frames=100), "dense_moa", overrides)
     with pytest.raises(UpcyclingError, match="another backbone.*intermediate_size"):

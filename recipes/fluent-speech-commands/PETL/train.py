@@ -111,6 +111,7 @@ if __name__ == "__main__":
         hparams["classifier"],
         labels=[label_encoder.ind2lab[i] for i in range(len(label_encoder))],
         options=hparams["petl_init_options"],
+        identity=experiment.identity,
     )
     datasets = dataio_prep(hparams)
     run_once_per_node(
