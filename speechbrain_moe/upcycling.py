@@ -529,14 +529,13 @@ class Upcycling:
         classifier : torch.nn.Module
             Its head.
         """
-        with torch.no_grad():
-            for module, state in ((backbone, self.backbone_state),):
+        with torch.no_grad():  # in place: the optimizer holds these tensors
+            for module, state in (
+                (backbone, self.backbone_state),
+                (classifier, self.head_state),
+            ):
                 current = module.state_dict()
                 for name, value in state.items():
-                    current[name].copy_(value.to(current[name].dtype))
-            if self.head_state:
-                current = classifier.state_dict()
-                for name, value in self.head_state.items():
                     current[name].copy_(value.to(current[name].dtype))
         logger.info(
             "Upcycled from %s (weights SHA-256 %s): %s",
@@ -666,9 +665,11 @@ def _mixture_notes(mixture, construction, source_activation):
     name = type(mixture).__name__
     notes = []
     if type(mixture.experts.activation) is not source_activation:
+        source_name = getattr(source_activation, "__name__", source_activation)
         notes.append(
             f"its experts use {type(mixture.experts.activation).__name__}, the "
-            f"source adapter {getattr(source_activation, '__name__', source_activation)}"
+            f"source adapter {source_name} (set activation: !name:torch.nn."
+            f"{source_name} on the mixture in a method file of your own)"
         )
     if isinstance(mixture, SoftMoA):
         if construction == "slice":
@@ -692,7 +693,10 @@ def _mixture_notes(mixture, construction, source_activation):
                 f'or --petl_overrides="{{top_k: {mixture.num_experts}}}"'
             )
         if not isinstance(mixture.norm, nn.Identity):
-            notes.append("it applies a LayerNorm before its experts (norm: True)")
+            notes.append(
+                "it applies a LayerNorm before its experts (for an exact start, "
+                "give its SparseMoE norm: False in a method file of your own)"
+            )
         if mixture.routing == "softmax_topk" and mixture.top_k < mixture.num_experts:
             notes.append("its softmax_topk weights sum to less than one")
         if mixture.shared is not None and bool(mixture.shared.up_weight.any()):

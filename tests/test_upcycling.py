@@ -15,8 +15,8 @@ recipe; then:
   into an inference folder that classifies as the source does; another source
   into the same folder is refused; a rerun with the same source resumes its
   own checkpoint (bit-equal to an uninterrupted run, and no second
-  initialisation); a debug run of every recipe with ``--petl_init_from``
-  ends with a working inference folder.
+  initialisation); a debug run of every other recipe with
+  ``--petl_init_from`` ends with a working inference folder.
 """
 
 import json
@@ -495,12 +495,13 @@ DEBUG = ["--debug", "--debug_batches=1", "--debug_epochs=1", "--debug_persistent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(set(RECIPES) - {"ESC50"}))
 def test_debug_run_of_every_recipe_upcycles(
     recipe, tmp_path, tiny_ast_dir, synthetic_dataset, wavs
 ):
     """A debug source run (kept with --debug_persistently), then a debug run
-    of dense_moa upcycled from it: its folder loads for inference."""
+    of dense_moa upcycled from it: its folder loads for inference. (ESC-50:
+    test_recipe_upcycles_resumes_and_refuses_another_source.)"""
     recipe_dir = os.path.join(REPO, "recipes", recipe, "PETL")
     hparams = os.path.join(recipe_dir, "hparams", "ast.yaml")
     args = [
