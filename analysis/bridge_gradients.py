@@ -115,7 +115,7 @@ def _plain(value):
     return getattr(value, "value", str(value))
 
 
-def load_bridge_model(folder, device="cpu"):
+def load_bridge_model(folder, device="cpu", seed=None):
     """The run's speech-LLM (untrained: load a point with
     :func:`load_point`) and tokenizer, from ``<folder>/inference.yaml``.
 
@@ -125,12 +125,19 @@ def load_bridge_model(folder, device="cpu"):
         A bridge run's ``output_folder``.
     device : str
         Where to run.
+    seed : int, optional
+        Seeds the random draw of the untrained bridge (the ``init`` point),
+        so that every analysis of a run starts from the same initialisation
+        (None: unseeded, a new draw each call). It is a draw with the run's
+        seed, not necessarily the training run's own initial weights.
 
     Returns
     -------
     speech_llm : speechbrain_moe.lobes.speech_llm.SpeechLLM
     tokenizer : transformers tokenizer
     """
+    if seed is not None:
+        sb.utils.seed_everything(seed)
     with open(os.path.join(folder, "inference.yaml")) as fin:
         hparams = load_hyperpyyaml(fin, {"inference_folder": os.path.abspath(folder)})
     model = hparams["speech_llm"].to(device)
@@ -493,7 +500,10 @@ def bridge_gradient_analysis(
         result).
     """
     settings = run_settings(folder)
-    model, tokenizer = load_bridge_model(folder, device)
+    seed = settings.get("seed")
+    model, tokenizer = load_bridge_model(
+        folder, device, seed=int(seed) if seed is not None else None
+    )
     initial = model.trainable_state_dict()
     data = task_batches(folder, settings, tokenizer, split, batch_size, batches)
     os.makedirs(out, exist_ok=True)
