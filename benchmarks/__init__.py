@@ -28,8 +28,10 @@ subprocess per case.
 Example
 -------
 >>> report = run_suite("bridge", quick=True, memory=False, log=lambda m: None)
->>> [r["method"] for r in report["results"]][:2], validate_report(report)
-(['moe_adapter', 'dense'], [])
+>>> [(r["method"], r["implementation"]) for r in report["results"]][:3]
+[('moe_adapter', 'kernel'), ('moe_adapter', 'plain'), ('dense', None)]
+>>> validate_report(report)
+[]
 
 Authors
  * speechbrain-moe contributors 2026
