@@ -138,6 +138,7 @@ from speechbrain_moe.adapters.moe import SparseMoE
 from speechbrain_moe.adapters.soft_moa import SoftMoA
 from speechbrain_moe.checkpoints import MANIFEST
 from speechbrain_moe.hparams_files import load_hparams
+from speechbrain_moe.lobes.base import adaptation_of
 from speechbrain_moe.recoverables import DESCRIPTION_KEY
 from speechbrain_moe.settings import check_settings, choice, number
 
@@ -842,8 +843,8 @@ def _plan(folder, backbone, classifier, labels, options, identity):
             "or upcycle from a run on this backbone"
         )
     source = _source_method(files, description)
-    target = dict(getattr(backbone, "petl_settings", None) or {})
-    target_method = getattr(backbone, "petl_method", None)
+    target_method, target = adaptation_of(backbone)
+    target = dict(target or {})
     mixtures = _target_mixtures(backbone)
     wanted = {"adapter": "dense_moa, soft_moa or moe_adapter"}
     wanted["lora"] = "dense_lora, soft_lora or moe_lora"
