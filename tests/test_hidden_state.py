@@ -208,3 +208,22 @@ def test_bridge_builder_passes_constructor_arguments():
     """A ``BridgeBuilder`` is called like the partial it replaces."""
     bridge = load_bridge("moe_adapter")(40, 16, fused_size=8, expert_hidden=4)
     assert bridge.fuse.out_features == 8
+
+
+def test_masked_group_norm_gets_the_valid_frames_of_the_call_only(tmp_path):
+    """The first convolution's norm reads each clip's valid frames from the
+    forward pass in progress: no attribute is written on it (the old lobe set
+    and cleared ``valid_frames`` on every norm around each call), and a padded
+    clip in a batch equals the clip alone."""
+    lobe = WavLM(make_tiny_wavlm(str(tmp_path)))
+    norm = next(m for m in lobe.modules() if isinstance(m, MaskedGroupNorm))
+    seen = []
+    norm.register_forward_pre_hook(lambda module, args: seen.append(dict(vars(module))))
+    before = dict(vars(norm))
+    wavs = torch.randn(2, 16000)
+    with torch.no_grad():
+        batch, _ = lobe.encode(wavs, torch.tensor([0.5, 1.0]))
+        alone, _ = lobe.encode(wavs[:1, :8000])
+    assert seen and all(state == before for state in seen)
+    frames = alone.shape[1]
+    assert torch.allclose(batch[0, :frames], alone[0], atol=1e-4)

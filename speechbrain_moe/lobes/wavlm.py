@@ -2,6 +2,7 @@
 each clip encoded as alone and unpadded (``docs/fidelity.md``, ``docs/design.md``).
 """
 
+import contextvars
 import logging
 from contextlib import contextmanager
 
@@ -169,10 +170,12 @@ class ModularWavLMAttention(WavLMAttention):
 
 class MaskedGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` over ``[batch, channels, time]`` whose statistics
-    cover each clip's first ``valid_frames`` frames only (None: plain
-    ``nn.GroupNorm``). The lobe replaces the first convolution's norm of
-    "base" models by the one :meth:`from_group_norm` builds around the same
-    weight and bias, and sets ``valid_frames`` for each forward pass.
+    cover each clip's first valid frames only. The lobe replaces the first
+    convolution's norm of "base" models by the one :meth:`from_group_norm`
+    builds around the same weight and bias. The valid frames of the current
+    call come through :func:`front_end_frames` (a context variable, like
+    :func:`speechbrain_moe.routing.token_mask`: nothing is stored on the
+    module); outside it the norm is plain ``nn.GroupNorm``.
 
     Example
     -------
@@ -180,12 +183,13 @@ class MaskedGroupNorm(nn.GroupNorm):
     >>> x = torch.randn(2, 4, 9)
     >>> alone = plain(x[:1, :, :5])
     >>> norm = MaskedGroupNorm.from_group_norm(plain)
-    >>> norm.valid_frames = torch.tensor([5, 9])
-    >>> torch.allclose(norm(x)[:1, :, :5], alone, atol=1e-5)
+    >>> with front_end_frames(torch.tensor([5, 9])):
+    ...     masked = norm(x)
+    >>> torch.allclose(masked[:1, :, :5], alone, atol=1e-5)
+    True
+    >>> torch.allclose(norm(x), plain(x))
     True
     """
-
-    valid_frames = None
 
     @classmethod
     def from_group_norm(cls, norm):
@@ -224,14 +228,15 @@ class MaskedGroupNorm(nn.GroupNorm):
         -------
         torch.Tensor
             ``[batch, channels, time]``, normalised with statistics of each
-            clip's ``valid_frames`` (float32).
+            clip's valid frames (float32) inside :func:`front_end_frames`.
         """
-        if self.valid_frames is None:
+        valid_frames = _FRONT_END_FRAMES.get()
+        if valid_frames is None:
             return super().forward(x)
         batch, channels, time = x.shape
         size = channels // self.num_groups
         x = x.float()
-        valid = lengths_to_mask(self.valid_frames, time)
+        valid = lengths_to_mask(valid_frames, time)
         count = valid.sum(1).view(batch, 1, 1).float() * size
 
         def group_mean(sums):
@@ -249,17 +254,40 @@ class MaskedGroupNorm(nn.GroupNorm):
         return torch.addcmul(self.bias[:, None], centred, scale * self.weight[:, None])
 
 
+#: The valid output frames of the first convolution, per clip, of the
+#: forward pass in progress (see :func:`front_end_frames`).
+_FRONT_END_FRAMES = contextvars.ContextVar("front_end_frames", default=None)
+
+
 @contextmanager
-def _masked_front_end(model, valid_frames):
-    """Sets ``valid_frames`` of every :class:`MaskedGroupNorm` in ``model``."""
-    norms = [m for m in model.modules() if isinstance(m, MaskedGroupNorm)]
-    for norm in norms:
-        norm.valid_frames = valid_frames
+def front_end_frames(valid_frames):
+    """Hands each clip's valid frame count to the :class:`MaskedGroupNorm`
+    modules run inside the ``with`` block (and to nothing else).
+
+    Arguments
+    ---------
+    valid_frames : torch.Tensor or None
+        ``[batch]`` valid frames of the first convolution's output; None:
+        plain group norm.
+
+    Yields
+    ------
+    None
+
+    Example
+    -------
+    >>> norm = MaskedGroupNorm.from_group_norm(nn.GroupNorm(1, 2))
+    >>> x = torch.randn(1, 2, 6)
+    >>> with front_end_frames(torch.tensor([6])):
+    ...     inside = norm(x)
+    >>> torch.allclose(inside, norm(x), atol=1e-5)
+    True
+    """
+    token = _FRONT_END_FRAMES.set(valid_frames)
     try:
         yield
     finally:
-        for norm in norms:
-            norm.valid_frames = None
+        _FRONT_END_FRAMES.reset(token)
 
 
 def _ssl_targets(config, num_layers, attention_interface):
@@ -477,7 +505,7 @@ class SSLEncoder(Backbone):
             kwargs["attention_mask"] = lengths_to_mask(lengths, wavs.shape[1]).long()
             kernel, stride = self.first_conv
             first_frames = (lengths - kernel) // stride + 1
-        with token_mask(mask), _masked_front_end(self.model, first_frames):
+        with token_mask(mask), front_end_frames(first_frames):
             hidden = self.model(input_values=wavs, **kwargs).last_hidden_state
         return hidden, mask
 
