@@ -54,16 +54,44 @@ def infer_sizes(module):
     )
 
 
-def _first_input(args, kwargs):
-    """The hidden states a wrapped module received."""
+def first_input(args, kwargs, who="Adapter placement"):
+    """The hidden states a wrapped (or task-switched) module received: its
+    first positional argument, else the first of the keywords Hugging Face
+    and SpeechBrain layers take the tokens by.
+
+    Arguments
+    ---------
+    args : tuple
+        The module's positional arguments.
+    kwargs : dict
+        Its keyword arguments.
+    who : str
+        Who asks, for the error message.
+
+    Returns
+    -------
+    torch.Tensor
+        The tokens.
+
+    Raises
+    ------
+    ValueError
+        When there is no positional input and none of those keywords.
+
+    Example
+    -------
+    >>> first_input((1, 2), {}), first_input((), {"hidden_states": 3})
+    (1, 3)
+    """
     if args:
         return args[0]
     for key in ("hidden_states", "x", "input", "inputs_embeds"):
         if key in kwargs:
             return kwargs[key]
     raise ValueError(
-        "Adapter placement: the wrapped module received no positional input and "
-        "no 'hidden_states' keyword; wrap a module that takes the tokens first."
+        f"{who}: the module received no positional input and no "
+        "'hidden_states' keyword; only modules that take the tokens first can "
+        "be wrapped."
     )
 
 
@@ -147,7 +175,7 @@ class ParallelAdapter(_Placement):
             The target's output with the adapter's output added to it (to
             its first element when the target returns a tuple).
         """
-        x = _first_input(args, kwargs)
+        x = first_input(args, kwargs)
         output = self.pretrained_module(*args, **kwargs)
         delta = self.adapter(x, mask=current_token_mask())
         return _add_to_first(output, delta)

@@ -50,7 +50,7 @@ from torch.nn.utils import parametrize
 from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.petl.prefix import PrefixAttention
 from speechbrain_moe.petl.prompt import DeepPromptLayer
-from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter
+from speechbrain_moe.placement import ParallelAdapter, SequentialAdapter, first_input
 from speechbrain_moe.routing import current_token_mask
 
 #: Task name -> ``[rows]`` indices of its clips (None: every clip) of the
@@ -217,20 +217,6 @@ def rows_of(tasks, device=None):
     }
 
 
-def _first_input(args, kwargs):
-    """The hidden states a switched module received."""
-    if args:
-        return args[0]
-    for key in ("hidden_states", "x", "input", "inputs_embeds"):
-        if key in kwargs:
-            return kwargs[key]
-    raise ValueError(
-        "TaskSwitch: the switched module received no positional input and no "
-        "'hidden_states' keyword; only modules that take the tokens first can "
-        "be switched per task."
-    )
-
-
 class TaskSwitch(nn.Module):
     """A frozen module of a shared backbone and what each task puts there.
 
@@ -345,7 +331,7 @@ class TaskSwitch(nn.Module):
         if not present:
             return output
         present.sort(key=lambda item: self.kinds[item[0]] != "module")
-        x = _first_input(args, kwargs)
+        x = first_input(args, kwargs, "TaskSwitch")
         mask = current_token_mask()
         first = output if isinstance(output, torch.Tensor) else output[0]
         for task, rows in present:
@@ -500,41 +486,41 @@ def _parent(backbone, path):
 def attach_task(backbone, task, adapted):
     """Makes a shared backbone serve one more task.
 
-        ``adapted`` is the task's own adapted copy of the same backbone (e.g.
-        what :func:`~speechbrain_moe.inference.adapters.load_adapters` returns,
-        or the ``backbone`` of its ``PETLAudioClassifier``). Its frozen tensors
-        are tied to ``backbone``'s (freed, once nothing else holds the copy);
-        its adapters and trained norms are placed in ``backbone`` behind
-        :class:`TaskSwitch` modules. Nothing is changed when the task is
-        refused.
+    ``adapted`` is the task's own adapted copy of the same backbone (e.g.
+    what :func:`~speechbrain_moe.inference.adapters.load_adapters` returns,
+    or the ``backbone`` of its ``PETLAudioClassifier``). Its frozen tensors
+    are tied to ``backbone``'s (freed, once nothing else holds the copy);
+    its adapters and trained norms are placed in ``backbone`` behind
+    :class:`TaskSwitch` modules. Nothing is changed when the task is
+    refused.
 
-        Arguments
-        ---------
-        backbone : torch.nn.Module
-            The shared backbone lobe (not adapted by a method).
-        task : str
-            The task's name (:func:`check_task_name`).
-        adapted : torch.nn.Module
-            The task's adapted backbone, built from the same source.
+    Arguments
+    ---------
+    backbone : torch.nn.Module
+        The shared backbone lobe (not adapted by a method).
+    task : str
+        The task's name (:func:`check_task_name`).
+    adapted : torch.nn.Module
+        The task's adapted backbone, built from the same source.
 
-        Returns
-        -------
-        list of str
-            The module paths (in ``backbone``) where the task has a part; empty
-            for a linear probe.
+    Returns
+    -------
+    list of str
+        The module paths (in ``backbone``) where the task has a part; empty
+        for a linear probe.
 
-        Example
-        -------
-        >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
-        >>> _ = torch.manual_seed(0)
-        >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-        >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-        >>> _ = mine.load_state_dict(shared.state_dict())
-        >>> lora = AdaptedModel(mine, LoRA, target_layers=["0"])
-        >>> attach_task(shared, "kws", lora)
-        ['0']
-        >>> type(shared[0]).__name__, lora.adapted_model[0].pretrained_module.weight is shared[0].shared.weight
-        ('TaskSwitch', True)
+    Example
+    -------
+    >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
+    >>> _ = torch.manual_seed(0)
+    >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    >>> _ = mine.load_state_dict(shared.state_dict())
+    >>> lora = AdaptedModel(mine, LoRA, target_layers=["0"])
+    >>> attach_task(shared, "kws", lora)
+    ['0']
+    >>> type(shared[0]).__name__, lora.adapted_model[0].pretrained_module.weight is shared[0].shared.weight
+    ('TaskSwitch', True)
     """
     check_task_name(task)
     sites = []
@@ -556,27 +542,27 @@ def attach_task(backbone, task, adapted):
 
 def detach_task(backbone, task, paths):
     """Takes a task's parts out of a shared backbone; a switch left without
-        tasks gives its place back to the frozen module.
+    tasks gives its place back to the frozen module.
 
-        Arguments
-        ---------
-        backbone : torch.nn.Module
-            The shared backbone.
-        task : str
-            The task's name.
-        paths : list of str
-            What :func:`attach_task` returned for it.
+    Arguments
+    ---------
+    backbone : torch.nn.Module
+        The shared backbone.
+    task : str
+        The task's name.
+    paths : list of str
+        What :func:`attach_task` returned for it.
 
-        Example
-        -------
-        >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
-        >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4))
-        >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4))
-        >>> _ = mine.load_state_dict(shared.state_dict())
-        >>> paths = attach_task(shared, "kws", AdaptedModel(mine, LoRA, target_layers=["0"]))
-        >>> detach_task(shared, "kws", paths)
-        >>> type(shared[0]).__name__
-        'Linear'
+    Example
+    -------
+    >>> from speechbrain.nnet.adapters import AdaptedModel, LoRA
+    >>> shared = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> mine = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> _ = mine.load_state_dict(shared.state_dict())
+    >>> paths = attach_task(shared, "kws", AdaptedModel(mine, LoRA, target_layers=["0"]))
+    >>> detach_task(shared, "kws", paths)
+    >>> type(shared[0]).__name__
+    'Linear'
     """
     for path in paths:
         parent, name = _parent(backbone, path)
