@@ -35,7 +35,6 @@ Authors
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -382,6 +381,10 @@ def measure(args):
             rows.append(result)
             print(json.dumps(result), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
+    # (Imported here: the measured child processes import none of this.)
+    from benchmarks.core import machine_info
+    from benchmarks.runner import provenance
+
     return {
         "suite": "multitask",
         "backbone": described,
@@ -394,7 +397,8 @@ def measure(args):
         "clip_seconds": 1.0,
         "reps": args.reps,
         "threads": args.threads,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor()},
+        "machine": machine_info("cpu"),
+        "provenance": provenance(sys.argv[1:]),
         "timing_note": args.timing_note,
         "rows": rows,
     }
