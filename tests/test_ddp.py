@@ -6,6 +6,7 @@ a ``--debug`` run (where SpeechBrain gives each rank a temporary checkpoint
 folder of its own). Both ranks end with identical trained weights."""
 
 import glob
+import json
 import os
 import subprocess
 
@@ -53,6 +54,11 @@ def classification(tmp_path, method, data, backbone, *args):
     return run(cmd, tmp_path)
 
 
+def assert_closed(output):
+    """The recipe freed its process group before exit (no holder reported)."""
+    assert "outlives destroy_process_group" not in output, output[-3000:]
+
+
 def assert_ranks_agree(folder):
     """Both ranks saved the same trained tensors."""
     ranks = sorted(glob.glob(str(folder / "weights_rank*.pt")))
@@ -85,6 +91,7 @@ def test_three_epochs_every_mixture(tmp_path, tiny_ast_dir, synthetic_dataset):
         # data preparation ran once (on the main process)
         assert output.count(f"Wrote {folder}/train.csv") == 1
         assert_ranks_agree(folder)
+        assert_closed(output)
 
 
 @pytest.mark.slow
@@ -137,3 +144,22 @@ def test_llm_bridge_three_epochs(tmp_path):
     log = (out / "train_log.txt").read_text()
     assert log.count("epoch: ") == 3 and "test WER" in log
     assert output.count("Deleted checkpoint") >= 1
+    assert_closed(output)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["closed", "wrapper-kept"])
+def test_close_process_group_joins_gloo(tmp_path, keep):
+    """After ``close_process_group(brain)`` no gloo worker thread is left to
+    outlive the script (one that is can abort the process during interpreter
+    shutdown, after a run that succeeded); a DDP wrapper kept elsewhere keeps
+    them, and is reported."""
+    worker = os.path.join(REPO, "tests", "ddp_close_worker.py")
+    output = run(TORCHRUN + [worker] + (["keep"] if keep else []), tmp_path)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"result{rank}.json").read_text())
+        assert result["closed"] and result["module"] == "Linear", result
+        if keep:
+            assert result["gloo_threads"] > 0, result
+        else:
+            assert result["gloo_threads"] == 0, result
+    assert ("outlives destroy_process_group" in output) == keep

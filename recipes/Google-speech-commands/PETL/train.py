@@ -28,13 +28,13 @@ import logging
 import sys
 
 import speechbrain as sb
-import torch
 from hyperpyyaml import load_hyperpyyaml
 from prepare_GSC import prepare_GSC
 from speechbrain.utils.distributed import run_once_per_node
 
 from speechbrain_moe.brain import PETLClassifierBrain
 from speechbrain_moe.dataio import classification_datasets
+from speechbrain_moe.distributed import close_process_group
 from speechbrain_moe.experiment import Experiment, merge_overrides
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.labels import training_classes
@@ -158,8 +158,6 @@ if __name__ == "__main__":
         test_loader_kwargs=hparams["test_dataloader_opts"],
     )
 
-    # Stop the process group's threads before the interpreter does: left to
-    # interpreter shutdown, gloo can abort the process (SIGABRT after a
-    # successful run; pytorch/pytorch#179291). Only reached on success.
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # All ranks: frees the process group now, not at interpreter exit
+    # (where gloo can abort a run that succeeded; see its docstring).
+    close_process_group(brain)

@@ -42,6 +42,7 @@ from speechbrain.utils.logger import get_logger
 from speechbrain_moe.adapters import update_selection_biases
 from speechbrain_moe.brain import unwrap
 from speechbrain_moe.dataio import read_clip
+from speechbrain_moe.distributed import close_process_group
 from speechbrain_moe.experiment import Experiment
 from speechbrain_moe.inference import export_inference_hparams
 from speechbrain_moe.lobes.speech_llm import target_nll
@@ -430,8 +431,6 @@ if __name__ == "__main__":
             test_loader_kwargs=hparams["test_dataloader_opts"],
         )
 
-    # Stop the process group's threads before the interpreter does: left to
-    # interpreter shutdown, gloo can abort the process (SIGABRT after a
-    # successful run; pytorch/pytorch#179291). Only reached on success.
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # All ranks: frees the process group now, not at interpreter exit
+    # (where gloo can abort a run that succeeded; see its docstring).
+    close_process_group(brain)
