@@ -3,6 +3,7 @@ with no checkout around it. A copied recipe folder trains ``soft_moa`` and
 ``moe_adapter`` from the method files shipped in the wheel, and its output
 folder loads with the inference class."""
 
+import glob
 import os
 import shutil
 import subprocess
@@ -40,10 +41,18 @@ def installed(tmp_path_factory):
 
 
 def test_wheel_ships_the_method_and_bridge_files(installed):
-    names = zipfile.ZipFile(installed["wheel"]).namelist()
-    for method in ("soft_moa", "dense_moa", "moe_adapter", "lora", "linear"):
-        assert f"speechbrain_moe/hparams/petl/{method}.yaml" in names
-    assert "speechbrain_moe/hparams/bridges/moe_adapter.yaml" in names
+    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    packaged = [
+        os.path.relpath(path, REPO)
+        for path in glob.glob(
+            os.path.join(REPO, "speechbrain_moe", "hparams", "*", "*.yaml")
+        )
+    ]
+    # every method file of the checkout, the LoRA mixtures included
+    for method in ("soft_moa", "dense_moa", "moe_adapter", "dense_lora", "moe_lora"):
+        assert f"speechbrain_moe/hparams/petl/{method}.yaml" in packaged
+    assert "speechbrain_moe/hparams/bridges/moe_adapter.yaml" in packaged
+    assert sorted(set(packaged) - names) == []
     assert not any(n.startswith(("benchmarks/", "tests/", "tools/")) for n in names)
     assert not any("synthetic" in n for n in names)
 
