@@ -11,6 +11,14 @@ from speechbrain_moe.targets import PetlTargets
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
+# AST's front end (as it was trained): Kaldi fbank of 16 kHz audio, 25 ms
+# windows every 10 ms (torchaudio's Kaldi defaults, passed explicitly).
+SAMPLE_RATE = 16000
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+WINDOW_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400
+HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160
+
 
 def _time_patches(frames, patch_size, stride):
     """Number of patch columns AST makes from ``frames`` fbank frames."""
@@ -69,12 +77,17 @@ class AST(Backbone):
     """
 
     def __init__(
-        self, source, save_path=None, max_frames=1024, pooling="mean", sample_rate=16000
+        self,
+        source,
+        save_path=None,
+        max_frames=1024,
+        pooling="mean",
+        sample_rate=SAMPLE_RATE,
     ):
         super().__init__(pooling=pooling)
         from transformers import ASTModel
 
-        self._check_rate("AST", 16000, sample_rate)
+        self._check_rate("AST", SAMPLE_RATE, sample_rate)
         config = self._load_config(
             source, save_path, ("audio-spectrogram-transformer",), "AST"
         )
@@ -109,11 +122,10 @@ class AST(Backbone):
             # checkpoint's embeddings must load at their stored size first.
             config.max_length = max_frames
         self.time_patches = new_time
-        # Longest clip that fits max_frames fbank frames: Kaldi's 25 ms window
-        # (400 samples at 16 kHz) for the first frame, one 10 ms hop (160
-        # samples) for each further frame; in seconds.
-        self.max_duration = ((max_frames - 1) * 160 + 400) / 16000
-        self.max_samples = int(self.max_duration * 16000)
+        # Longest clip that fits max_frames fbank frames: one window for the
+        # first frame, one hop for each further frame; in seconds.
+        self.max_samples = (max_frames - 1) * HOP_SAMPLES + WINDOW_SAMPLES
+        self.max_duration = self.max_samples / SAMPLE_RATE
         self.output_size = config.hidden_size
         layers = [f"layers.{i}" for i in range(config.num_hidden_layers)]
         self.petl_targets = PetlTargets(
@@ -154,12 +166,14 @@ class AST(Backbone):
         lengths = self._valid_lengths(wavs, wav_lens, advice)
         feats, frames = [], []
         for wav, length in zip(wavs.float(), lengths.tolist()):
-            # A clip shorter than one 25 ms window (400 samples) is zero-padded
-            # to it, so that it still gives one fbank frame.
-            wav = F.pad(wav[:length], (0, max(0, 400 - length)))
+            # A clip shorter than one window is zero-padded to it, so that it
+            # still gives one fbank frame.
+            wav = F.pad(wav[:length], (0, max(0, WINDOW_SAMPLES - length)))
             fbank = kaldi.fbank(
                 wav.unsqueeze(0),
-                sample_frequency=16000,
+                sample_frequency=SAMPLE_RATE,
+                frame_length=FRAME_LENGTH_MS,
+                frame_shift=FRAME_SHIFT_MS,
                 window_type="hanning",
                 num_mel_bins=self.num_mel_bins,
                 htk_compat=True,
