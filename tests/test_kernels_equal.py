@@ -1,18 +1,22 @@
 """The plain PyTorch path of every mixture and its hand-written kernel compute
-the same thing: values and every gradient (inputs and parameters), in float32
+the same thing (the bottleneck mixtures, the mixtures of LoRA experts, the
+bridges): values and every gradient (inputs and parameters), in float32
 and under bfloat16 / float16 CPU autocast, with and without padding masks;
 the ``implementation`` setting changes no parameter name or shape; ``auto``
 takes the kernels on the CPU only and never under ``torch.compile``, which
 runs (and compiles) the plain path."""
+
+import functools
 
 import pytest
 import torch
 
 from speechbrain_moe.adapters import DenseMoA, SoftMoA, SparseMoE
 from speechbrain_moe.adapters.bridges import MoEAdapterBridge, RecomputedMLP
+from speechbrain_moe.adapters.lora_experts import LoRAExperts
 from speechbrain_moe.experts import ExpertBank
 from speechbrain_moe.kernels import check_implementation, use_kernel
-from speechbrain_moe.routing import routing_context
+from speechbrain_moe.routing import routing_context, token_mask
 
 #: (values, gradients) tolerances, as the autocast tests of test_sparse_moe.py.
 TOLERANCES = {
@@ -47,10 +51,11 @@ def run(module, call, inputs, dtype):
     torch.manual_seed(123)
     target = torch.randn(out.shape)
     loss = (out.float() * target).sum() + routing.aux_loss
-    leaves = [t for t in inputs if t.requires_grad] + list(module.parameters())
+    trained = [p for p in module.parameters() if p.requires_grad]
+    leaves = [t for t in inputs if t.requires_grad] + trained
     # allow_unused=False: every parameter is in the graph, as DDP needs.
     grads = torch.autograd.grad(loss, leaves)
-    return out, float(routing.aux_loss), grads
+    return out, float(torch.as_tensor(routing.aux_loss).detach()), grads
 
 
 def assert_same(plain, kernel, call, inputs, dtype):
@@ -64,7 +69,7 @@ def assert_same(plain, kernel, call, inputs, dtype):
     )
     assert aux_p == pytest.approx(aux_k, rel=1e-5, abs=1e-6)
     names = [f"input {i}" for i, t in enumerate(inputs) if t.is_floating_point()]
-    names += [name for name, _ in plain.named_parameters()]
+    names += [name for name, p in plain.named_parameters() if p.requires_grad]
     assert len(grads_p) == len(grads_k) == len(names)
     for name, grad_p, grad_k in zip(names, grads_p, grads_k):
         assert grad_p.dtype == grad_k.dtype, name
@@ -176,6 +181,36 @@ def test_sparse_moe(dtype, masked, dispatch):
     )
     mask = MASK if masked else None
     assert_same(plain, kernel, lambda m, x: m(x, mask), [tokens(3, 7, 8)], dtype)
+
+
+#: The routers of the mixtures of LoRA experts (dense_lora, soft_lora, moe_lora).
+LORA_ROUTERS = {
+    "dense": (DenseMoA, {"num_experts": 4}),
+    "soft": (SoftMoA, {"num_experts": 3, "slots_per_expert": 2}),
+    "topk": (SparseMoE, {"num_experts": 4, "top_k": 2, "num_shared_experts": 1}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("router", sorted(LORA_ROUTERS))
+def test_lora_experts(dtype, masked, router):
+    """LoRA experts on a frozen linear layer (its weights take no gradient):
+    the token mask reaches the router through ``token_mask``, as in an
+    encoder."""
+    cls, settings = LORA_ROUTERS[router]
+
+    def build(impl):
+        mixture = functools.partial(cls, **settings, implementation=impl)
+        return LoRAExperts(torch.nn.Linear(8, 6), mixture, rank=2, alpha=4.0)
+
+    plain, kernel = twins(build)
+
+    def call(module, x):
+        with token_mask(MASK if masked else None):
+            return module(x)
+
+    assert_same(plain, kernel, call, [tokens(3, 7, 8)], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
