@@ -82,3 +82,32 @@ def test_the_rule_catches_an_override():
 def test_tools_parse(path):
     with open(path) as fin:
         ast.parse(fin.read())
+
+
+def dependency(name):
+    """The requirement on ``name`` in pyproject.toml's dependencies."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as fin:
+        project = tomllib.load(fin)["project"]
+    (requirement,) = [
+        r for r in map(Requirement, project["dependencies"]) if r.name == name
+    ]
+    return requirement.specifier
+
+
+def test_dependency_bounds():
+    """speechbrain 1.1.1's wheel installs top-level ``recipes/`` and ``tools/``
+    packages (our folders' names) into site-packages: refused. transformers
+    gets the upper bound our HF-parity tests were run under (the lobes
+    re-implement parts of its forwards)."""
+    import speechbrain
+    import transformers
+
+    speechbrain_spec = dependency("speechbrain")
+    assert "1.1.1" not in speechbrain_spec and "1.1.2" in speechbrain_spec
+    transformers_spec = dependency("transformers")
+    assert "6.0.0" not in transformers_spec
+    assert speechbrain.__version__ in speechbrain_spec
+    assert transformers.__version__ in transformers_spec
